@@ -1,0 +1,526 @@
+//! Outcome classification: the one place that decides what a reply or a transport
+//! error means for a recipient.
+//!
+//! Per recipient the answer is delivered, transient (retry later) or permanent
+//! (bounce). Separately, [`Scope`] says whose fault it is: this recipient, this
+//! message, or the connection (421, resets, timeouts, TLS failures), which is not the
+//! message's fault and calls for another MX or a later retry of the whole site.
+//! It reads the basic code, the enhanced code (RFC 3463) and the transport error;
+//! reply texts are consulted only where providers are known to omit enhanced codes.
+
+use crate::smtp::{EnhancedCode, Phase, Reply, SmtpError};
+
+/// What happens to the recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The server took responsibility for the message.
+    Delivered,
+    /// Try again later.
+    Transient,
+    /// Do not try again: bounce.
+    Permanent,
+}
+
+/// Whose fault a failure is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// This recipient only (a RCPT refusal).
+    Recipient,
+    /// This message (MAIL, DATA, content refusals, local size or encoding refusals).
+    Message,
+    /// The connection or the site: not the message's fault.
+    Connection,
+}
+
+/// The classification of one recipient's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Delivered, transient or permanent.
+    pub disposition: Disposition,
+    /// Whose fault (meaningless for delivered).
+    pub scope: Scope,
+    /// The address should be suppressed: the mailbox does not exist.
+    pub suppress: bool,
+    /// The site asked us to slow down (421, 4.7.x rate replies): throttle it.
+    pub throttle: bool,
+    /// 452/552 too many recipients: send this one again at once in a new transaction.
+    pub too_many_recipients: bool,
+    /// The basic reply code, when there was a reply.
+    pub code: Option<u16>,
+    /// The enhanced code, when the server sent one.
+    pub enhanced: Option<EnhancedCode>,
+    /// The reply or error, for logs, reports and events.
+    pub detail: String,
+}
+
+impl Outcome {
+    fn new(disposition: Disposition, scope: Scope, detail: String) -> Self {
+        Self {
+            disposition,
+            scope,
+            suppress: false,
+            throttle: false,
+            too_many_recipients: false,
+            code: None,
+            enhanced: None,
+            detail,
+        }
+    }
+
+    /// Whether to retry later.
+    pub fn is_transient(&self) -> bool {
+        self.disposition == Disposition::Transient
+    }
+
+    /// Whether to bounce.
+    pub fn is_permanent(&self) -> bool {
+        self.disposition == Disposition::Permanent
+    }
+
+    /// Whether the failure is the connection's, not the message's.
+    pub fn is_connection_level(&self) -> bool {
+        self.disposition != Disposition::Delivered && self.scope == Scope::Connection
+    }
+}
+
+/// Classifies one recipient's result from [`crate::smtp::Session::send`].
+pub fn classify(result: &Result<Reply, SmtpError>) -> Outcome {
+    match result {
+        Ok(reply) if reply.is_positive() => {
+            let mut outcome =
+                Outcome::new(Disposition::Delivered, Scope::Message, reply.to_string());
+            outcome.code = Some(reply.code().get());
+            outcome.enhanced = reply.enhanced();
+            outcome
+        }
+        Ok(reply) => classify_reply(None, reply),
+        Err(SmtpError::Reply { phase, reply }) => classify_reply(Some(*phase), reply),
+        Err(SmtpError::Local(reply)) => {
+            let mut outcome = classify_reply(None, reply);
+            outcome.scope = Scope::Message;
+            outcome.detail = format!("refused locally: {reply}");
+            outcome
+        }
+        Err(err) => Outcome::new(Disposition::Transient, Scope::Connection, err.to_string()),
+    }
+}
+
+/// Classifies a failure reply to a command of `phase`.
+fn classify_reply(phase: Option<Phase>, reply: &Reply) -> Outcome {
+    let code = reply.code().get();
+    let enhanced = reply.enhanced();
+    let text = reply.text().to_ascii_lowercase();
+    let detail = match phase {
+        Some(phase) => format!("{phase}: {reply}"),
+        None => reply.to_string(),
+    };
+    let scope = match phase {
+        _ if code == 421 => Scope::Connection,
+        Some(Phase::Greeting | Phase::Ehlo | Phase::Helo | Phase::StartTls | Phase::Auth) => {
+            Scope::Connection
+        }
+        Some(Phase::Rcpt) => Scope::Recipient,
+        _ => Scope::Message,
+    };
+    let too_many = phase == Some(Phase::Rcpt) && is_too_many_recipients(code, enhanced, &text);
+    // RFC 5321 4.5.3.1.10: 552 on RCPT means too many recipients; treat it as 452.
+    // Session-level refusals (greeting, EHLO, AUTH, TLS) are never the message's
+    // fault, so they do not bounce it either: the site is retried.
+    let transient = reply.code().is_transient()
+        || too_many
+        || (phase == Some(Phase::Rcpt) && code == 552)
+        || scope == Scope::Connection;
+    let disposition = if transient {
+        Disposition::Transient
+    } else {
+        Disposition::Permanent
+    };
+    let mut outcome = Outcome::new(disposition, scope, detail);
+    outcome.code = Some(code);
+    outcome.enhanced = enhanced;
+    outcome.too_many_recipients = too_many;
+    outcome.throttle = is_throttle(code, enhanced, &text);
+    outcome.suppress = disposition == Disposition::Permanent
+        && scope != Scope::Connection
+        && is_no_such_mailbox(code, enhanced, &text);
+    outcome
+}
+
+fn is_too_many_recipients(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> bool {
+    if !matches!(code, 452 | 552) {
+        return false;
+    }
+    match enhanced {
+        Some(e) => e.subject == 5 && e.detail == 3,
+        None => text.contains("too many recipients"),
+    }
+}
+
+/// The site is asking us to slow down. 421 always; 4.7.x when the text or the code
+/// speaks of rates (Gmail 4.7.28, Microsoft 4.7.500-699, Yahoo TSS04).
+fn is_throttle(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> bool {
+    if code == 421 {
+        return true;
+    }
+    if code / 100 != 4 {
+        return false;
+    }
+    const RATE_WORDS: [&str; 7] = [
+        "rate",
+        "too many",
+        "throttl",
+        "try again later",
+        "server busy",
+        "volume",
+        "tss04",
+    ];
+    match enhanced {
+        Some(e) if e.class == 4 && e.subject == 7 => {
+            (e.detail == 28
+                || (500..700).contains(&e.detail)
+                || RATE_WORDS.iter().any(|w| text.contains(w)))
+                && !text.contains("greylist")
+        }
+        _ => RATE_WORDS.iter().any(|w| text.contains(w)) && text.contains("connection"),
+    }
+}
+
+/// The mailbox or its domain does not exist (RFC 3463 X.1.1, X.1.2, X.1.3, X.1.6,
+/// X.1.10, X.2.1 disabled); without an enhanced code, the classic texts.
+fn is_no_such_mailbox(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> bool {
+    match enhanced {
+        Some(e) => matches!((e.subject, e.detail), (1, 1 | 2 | 3 | 6 | 10) | (2, 1)),
+        None => {
+            matches!(code, 550 | 551 | 553)
+                && [
+                    "user unknown",
+                    "unknown user",
+                    "no such user",
+                    "does not exist",
+                    "mailbox not found",
+                ]
+                .iter()
+                .any(|w| text.contains(w))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::ReplyParser;
+    use std::io;
+
+    /// Parses a reply line as quoted from a provider; a quoted first line of a
+    /// multi-line reply ("550-5.1.1 ...") is made the last line.
+    fn reply(wire: &str) -> Reply {
+        let line = match wire.as_bytes().get(3) {
+            Some(b'-') => format!("{} {}", &wire[..3], &wire[4..]),
+            _ => wire.to_owned(),
+        };
+        ReplyParser::parse_slice(format!("{line}\r\n").as_bytes())
+            .unwrap()
+            .unwrap()
+    }
+
+    fn refused(phase: Phase, wire: &str) -> Outcome {
+        classify(&Err(SmtpError::Reply {
+            phase,
+            reply: reply(wire),
+        }))
+    }
+
+    use Disposition::{Permanent as P, Transient as T};
+
+    /// (phase, real reply text, disposition, scope, suppress, throttle)
+    const TABLE: &[(Phase, &str, Disposition, Scope, bool, bool)] = &[
+        // Gmail
+        (
+            Phase::Rcpt,
+            "550-5.1.1 The email account that you tried to reach does not exist. Please try",
+            P,
+            Scope::Recipient,
+            true,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "452-4.2.2 The email account that you tried to reach is over quota.",
+            T,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "450-4.2.1 The user you are trying to contact is receiving mail at a rate that",
+            T,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Mail,
+            "421-4.7.28 Gmail has detected an unusual rate of unsolicited mail originating",
+            T,
+            Scope::Connection,
+            false,
+            true,
+        ),
+        (
+            Phase::Mail,
+            "421-4.7.0 Try again later, closing connection.",
+            T,
+            Scope::Connection,
+            false,
+            true,
+        ),
+        (
+            Phase::DataEnd,
+            "550-5.7.26 This mail has been blocked because the sender is unauthenticated.",
+            P,
+            Scope::Message,
+            false,
+            false,
+        ),
+        (
+            Phase::DataEnd,
+            "451-4.3.0 Mail server temporarily rejected message.",
+            T,
+            Scope::Message,
+            false,
+            false,
+        ),
+        // Yahoo
+        (
+            Phase::Mail,
+            "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints",
+            T,
+            Scope::Connection,
+            false,
+            true,
+        ),
+        (
+            Phase::Rcpt,
+            "554 5.7.9 Message not accepted for policy reasons.",
+            P,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "552 1 Requested mail action aborted, mailbox not found",
+            T,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        // Microsoft
+        (
+            Phase::Rcpt,
+            "550 5.5.0 Requested action not taken: mailbox unavailable",
+            P,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "550 5.4.1 Recipient address rejected: Access denied.",
+            P,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Mail,
+            "451 4.7.500 Server busy. Please try again later from [192.0.2.1].",
+            T,
+            Scope::Message,
+            false,
+            true,
+        ),
+        (
+            Phase::Rcpt,
+            "452 4.5.3 Too many recipients",
+            T,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Mail,
+            "550 5.7.1 Service unavailable, Client host [192.0.2.1] blocked using Spamhaus.",
+            P,
+            Scope::Message,
+            false,
+            false,
+        ),
+        // Greylisting
+        (
+            Phase::Rcpt,
+            "450 4.2.0 <a@b.example>: Recipient address rejected: Greylisted, see http://postgrey",
+            T,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "451 4.7.1 Please try again later (greylisted)",
+            T,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        // Classic texts without enhanced codes
+        (
+            Phase::Rcpt,
+            "550 User unknown",
+            P,
+            Scope::Recipient,
+            true,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "550 Relaying denied",
+            P,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "552 Too many recipients",
+            T,
+            Scope::Recipient,
+            false,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "551 5.1.6 User has moved",
+            P,
+            Scope::Recipient,
+            true,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+            P,
+            Scope::Recipient,
+            true,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "550 5.2.1 The email account that you tried to reach is disabled.",
+            P,
+            Scope::Recipient,
+            true,
+            false,
+        ),
+        (
+            Phase::DataEnd,
+            "552 5.3.4 Message size exceeds fixed maximum message size",
+            P,
+            Scope::Message,
+            false,
+            false,
+        ),
+        (
+            Phase::DataEnd,
+            "554 5.6.0 Message contains bare LF",
+            P,
+            Scope::Message,
+            false,
+            false,
+        ),
+        // Session-level refusals are the connection's, never a bounce.
+        (
+            Phase::Greeting,
+            "554 5.7.1 No SMTP service here",
+            T,
+            Scope::Connection,
+            false,
+            false,
+        ),
+        (
+            Phase::Auth,
+            "535 5.7.8 Authentication credentials invalid",
+            T,
+            Scope::Connection,
+            false,
+            false,
+        ),
+        (
+            Phase::Rcpt,
+            "421 4.4.2 Connection dropped due to timeout",
+            T,
+            Scope::Connection,
+            false,
+            true,
+        ),
+    ];
+
+    #[test]
+    fn classifies_real_replies() {
+        for (phase, wire, disposition, scope, suppress, throttle) in TABLE {
+            let got = refused(*phase, wire);
+            assert_eq!(got.disposition, *disposition, "disposition of {wire}");
+            assert_eq!(got.scope, *scope, "scope of {wire}");
+            assert_eq!(got.suppress, *suppress, "suppress of {wire}");
+            assert_eq!(got.throttle, *throttle, "throttle of {wire}");
+        }
+    }
+
+    #[test]
+    fn too_many_recipients_is_retried_now() {
+        for wire in [
+            "452 4.5.3 Too many recipients",
+            "552 5.5.3 Too many recipients",
+            "452 Too many recipients received",
+        ] {
+            let got = refused(Phase::Rcpt, wire);
+            assert!(got.too_many_recipients && got.is_transient(), "{wire}");
+        }
+        assert!(!refused(Phase::Rcpt, "452 4.2.2 Mailbox full").too_many_recipients);
+    }
+
+    #[test]
+    fn delivered_and_transport_errors() {
+        let ok = classify(&Ok(reply("250 2.0.0 Ok: queued as ABC")));
+        assert_eq!(ok.disposition, Disposition::Delivered);
+        assert_eq!(ok.code, Some(250));
+
+        let errors = [
+            SmtpError::Timeout {
+                phase: Phase::DataEnd,
+            },
+            SmtpError::Closed { phase: Phase::Rcpt },
+            SmtpError::io(
+                Phase::Connect,
+                &io::Error::from(io::ErrorKind::ConnectionRefused),
+            ),
+            SmtpError::Tls("handshake failure".into()),
+            SmtpError::Unusable,
+        ];
+        for err in errors {
+            let got = classify(&Err(err.clone()));
+            assert!(got.is_transient() && got.is_connection_level(), "{err}");
+            assert!(!got.suppress);
+        }
+    }
+
+    #[test]
+    fn local_refusals_bounce_the_message() {
+        let err = SmtpError::local(552, EnhancedCode::new(5, 3, 4), "too big");
+        let got = classify(&Err(err));
+        assert!(got.is_permanent());
+        assert_eq!(got.scope, Scope::Message);
+        assert!(got.detail.contains("refused locally"), "{}", got.detail);
+    }
+}
