@@ -32,6 +32,8 @@ pub struct SessionConfig {
     pub credentials: Option<Credentials>,
     /// Allow AUTH over an unencrypted connection. Off unless the config says so.
     pub auth_without_tls: bool,
+    /// Use only this SASL mechanism; `None` picks the best one offered.
+    pub auth_mechanism: Option<Mechanism>,
     /// Use BDAT when CHUNKING is offered (`[smtp] prefer_chunking`).
     pub prefer_chunking: bool,
     /// Most BDAT transactions written in one go.
@@ -53,6 +55,7 @@ impl SessionConfig {
             connectors,
             credentials: None,
             auth_without_tls: false,
+            auth_mechanism: None,
             prefer_chunking: true,
             max_in_flight: 16,
             timeouts: Timeouts::default(),
