@@ -1,0 +1,16 @@
+//! Load-test tools for volley.
+//!
+//! * [`Sink`]: a fast in-process (or stand-alone, see the `volley-sink` binary) SMTP server
+//!   with scripted per-recipient behaviours, used by volley's integration tests and load tests.
+//! * [`blast`]: a minimal pipelined SMTP client that measures the throughput ceiling of the
+//!   machine (the `volley-blast` binary).
+//! * [`process_cpu_seconds`]: CPU accounting for load-test reports.
+#![forbid(unsafe_code)]
+
+pub mod blast;
+mod cpu;
+mod sink;
+mod tls;
+
+pub use cpu::process_cpu_seconds;
+pub use sink::{Received, Sink, SinkConfig, Stats};
