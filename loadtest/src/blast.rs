@@ -25,6 +25,9 @@ pub struct BlastConfig {
     /// Send MAIL/RCPT/DATA in one write, and the next envelope with the previous body.
     /// Without it, one command per round trip.
     pub pipelining: bool,
+    /// A new connection for every message (and no pipelining): how common SMTP
+    /// libraries behave; the naive reference of the load tests.
+    pub reconnect: bool,
 }
 
 /// The result of a run.
@@ -100,8 +103,18 @@ pub async fn blast(config: &BlastConfig) -> Result<BlastReport, BlastError> {
         first += count;
         let body = std::sync::Arc::clone(&body);
         let target = config.target;
-        let pipelining = config.pipelining;
-        tasks.spawn(async move { send_connection(target, range, &body, pipelining).await });
+        let pipelining = config.pipelining && !config.reconnect;
+        if config.reconnect {
+            tasks.spawn(async move {
+                let mut sent = 0;
+                for i in range {
+                    sent += send_connection(target, i..i + 1, &body, false).await?;
+                }
+                Ok(sent)
+            });
+        } else {
+            tasks.spawn(async move { send_connection(target, range, &body, pipelining).await });
+        }
     }
     let mut sent = 0;
     let mut failure = None;

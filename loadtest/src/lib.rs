@@ -4,13 +4,17 @@
 //!   with scripted per-recipient behaviours, used by volley's integration tests and load tests.
 //! * [`blast`]: a minimal pipelined SMTP client that measures the throughput ceiling of the
 //!   machine (the `volley-blast` binary).
+//! * [`DnsServer`]: a real authoritative DNS server on loopback (UDP and TCP) serving
+//!   [`DnsRecords`] (MX, null MX, A, AAAA, TXT, SERVFAIL names), for tests that resolve.
 //! * [`process_cpu_seconds`]: CPU accounting for load-test reports.
 #![forbid(unsafe_code)]
 
 pub mod blast;
 mod cpu;
+pub mod dns;
 mod sink;
 mod tls;
 
 pub use cpu::process_cpu_seconds;
+pub use dns::{DnsRecords, DnsServer};
 pub use sink::{Received, Sink, SinkConfig, Stats};

@@ -45,6 +45,7 @@ async fn sink_binary_stops_after_max_messages() {
         connections: 3,
         size: 1000,
         pipelining: true,
+        reconnect: false,
     })
     .await
     .expect("blast");

@@ -983,6 +983,7 @@ async fn quick_throughput_report() {
         connections: 10,
         size: 2048,
         pipelining: true,
+        reconnect: false,
     })
     .await
     .expect("blast run");
@@ -1011,6 +1012,7 @@ async fn quick_throughput_report() {
         connections: 2,
         size: 500,
         pipelining: false,
+        reconnect: false,
     })
     .await
     .expect("non-pipelined blast run");

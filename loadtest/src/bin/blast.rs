@@ -23,9 +23,12 @@ struct Args {
     /// Message size in bytes.
     #[arg(long, default_value_t = 2048)]
     size: usize,
-    /// One command per round trip (the naive reference).
+    /// One command per round trip.
     #[arg(long)]
     no_pipelining: bool,
+    /// A new connection per message, one command per round trip (the naive reference).
+    #[arg(long)]
+    reconnect: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         connections: args.connections,
         size: args.size,
         pipelining: !args.no_pipelining,
+        reconnect: args.reconnect,
     };
     let report = runtime
         .block_on(blast(&config))

@@ -7,6 +7,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -49,8 +50,26 @@ const UNSUPPORTED_PARAM: &str = "555 5.5.4 unsupported parameter";
 const NEED_SMTPUTF8: &str = "553 5.6.7 non-ASCII address requires SMTPUTF8";
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     Counters::inc(&shared.counters.connections);
+    let open = shared
+        .counters
+        .open_connections
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    shared
+        .counters
+        .peak_connections
+        .fetch_max(open, Ordering::Relaxed);
+    let counters = Arc::clone(&shared);
+    serve_inner(tcp, shared, stop).await;
+    counters
+        .counters
+        .open_connections
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_inner(tcp: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let implicit_tls = shared.config.implicit_tls;
     let mut session = Session::new(shared);
     if implicit_tls {

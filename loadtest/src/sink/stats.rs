@@ -69,6 +69,10 @@ counters! {
     rsets,
     /// QUIT commands.
     quits,
+    /// Connections open now.
+    open_connections,
+    /// Most connections open at the same time.
+    peak_connections,
 }
 
 impl Counters {
@@ -114,6 +118,6 @@ mod tests {
         assert!(json.starts_with("{\"connections\":0,"));
         assert!(json.contains("\"messages\":1"));
         assert!(json.contains("\"bytes_received\":42"));
-        assert!(json.ends_with("\"quits\":0}"));
+        assert!(json.ends_with("\"peak_connections\":0}"));
     }
 }

@@ -1,0 +1,437 @@
+//! [`DnsServer`]: a real, authoritative DNS server on loopback for tests and load tests.
+//!
+//! The records to serve are described with the [`DnsRecords`] builder (MX, null MX, A, AAAA,
+//! TXT, plus names that must fail with SERVFAIL). [`DnsServer::start`] binds UDP and TCP on the
+//! same `127.0.0.1` port and serves them with hickory-server, so a resolver pointed at
+//! [`DnsServer::addr`] sees what it would see from a real authoritative server:
+//!
+//! * one authoritative zone (with an SOA) is created per top-level label used by the records
+//!   (all names under `test.` live in the zone `test.`), so a name under a served suffix that
+//!   has no records at all is answered NXDOMAIN with the SOA in the authority section;
+//! * a name that has records of other types only is answered NOERROR with an empty answer
+//!   (NODATA);
+//! * a name configured with [`DnsRecords::servfail`], and every name under it, is answered
+//!   SERVFAIL whatever the query type;
+//! * names outside every served suffix are REFUSED.
+//!
+//! Invalid input (a malformed name, an empty name) never panics: it is reported by
+//! [`DnsServer::start`] as an [`std::io::ErrorKind::InvalidInput`] error wrapping a
+//! [`DnsRecordError`].
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::Server;
+use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{
+    AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
+};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// TTL of records added before any call to [`DnsRecords::ttl`].
+const DEFAULT_TTL: u32 = 300;
+/// TTL of the zones' SOA records, and their negative-caching TTL (SOA MINIMUM).
+const SOA_TTL: u32 = 60;
+/// Serial number of every zone (zones never change once served).
+const SERIAL: u32 = 1;
+/// Longest character-string of a TXT record (RFC 1035 §3.3.14).
+const TXT_CHUNK: usize = 255;
+/// A TCP connection that sends no request for this long is closed by the server.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-connection buffer of outgoing TCP responses.
+const TCP_RESPONSE_BUFFER: usize = 32;
+/// How many random UDP ports are tried before giving up finding one whose TCP twin is free.
+const BIND_ATTEMPTS: usize = 32;
+
+/// Why a [`DnsRecords`] set cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsRecordError {
+    /// A name (owner name or MX exchange) is not a valid DNS name.
+    #[error("invalid DNS name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given to the builder.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An owner name is empty or the root: there is no zone to serve it from.
+    #[error("a record cannot be owned by the root name ({name:?})")]
+    RootOwner {
+        /// The name as given to the builder.
+        name: String,
+    },
+    /// The zone refused the record (hickory-server's `upsert` failed).
+    #[error("the zone {zone} refused the record {record}")]
+    Rejected {
+        /// Origin of the zone.
+        zone: String,
+        /// The record, in presentation format.
+        record: String,
+    },
+}
+
+impl From<DnsRecordError> for std::io::Error {
+    fn from(err: DnsRecordError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, err)
+    }
+}
+
+/// The data of one record, as given to the builder (names are parsed by [`DnsServer::start`]).
+#[derive(Clone, Debug)]
+enum Data {
+    Mx { preference: u16, exchange: String },
+    NullMx,
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Txt(String),
+}
+
+/// One record, as given to the builder.
+#[derive(Clone, Debug)]
+struct Entry {
+    owner: String,
+    ttl: u32,
+    data: Data,
+}
+
+/// Records to serve. Builder style; every name is a DNS name, with or without the trailing dot
+/// (all names are taken as fully qualified).
+///
+/// ```
+/// # use std::net::Ipv4Addr;
+/// # use volley_loadtest::DnsRecords;
+/// let records = DnsRecords::new()
+///     .ttl(60)
+///     .mx("example.test", 10, "mx1.example.test")
+///     .a("mx1.example.test", Ipv4Addr::LOCALHOST)
+///     .null_mx("nomail.test")
+///     .servfail("broken.test");
+/// ```
+#[derive(Clone, Debug)]
+pub struct DnsRecords {
+    ttl: u32,
+    entries: Vec<Entry>,
+    servfail: Vec<String>,
+}
+
+impl Default for DnsRecords {
+    fn default() -> Self {
+        Self {
+            ttl: DEFAULT_TTL,
+            entries: Vec::new(),
+            servfail: Vec::new(),
+        }
+    }
+}
+
+impl DnsRecords {
+    /// An empty set of records; the TTL is 300 seconds until [`DnsRecords::ttl`] changes it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the TTL (in seconds) of the records added after this call.
+    pub fn ttl(mut self, seconds: u32) -> Self {
+        self.ttl = seconds;
+        self
+    }
+
+    /// Adds `domain MX preference host`. Several MX records may be added for one domain.
+    pub fn mx(self, domain: &str, preference: u16, host: &str) -> Self {
+        self.push(
+            domain,
+            Data::Mx {
+                preference,
+                exchange: host.to_owned(),
+            },
+        )
+    }
+
+    /// Adds the null MX of RFC 7505 (`domain MX 0 .`): the domain accepts no mail.
+    pub fn null_mx(self, domain: &str) -> Self {
+        self.push(domain, Data::NullMx)
+    }
+
+    /// Adds `host A ip`.
+    pub fn a(self, host: &str, ip: Ipv4Addr) -> Self {
+        self.push(host, Data::A(ip))
+    }
+
+    /// Adds `host AAAA ip`.
+    pub fn aaaa(self, host: &str, ip: Ipv6Addr) -> Self {
+        self.push(host, Data::Aaaa(ip))
+    }
+
+    /// Adds `name TXT text`, e.g. a DKIM key at `selector._domainkey.example.test`. Text longer
+    /// than 255 bytes is split into several character-strings of one record, which resolvers
+    /// concatenate (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
+    pub fn txt(self, name: &str, text: &str) -> Self {
+        self.push(name, Data::Txt(text.to_owned()))
+    }
+
+    /// Makes every query for `domain`, and for every name under it, fail with SERVFAIL,
+    /// whatever records are configured for those names.
+    pub fn servfail(mut self, domain: &str) -> Self {
+        self.servfail.push(domain.to_owned());
+        self
+    }
+
+    fn push(mut self, owner: &str, data: Data) -> Self {
+        self.entries.push(Entry {
+            owner: owner.to_owned(),
+            ttl: self.ttl,
+            data,
+        });
+        self
+    }
+}
+
+/// Parses `name` as a fully qualified DNS name (IDNs are converted to their A-label form).
+fn parse_name(name: &str) -> Result<Name, DnsRecordError> {
+    let mut parsed = Name::from_utf8(name).map_err(|e| DnsRecordError::InvalidName {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    parsed.set_fqdn(true);
+    Ok(parsed)
+}
+
+/// Parses an owner name, which must not be the root.
+fn parse_owner(name: &str) -> Result<Name, DnsRecordError> {
+    let parsed = parse_name(name)?;
+    if parsed.is_root() {
+        return Err(DnsRecordError::RootOwner {
+            name: name.to_owned(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// Splits `text` into character-strings of at most 255 bytes (one empty string for "").
+fn txt_chunks(text: &str) -> Vec<&[u8]> {
+    if text.is_empty() {
+        return vec![&[]];
+    }
+    text.as_bytes().chunks(TXT_CHUNK).collect()
+}
+
+/// Builds the record of `entry`.
+fn to_record(entry: &Entry) -> Result<Record, DnsRecordError> {
+    let owner = parse_owner(&entry.owner)?;
+    let data = match &entry.data {
+        Data::Mx {
+            preference,
+            exchange,
+        } => RData::MX(MX::new(*preference, parse_name(exchange)?)),
+        Data::NullMx => RData::MX(MX::new(0, Name::root())),
+        Data::A(ip) => RData::A(A(*ip)),
+        Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        Data::Txt(text) => RData::TXT(TXT::from_bytes(txt_chunks(text))),
+    };
+    Ok(Record::from_rdata(owner, entry.ttl, data))
+}
+
+/// An empty authoritative zone for `origin`, holding only its SOA.
+fn new_zone(origin: &Name) -> Result<InMemoryZoneHandler<TokioRuntimeProvider>, DnsRecordError> {
+    let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
+        origin.clone(),
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+    );
+    let label = |prefix: &str| {
+        Name::from_ascii(prefix)
+            .and_then(|p| p.append_domain(origin))
+            .map_err(|e| DnsRecordError::InvalidName {
+                name: format!("{prefix}.{origin}"),
+                reason: e.to_string(),
+            })
+    };
+    let soa = SOA::new(
+        label("ns")?,
+        label("hostmaster")?,
+        SERIAL,
+        3600,
+        600,
+        86400,
+        SOA_TTL,
+    );
+    let record = Record::from_rdata(origin.clone(), SOA_TTL, RData::SOA(soa));
+    insert(&mut zone, origin, record)?;
+    Ok(zone)
+}
+
+fn insert(
+    zone: &mut InMemoryZoneHandler<TokioRuntimeProvider>,
+    origin: &Name,
+    record: Record,
+) -> Result<(), DnsRecordError> {
+    let text = record.to_string();
+    if zone.upsert_mut(record, SERIAL) {
+        Ok(())
+    } else {
+        Err(DnsRecordError::Rejected {
+            zone: origin.to_string(),
+            record: text,
+        })
+    }
+}
+
+/// Builds the catalog (one zone per top-level label) and the list of SERVFAIL names.
+fn build(records: &DnsRecords) -> Result<(Catalog, Vec<LowerName>, Vec<Name>), DnsRecordError> {
+    let mut zones: BTreeMap<Name, InMemoryZoneHandler<TokioRuntimeProvider>> = BTreeMap::new();
+    for entry in &records.entries {
+        let record = to_record(entry)?;
+        let origin = record.name.trim_to(1).to_lowercase();
+        let zone = match zones.entry(origin.clone()) {
+            std::collections::btree_map::Entry::Occupied(zone) => zone.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => slot.insert(new_zone(&origin)?),
+        };
+        insert(zone, &origin, record)?;
+    }
+    let servfail = records
+        .servfail
+        .iter()
+        .map(|name| parse_name(name).map(LowerName::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let origins: Vec<Name> = zones.keys().cloned().collect();
+    let mut catalog = Catalog::new();
+    for (origin, zone) in zones {
+        let handler: Arc<dyn ZoneHandler> = Arc::new(zone);
+        catalog.upsert(LowerName::from(origin), vec![handler]);
+    }
+    Ok((catalog, servfail, origins))
+}
+
+/// The request handler: SERVFAIL for the configured names, the catalog for everything else.
+struct Handler {
+    catalog: Catalog,
+    servfail: Vec<LowerName>,
+}
+
+impl Handler {
+    fn is_servfail(&self, request: &Request) -> bool {
+        request
+            .queries
+            .queries()
+            .iter()
+            .any(|query| self.servfail.iter().any(|name| name.zone_of(query.name())))
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        if !self.is_servfail(request) {
+            return self
+                .catalog
+                .handle_request::<R, T>(request, response_handle)
+                .await;
+        }
+        let response = MessageResponseBuilder::from_message_request(request)
+            .error_msg(&request.metadata, ResponseCode::ServFail);
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::debug!(%err, "dns: cannot send SERVFAIL response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+/// Binds a UDP socket on `127.0.0.1:0` and a TCP listener on the same port.
+async fn bind() -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..BIND_ATTEMPTS {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => last_err = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("cannot bind UDP and TCP on one port")))
+}
+
+/// A running DNS server on `127.0.0.1` (UDP and TCP on the same port). Dropping it leaves the
+/// server running until the tokio runtime stops; call [`DnsServer::shutdown`] to stop it.
+pub struct DnsServer {
+    addr: SocketAddr,
+    zones: Vec<Name>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let zones: Vec<String> = self.zones.iter().map(Name::to_string).collect();
+        f.debug_struct("DnsServer")
+            .field("addr", &self.addr)
+            .field("zones", &zones)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DnsServer {
+    /// Builds the zones from `records`, binds UDP and TCP on the same `127.0.0.1` port and
+    /// starts serving. Invalid records are reported as [`std::io::ErrorKind::InvalidInput`]
+    /// (wrapping a [`DnsRecordError`]).
+    pub async fn start(records: DnsRecords) -> std::io::Result<DnsServer> {
+        let (catalog, servfail, zones) = build(&records)?;
+        let (udp, tcp) = bind().await?;
+        let addr = udp.local_addr()?;
+        let mut server = Server::new(Handler { catalog, servfail });
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            if stopped.await.is_err() {
+                // The handle was dropped without shutdown: keep serving until the runtime stops.
+                std::future::pending::<()>().await;
+            }
+            if let Err(err) = server.shutdown_gracefully().await {
+                tracing::debug!(%err, "dns: server stopped with an error");
+            }
+        });
+        tracing::debug!(%addr, zones = zones.len(), "dns: serving");
+        Ok(DnsServer {
+            addr,
+            zones,
+            stop,
+            task,
+        })
+    }
+
+    /// The address (UDP and TCP) the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting queries and waits for the server's tasks to end.
+    pub async fn shutdown(self) {
+        // An error means the task is already gone (the runtime is shutting down).
+        let _ = self.stop.send(());
+        if let Err(err) = self.task.await {
+            tracing::debug!(%err, "dns: server task failed");
+        }
+    }
+}
