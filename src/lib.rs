@@ -13,6 +13,23 @@
 //! - [`outcome`]: the one classification of a recipient's result: delivered,
 //!   transient or permanent; recipient-, message- or connection-level; suppress;
 //!   throttle.
+//! - [`route`]: MX resolution with hickory-resolver (preference, implicit and null MX,
+//!   TTL cache, sites shared by domains with equal MX sets, relay mode).
+//! - [`rate`]: rate specs (`"500/s"`) and limiters on tokio's clock.
+//! - [`retry`]: the retry schedule and expiry.
+//! - [`lane`]: one lane per site: a deadpool pool of sessions (fallback across MX
+//!   hosts, a hard connection cap), rate limits, the adaptive throttle, workers that
+//!   send pipelined batches and report classified outcomes.
+//! - [`engine`]: the delivery engine: routes deliveries to lanes, reports outcomes,
+//!   shuts down gracefully.
+//! - [`metrics`]: per-phase latency histograms, outcome and site counters, Prometheus
+//!   text.
+//! - [`template`]: handlebars templates (`templates/NAME/{subject,html,text}.hbs`,
+//!   partials), compiled once, rendered in strict mode; text derived from HTML.
+//! - [`message`]: MIME messages (mail-builder), DKIM signing, List-Unsubscribe with
+//!   one-click tokens, VERP return paths.
+//! - [`queue`]: the durable queue of jobs and deliveries (leases, outcomes, events,
+//!   suppression list), embedded (redb) or on Redis Streams; payloads are opaque to it.
 //!
 //! Dependencies point one way: `outcome` reads `smtp`'s types; `smtp` knows nothing
 //! of queues, templates or HTTP.
@@ -34,5 +51,11 @@
 )]
 #![warn(clippy::semicolon_if_nothing_returned, clippy::manual_let_else)]
 
+pub mod engine;
+pub mod lane;
+pub mod metrics;
 pub mod outcome;
+pub mod rate;
+pub mod retry;
+pub mod route;
 pub mod smtp;

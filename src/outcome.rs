@@ -8,6 +8,7 @@
 //! It reads the basic code, the enhanced code (RFC 3463) and the transport error;
 //! reply texts are consulted only where providers are known to omit enhanced codes.
 
+use crate::route::RouteError;
 use crate::smtp::{EnhancedCode, Phase, Reply, SmtpError};
 
 /// What happens to the recipient.
@@ -103,6 +104,28 @@ pub fn classify(result: &Result<Reply, SmtpError>) -> Outcome {
         }
         Err(err) => Outcome::new(Disposition::Transient, Scope::Connection, err.to_string()),
     }
+}
+
+/// Classifies a routing failure: null MX, NXDOMAIN, no mail host and forbidden
+/// addresses bounce; temporary DNS trouble is the site's, retried later.
+pub fn classify_route(err: &RouteError) -> Outcome {
+    let (disposition, enhanced) = match err {
+        RouteError::NullMx(_) => (Disposition::Permanent, EnhancedCode::new(5, 1, 10)),
+        RouteError::NoSuchDomain(_) | RouteError::NoMailHost(_) | RouteError::InvalidDomain(_) => {
+            (Disposition::Permanent, EnhancedCode::new(5, 1, 2))
+        }
+        RouteError::Forbidden { .. } => (Disposition::Permanent, EnhancedCode::new(5, 4, 4)),
+        RouteError::Temporary { .. } => (Disposition::Transient, EnhancedCode::new(4, 4, 3)),
+    };
+    let scope = if disposition == Disposition::Transient {
+        Scope::Connection
+    } else {
+        Scope::Message
+    };
+    let mut outcome = Outcome::new(disposition, scope, format!("{enhanced} {err}"));
+    outcome.enhanced = Some(enhanced);
+    outcome.suppress = matches!(err, RouteError::NullMx(_) | RouteError::NoSuchDomain(_));
+    outcome
 }
 
 /// Classifies a failure reply to a command of `phase`.
@@ -512,6 +535,54 @@ mod tests {
             let got = classify(&Err(err.clone()));
             assert!(got.is_transient() && got.is_connection_level(), "{err}");
             assert!(!got.suppress);
+        }
+    }
+
+    #[test]
+    fn routing_failures() {
+        let table = [
+            (
+                RouteError::NullMx("x.test".into()),
+                Disposition::Permanent,
+                "5.1.10",
+                true,
+            ),
+            (
+                RouteError::NoSuchDomain("x.test".into()),
+                Disposition::Permanent,
+                "5.1.2",
+                true,
+            ),
+            (
+                RouteError::NoMailHost("x.test".into()),
+                Disposition::Permanent,
+                "5.1.2",
+                false,
+            ),
+            (
+                RouteError::Forbidden {
+                    domain: "x.test".into(),
+                    addr: [127, 0, 0, 1].into(),
+                },
+                Disposition::Permanent,
+                "5.4.4",
+                false,
+            ),
+            (
+                RouteError::Temporary {
+                    domain: "x.test".into(),
+                    reason: "SERVFAIL".into(),
+                },
+                Disposition::Transient,
+                "4.4.3",
+                false,
+            ),
+        ];
+        for (err, disposition, code, suppress) in table {
+            let got = classify_route(&err);
+            assert_eq!(got.disposition, disposition, "{err}");
+            assert_eq!(got.enhanced.unwrap().to_string(), code, "{err}");
+            assert_eq!(got.suppress, suppress, "{err}");
         }
     }
 

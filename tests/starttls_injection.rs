@@ -31,22 +31,37 @@ async fn bytes_before_the_handshake_are_discarded() {
     let server = tokio::spawn(async move {
         let (socket, _) = listener.accept().await.unwrap();
         let mut plain = BufReader::new(socket);
-        plain.get_mut().write_all(b"220 evil ESMTP\r\n").await.unwrap();
+        plain
+            .get_mut()
+            .write_all(b"220 evil ESMTP\r\n")
+            .await
+            .unwrap();
         let mut line = String::new();
         plain.read_line(&mut line).await.unwrap();
         assert!(line.starts_with("EHLO"), "{line}");
-        plain.get_mut().write_all(b"250-evil\r\n250 STARTTLS\r\n").await.unwrap();
+        plain
+            .get_mut()
+            .write_all(b"250-evil\r\n250 STARTTLS\r\n")
+            .await
+            .unwrap();
         line.clear();
         plain.read_line(&mut line).await.unwrap();
         assert_eq!(line, "STARTTLS\r\n");
         // The injected reply rides in the same segment as the 220.
-        plain.get_mut().write_all(b"220 2.0.0 ready\r\n250 injected-ehlo-reply\r\n").await.unwrap();
+        plain
+            .get_mut()
+            .write_all(b"220 2.0.0 ready\r\n250 injected-ehlo-reply\r\n")
+            .await
+            .unwrap();
         let tls = acceptor.accept(plain.into_inner()).await.unwrap();
         let mut tls = BufReader::new(tls);
         line.clear();
         tls.read_line(&mut line).await.unwrap();
         assert!(line.starts_with("EHLO"), "{line}");
-        tls.get_mut().write_all(b"250-real\r\n250-PIPELINING\r\n250 CHUNKING\r\n").await.unwrap();
+        tls.get_mut()
+            .write_all(b"250-real\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+            .await
+            .unwrap();
         line.clear();
         tls.read_line(&mut line).await.unwrap();
         line
@@ -56,7 +71,9 @@ async fn bytes_before_the_handshake_are_discarded() {
         TlsConnectors::with_extra_roots_pem(b"", None).unwrap(),
     );
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let session = Session::establish(stream, "localhost", Arc::new(config)).await.unwrap();
+    let session = Session::establish(stream, "localhost", Arc::new(config))
+        .await
+        .unwrap();
     assert!(session.is_tls());
     let caps = session.capabilities();
     assert!(

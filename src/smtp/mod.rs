@@ -36,7 +36,7 @@ pub use capabilities::{Capabilities, Mechanism};
 pub use command::{Command, HeloName};
 pub use error::SmtpError;
 pub use reply::{EnhancedCode, Reply, ReplyCode, ReplyParser};
-pub use session::{Session, SessionConfig, Verification};
+pub use session::{Session, SessionConfig, Timings, Verification};
 pub use timeouts::{Phase, Timeouts};
 pub use tls::{TlsConnectors, TlsPolicy};
 pub use transaction::{RecipientResult, Transaction};

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
@@ -95,6 +96,17 @@ impl Verification {
     }
 }
 
+/// How long each step of opening the session took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// TCP connect (zero when the stream was handed in).
+    pub connect: Duration,
+    /// TLS handshake, implicit or after STARTTLS.
+    pub tls: Option<Duration>,
+    /// EHLO/HELO round trips (both of them around STARTTLS).
+    pub ehlo: Duration,
+}
+
 /// An established session, ready for mail transactions.
 pub struct Session<S> {
     pub(super) conn: Connection<S>,
@@ -107,6 +119,7 @@ pub struct Session<S> {
     pub(super) needs_rset: bool,
     pub(super) transactions: u64,
     authenticated: bool,
+    timings: Timings,
 }
 
 impl<S> std::fmt::Debug for Session<S> {
@@ -138,6 +151,7 @@ impl Session<TcpStream> {
         if let Some(local) = config.local_addr {
             socket.bind(SocketAddr::new(local, 0)).map_err(io_err)?;
         }
+        let started = Instant::now();
         let stream = match tokio::time::timeout(config.timeouts.connect, socket.connect(addr)).await
         {
             Err(_) => {
@@ -149,7 +163,10 @@ impl Session<TcpStream> {
         };
         // Pipelined groups are written whole; Nagle would only delay the last segment.
         stream.set_nodelay(true).map_err(io_err)?;
-        Self::establish(stream, host, config).await
+        let connect = started.elapsed();
+        let mut session = Self::establish(stream, host, config).await?;
+        session.timings.connect = connect;
+        Ok(session)
     }
 }
 
@@ -162,10 +179,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         config: Arc<SessionConfig>,
     ) -> Result<Self, SmtpError> {
         let mut conn = Connection::new(stream, config.timeouts);
+        let mut timings = Timings::default();
         if config.implicit_tls {
             let name = server_name(host).map_err(SmtpError::Tls)?;
+            let started = Instant::now();
             conn.start_tls(config.connectors.for_policy(config.tls), name)
                 .await?;
+            timings.tls = Some(started.elapsed());
         }
         let greeting = conn.read_reply(Phase::Greeting).await?;
         if !greeting.is_positive() {
@@ -183,6 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             needs_rset: false,
             transactions: 0,
             authenticated: false,
+            timings,
         };
         session.hello().await?;
         session.maybe_start_tls(host).await?;
@@ -194,6 +215,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// EHLO, and HELO when the server does not know EHLO.
     async fn hello(&mut self) -> Result<(), SmtpError> {
+        let started = Instant::now();
+        let result = self.hello_inner().await;
+        self.timings.ehlo += started.elapsed();
+        result
+    }
+
+    async fn hello_inner(&mut self) -> Result<(), SmtpError> {
         let config = Arc::clone(&self.config);
         let reply = self
             .command(Command::Ehlo(&config.helo_name), Phase::Ehlo)
@@ -244,6 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let name = server_name(host).map_err(SmtpError::Tls)?;
         let connectors = self.config.connectors.clone();
+        let started = Instant::now();
         if let Err(e) = self
             .conn
             .start_tls(connectors.for_policy(policy), name)
@@ -252,6 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.broken = true;
             return Err(e);
         }
+        self.timings.tls = Some(started.elapsed());
         // RFC 3207: forget everything learned before TLS and say EHLO again.
         self.hello().await
     }
@@ -370,6 +400,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The 220 greeting.
     pub fn greeting(&self) -> &Reply {
         &self.greeting
+    }
+
+    /// How long opening the session took, step by step.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
     }
 
     /// Whether the connection is encrypted.

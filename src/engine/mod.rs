@@ -1,0 +1,255 @@
+//! The delivery engine: hand it deliveries, receive one report per delivery.
+//!
+//! A dispatcher task routes each delivery (cached MX answers; one lookup in flight
+//! per domain, never blocking other domains) and hands it to its site's lane. The
+//! engine holds at most `backlog` deliveries; `submit` waits for room, which is the
+//! back-pressure the queue reader needs. Retries are not the engine's business: a
+//! transient outcome is reported and the caller reschedules it (see [`crate::retry`]).
+//! It knows nothing of queues, templates or HTTP.
+
+mod config;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+pub use crate::lane::{Delivery, Report};
+pub use config::{ConfigError, LimitsConfig, SessionConfigs, SmtpConfig};
+
+use crate::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};
+use crate::metrics::{Counted, Metrics};
+use crate::outcome::{Disposition, classify_route};
+use crate::route::{RelayConfig, Router, Site, SiteKind};
+
+/// What the engine needs from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    /// `[smtp]`.
+    pub smtp: SmtpConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[relay]`.
+    pub relay: RelayConfig,
+    /// Most deliveries inside the engine at once. Default 0 means 50,000.
+    pub backlog: usize,
+}
+
+/// The engine has shut down; the delivery is handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine has shut down")]
+pub struct Closed<K>(pub Delivery<K>);
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine<K> {
+    tx: mpsc::Sender<Job<K>>,
+    backlog: Arc<Semaphore>,
+    dispatcher: JoinHandle<()>,
+}
+
+impl<K: Send + Sync + 'static> Engine<K> {
+    /// Starts the engine; reports arrive on the returned receiver.
+    pub fn start(
+        config: EngineConfig,
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Report<K>>), ConfigError> {
+        let sessions = config.smtp.session_configs(&config.relay)?;
+        let mut shared = SharedLimits {
+            global: config.limits.global.limiter(),
+            domains: HashMap::new(),
+        };
+        for (domain, rate) in &config.limits.domains {
+            if let Some(limiter) = rate.limiter() {
+                shared.domains.insert(domain.to_ascii_lowercase(), limiter);
+            }
+        }
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let backlog = if config.backlog == 0 {
+            50_000
+        } else {
+            config.backlog
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let dispatcher = Dispatcher {
+            router,
+            metrics,
+            sessions,
+            settings: LaneSettings {
+                max_connections: config.smtp.max_connections_per_site,
+                max_messages: config.smtp.max_messages_per_connection,
+                batch_size: config.smtp.batch_size,
+                idle_timeout: config.smtp.idle_timeout,
+                throttle_pause: config.smtp.throttle_pause,
+                throttle_step: config.smtp.throttle_step,
+            },
+            site_rate: config.limits.per_site,
+            shared_limits: Arc::new(shared),
+            reports: report_tx,
+            lanes: HashMap::new(),
+            waiting: HashMap::new(),
+        };
+        let dispatcher = tokio::spawn(dispatcher.run(rx));
+        Ok((
+            Self {
+                tx,
+                backlog: Arc::new(Semaphore::new(backlog)),
+                dispatcher,
+            },
+            report_rx,
+        ))
+    }
+
+    /// Hands a delivery to the engine, waiting while the backlog is full.
+    pub async fn submit(&self, delivery: Delivery<K>) -> Result<(), Closed<K>> {
+        let Ok(permit) = Arc::clone(&self.backlog).acquire_owned().await else {
+            return Err(Closed(delivery));
+        };
+        self.tx
+            .send(Job {
+                delivery,
+                _permit: permit,
+            })
+            .await
+            .map_err(|e| Closed(e.0.delivery))
+    }
+
+    /// Deliveries inside the engine now.
+    pub fn in_flight(&self, capacity: usize) -> usize {
+        capacity.saturating_sub(self.backlog.available_permits())
+    }
+
+    /// Stops taking deliveries, finishes the transactions in flight, says QUIT, and
+    /// reports deliveries not yet attempted with no outcome. Returns when done.
+    pub async fn shutdown(self) {
+        drop(self.tx);
+        let _ = self.dispatcher.await;
+    }
+}
+
+/// Routes deliveries to lanes.
+struct Dispatcher<K> {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    sessions: SessionConfigs,
+    settings: LaneSettings,
+    site_rate: crate::rate::Rate,
+    shared_limits: Arc<SharedLimits>,
+    reports: mpsc::UnboundedSender<Report<K>>,
+    lanes: HashMap<Arc<str>, LaneHandle<K>>,
+    /// Deliveries waiting for a lookup in flight, by domain.
+    waiting: HashMap<String, Vec<Job<K>>>,
+}
+
+type Answer = Result<Arc<Site>, crate::route::RouteError>;
+
+impl<K: Send + Sync + 'static> Dispatcher<K> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job<K>>) {
+        let (answers_tx, mut answers) = mpsc::unbounded_channel::<(String, Answer)>();
+        let mut open = true;
+        while open || !self.waiting.is_empty() {
+            tokio::select! {
+                job = rx.recv(), if open => match job {
+                    Some(job) => self.dispatch(job, &answers_tx),
+                    None => open = false,
+                },
+                Some((domain, answer)) = answers.recv() => {
+                    for job in self.waiting.remove(&domain).unwrap_or_default() {
+                        self.deliver(job, answer.clone());
+                    }
+                }
+            }
+        }
+        // Closing the lanes' queues makes them finish what is in flight and stop.
+        let tasks: Vec<_> = self.lanes.drain().map(|(_, lane)| lane.task).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn dispatch(&mut self, job: Job<K>, answers: &mpsc::UnboundedSender<(String, Answer)>) {
+        let domain = job.delivery.to.domain().to_ascii_lowercase();
+        if let Some(answer) = self.router.cached(&domain) {
+            return self.deliver(job, answer);
+        }
+        let waiting = self.waiting.entry(domain.clone()).or_default();
+        waiting.push(job);
+        if waiting.len() == 1 {
+            let (router, answers) = (Arc::clone(&self.router), answers.clone());
+            tokio::spawn(async move {
+                let answer = router.route(&domain).await;
+                let _ = answers.send((domain, answer));
+            });
+        }
+    }
+
+    fn deliver(&mut self, job: Job<K>, answer: Answer) {
+        let site = match answer {
+            Ok(site) => site,
+            Err(e) => {
+                let outcome = classify_route(&e);
+                let counted = if outcome.disposition == Disposition::Transient {
+                    Counted::Deferred
+                } else {
+                    Counted::Bounced
+                };
+                self.metrics.count(counted);
+                let Delivery { key, to, .. } = job.delivery;
+                let _ = self.reports.send(Report {
+                    key,
+                    to,
+                    site: None,
+                    outcome: Some(outcome),
+                });
+                return;
+            }
+        };
+        let mut job = job;
+        for _ in 0..2 {
+            let lane = self.lane(&site);
+            match lane.tx.send(job) {
+                Ok(()) => return,
+                Err(returned) => {
+                    // The lane retired while idle: start it again.
+                    job = returned.0;
+                    self.lanes.remove(&site.key);
+                }
+            }
+        }
+        let Delivery { key, to, .. } = job.delivery;
+        let _ = self.reports.send(Report {
+            key,
+            to,
+            site: Some(Arc::clone(&site.key)),
+            outcome: None,
+        });
+    }
+
+    fn lane(&mut self, site: &Arc<Site>) -> &LaneHandle<K> {
+        if let Some(lane) = self.lanes.get(&site.key) {
+            // A fresher answer (addresses may have changed) is used for new connections.
+            let mut current = lane.site.lock().unwrap_or_else(|e| e.into_inner());
+            if !Arc::ptr_eq(&current, site) {
+                *current = Arc::clone(site);
+            }
+        } else {
+            let session = match site.kind {
+                SiteKind::Mx => Arc::clone(&self.sessions.direct),
+                SiteKind::Relay => Arc::clone(&self.sessions.relay),
+            };
+            let deps = LaneDeps {
+                settings: self.settings.clone(),
+                session,
+                site_rate: self.site_rate,
+                shared_limits: Arc::clone(&self.shared_limits),
+                reports: self.reports.clone(),
+                metrics: Arc::clone(&self.metrics),
+            };
+            self.lanes
+                .insert(Arc::clone(&site.key), spawn_lane(Arc::clone(site), deps));
+        }
+        &self.lanes[&site.key]
+    }
+}

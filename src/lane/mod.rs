@@ -1,0 +1,370 @@
+//! Site lanes: one per destination site, each with its own queue, connection pool,
+//! rate limiter and adaptive throttle, so that a slow or throttling site never holds
+//! up another.
+//!
+//! A lane task owns the site's queue and hands batches to worker tasks, at most as
+//! many as the throttle allows (never more than the pool size). A worker takes a
+//! session from the pool, waits for the rate limits, sends its batch pipelined,
+//! classifies every recipient's result and reports it. A session goes back to the
+//! pool only when healthy; a connection-level failure drops that session alone.
+
+mod pool;
+mod throttle;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool::managed::{Object, Pool, PoolError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use pool::{PooledSession, SessionManager};
+pub use throttle::Throttle;
+
+use crate::metrics::{Counted, Metrics, SiteCounters, Stage};
+use crate::outcome::{Disposition, Outcome, classify};
+use crate::rate::Limiter;
+use crate::route::Site;
+use crate::smtp::{Address, Phase, RecipientResult, SessionConfig, SmtpError, Transaction};
+
+/// One message for one recipient, handed to the engine.
+#[derive(Debug)]
+pub struct Delivery<K> {
+    /// The caller's key, returned in the report.
+    pub key: K,
+    /// The envelope sender; `None` for `<>`.
+    pub from: Option<Address>,
+    /// The recipient.
+    pub to: Address,
+    /// The message (RFC 5322 bytes), shareable between recipients.
+    pub body: Arc<[u8]>,
+    /// When it became due (for the queue-wait histogram).
+    pub queued_at: std::time::Instant,
+}
+
+/// What happened to a delivery.
+#[derive(Debug)]
+pub struct Report<K> {
+    /// The caller's key.
+    pub key: K,
+    /// The recipient.
+    pub to: Address,
+    /// The site it went to, when it was routed.
+    pub site: Option<Arc<str>>,
+    /// The classified result; `None` when it was never attempted (shutdown).
+    pub outcome: Option<Outcome>,
+}
+
+/// A delivery inside the engine, holding its place in the engine's backlog.
+#[derive(Debug)]
+pub(crate) struct Job<K> {
+    pub(crate) delivery: Delivery<K>,
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+/// The rate limiters that apply to a delivery besides its site's.
+#[derive(Debug, Default)]
+pub(crate) struct SharedLimits {
+    pub(crate) global: Option<Limiter>,
+    pub(crate) domains: HashMap<String, Limiter>,
+}
+
+/// Lane settings taken from `[smtp]`.
+#[derive(Clone, Debug)]
+pub(crate) struct LaneSettings {
+    pub(crate) max_connections: usize,
+    pub(crate) max_messages: u64,
+    pub(crate) batch_size: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) throttle_pause: Duration,
+    pub(crate) throttle_step: Duration,
+}
+
+/// What a lane shares with its workers.
+struct LaneContext<K> {
+    site_key: Arc<str>,
+    pool: Pool<SessionManager>,
+    site_limit: Option<Limiter>,
+    shared_limits: Arc<SharedLimits>,
+    reports: mpsc::UnboundedSender<Report<K>>,
+    metrics: Arc<Metrics>,
+    counters: Arc<SiteCounters>,
+    max_messages: u64,
+}
+
+/// The dispatcher's handle on a lane.
+#[derive(Debug)]
+pub(crate) struct LaneHandle<K> {
+    pub(crate) tx: mpsc::UnboundedSender<Job<K>>,
+    pub(crate) site: Arc<Mutex<Arc<Site>>>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+/// Everything needed to start a lane.
+pub(crate) struct LaneDeps<K> {
+    pub(crate) settings: LaneSettings,
+    pub(crate) session: Arc<SessionConfig>,
+    pub(crate) site_rate: crate::rate::Rate,
+    pub(crate) shared_limits: Arc<SharedLimits>,
+    pub(crate) reports: mpsc::UnboundedSender<Report<K>>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Starts the lane of `site`.
+pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
+    site: Arc<Site>,
+    deps: LaneDeps<K>,
+) -> LaneHandle<K> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let counters = deps.metrics.site(&site.key);
+    let shared_site = Arc::new(Mutex::new(Arc::clone(&site)));
+    let max = deps.settings.max_connections.max(1);
+    let manager = SessionManager {
+        site: Arc::clone(&shared_site),
+        config: deps.session,
+        slots: Arc::new(Semaphore::new(max)),
+        max_messages: deps.settings.max_messages,
+        metrics: Arc::clone(&deps.metrics),
+        counters: Arc::clone(&counters),
+    };
+    let pool = Pool::builder(manager)
+        .max_size(max)
+        .build()
+        .expect("no timeouts are configured, so no runtime is needed");
+    let ctx = Arc::new(LaneContext {
+        site_key: Arc::clone(&site.key),
+        pool,
+        site_limit: deps.site_rate.limiter(),
+        shared_limits: deps.shared_limits,
+        reports: deps.reports,
+        metrics: deps.metrics,
+        counters,
+        max_messages: deps.settings.max_messages,
+    });
+    let task = tokio::spawn(run_lane(ctx, rx, deps.settings));
+    LaneHandle {
+        tx,
+        site: shared_site,
+        task,
+    }
+}
+
+/// The lane task: queue, throttle, workers, idle connections.
+async fn run_lane<K: Send + Sync + 'static>(
+    ctx: Arc<LaneContext<K>>,
+    mut rx: mpsc::UnboundedReceiver<Job<K>>,
+    settings: LaneSettings,
+) {
+    let mut queue: VecDeque<Job<K>> = VecDeque::new();
+    let mut throttle = Throttle::new(
+        settings.max_connections,
+        settings.throttle_pause,
+        settings.throttle_step,
+        Instant::now(),
+    );
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<bool>();
+    let mut active = 0usize;
+    let mut shutting_down = false;
+    let mut retiring = false;
+    let tick_every = (settings.idle_timeout / 2).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(tick_every);
+    let mut last_activity = Instant::now();
+    loop {
+        let allowed = throttle.allowed(Instant::now());
+        while !queue.is_empty() && active < allowed {
+            let size = (queue.len() / allowed.max(1)).clamp(1, settings.batch_size.max(1));
+            let batch: Vec<Job<K>> = queue.drain(..size.min(queue.len())).collect();
+            let (ctx, done) = (Arc::clone(&ctx), done_tx.clone());
+            tokio::spawn(async move {
+                let throttled = work(&ctx, batch).await;
+                let _ = done.send(throttled);
+            });
+            active += 1;
+            last_activity = Instant::now();
+        }
+        if (shutting_down || retiring) && queue.is_empty() && active == 0 {
+            break;
+        }
+        let wake = throttle.next_change().filter(|_| !queue.is_empty());
+        tokio::select! {
+            job = rx.recv(), if !shutting_down && !retiring => match job {
+                Some(job) => queue.push_back(job),
+                None => {
+                    shutting_down = true;
+                    // Not yet attempted: handed back so the caller can release them.
+                    for job in queue.drain(..) {
+                        report(&ctx, job.delivery, None);
+                    }
+                }
+            },
+            Some(throttled) = done_rx.recv() => {
+                active -= 1;
+                if throttled {
+                    throttle.on_throttle(Instant::now());
+                    ctx.counters.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(site = %ctx.site_key, "site is throttling us: fewer connections for a while");
+                }
+            },
+            () = sleep_until(wake) => {},
+            _ = tick.tick() => {
+                close_idle(&ctx.pool, settings.idle_timeout);
+                let idle = queue.is_empty() && active == 0 && ctx.pool.status().size == 0;
+                if idle && last_activity.elapsed() >= settings.idle_timeout && !shutting_down {
+                    // Retire: refuse new jobs, take any already sent, finish them.
+                    rx.close();
+                    retiring = true;
+                    while let Ok(job) = rx.try_recv() {
+                        queue.push_back(job);
+                    }
+                }
+            },
+        }
+    }
+    // Shutting down or retiring: every pooled session says QUIT before the lane ends.
+    let removed = ctx.pool.retain(|_, _| false).removed;
+    futures::future::join_all(removed.into_iter().map(PooledSession::quit)).await;
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Closes (with QUIT) pooled sessions idle for `idle` or longer.
+fn close_idle(pool: &Pool<SessionManager>, idle: Duration) {
+    let removed = pool.retain(|_, metrics| metrics.last_used() < idle).removed;
+    if !removed.is_empty() {
+        tokio::spawn(async move {
+            for session in removed {
+                session.quit().await;
+            }
+        });
+    }
+}
+
+/// Sends one batch on one session; returns whether the site throttled us.
+async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> bool {
+    for job in &batch {
+        acquire(ctx, job.delivery.to.domain()).await;
+    }
+    let mut session = match checkout(ctx).await {
+        Ok(session) => session,
+        Err(e) => return fail_all(ctx, batch, &e),
+    };
+    let started = std::time::Instant::now();
+    for job in &batch {
+        ctx.metrics.record(
+            Stage::QueueWait,
+            started.saturating_duration_since(job.delivery.queued_at),
+        );
+    }
+    let reused = session.transactions() > 0;
+    let mut results = send(&mut session, &batch).await;
+    if reused && all_stale(&results) {
+        // The server closed an idle pooled connection before we used it: nothing
+        // was accepted, so the batch goes again on a fresh connection, once.
+        drop(Object::take(session));
+        session = match checkout(ctx).await {
+            Ok(session) => session,
+            Err(e) => return fail_all(ctx, batch, &e),
+        };
+        results = send(&mut session, &batch).await;
+    }
+    let elapsed = started.elapsed();
+    let mut throttled = false;
+    for (job, result) in batch.into_iter().zip(results) {
+        ctx.metrics.record(Stage::Transaction, elapsed);
+        let outcome = classify(&result);
+        throttled |= outcome.throttle;
+        report(ctx, job.delivery, Some(outcome));
+    }
+    if !session.is_usable() || session.transactions() >= ctx.max_messages {
+        Object::take(session).quit().await;
+    }
+    throttled
+}
+
+async fn acquire<K: Sync>(ctx: &LaneContext<K>, domain: &str) {
+    if let Some(global) = &ctx.shared_limits.global {
+        global.acquire().await;
+    }
+    if let Some(site) = &ctx.site_limit {
+        site.acquire().await;
+    }
+    if let Some(limit) = ctx.shared_limits.domains.get(&domain.to_ascii_lowercase()) {
+        limit.acquire().await;
+    }
+}
+
+async fn checkout<K>(ctx: &LaneContext<K>) -> Result<Object<SessionManager>, SmtpError> {
+    ctx.pool.get().await.map_err(|e| match e {
+        PoolError::Backend(e) => e,
+        other => SmtpError::Io {
+            phase: Phase::Connect,
+            kind: std::io::ErrorKind::Other,
+            message: other.to_string(),
+        },
+    })
+}
+
+async fn send<K: Sync>(session: &mut PooledSession, batch: &[Job<K>]) -> Vec<RecipientResult> {
+    let txs: Vec<Transaction<'_>> = batch
+        .iter()
+        .map(|job| Transaction {
+            from: job.delivery.from.as_ref(),
+            to: std::slice::from_ref(&job.delivery.to),
+            body: &job.delivery.body,
+        })
+        .collect();
+    session
+        .send(&txs)
+        .await
+        .into_iter()
+        .map(|mut r| r.swap_remove(0))
+        .collect()
+}
+
+/// Every result is a transport failure before the first reply.
+fn all_stale(results: &[RecipientResult]) -> bool {
+    results.iter().all(|r| {
+        matches!(r, Err(SmtpError::Closed { phase } | SmtpError::Io { phase, .. })
+            if matches!(phase, Phase::Mail | Phase::DataBlock))
+    })
+}
+
+/// No session could be opened: every delivery of the batch gets that failure.
+fn fail_all<K>(ctx: &LaneContext<K>, batch: Vec<Job<K>>, err: &SmtpError) -> bool {
+    let outcome = classify(&Err(err.clone()));
+    tracing::debug!(site = %ctx.site_key, error = %err, "could not open a session");
+    let throttled = outcome.throttle;
+    for job in batch {
+        report(ctx, job.delivery, Some(outcome.clone()));
+    }
+    throttled
+}
+
+fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Option<Outcome>) {
+    if let Some(outcome) = &outcome {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (counted, site_counter) = match outcome.disposition {
+            Disposition::Delivered => (Counted::Delivered, &ctx.counters.delivered),
+            Disposition::Transient => (Counted::Deferred, &ctx.counters.deferred),
+            Disposition::Permanent => (Counted::Bounced, &ctx.counters.bounced),
+        };
+        ctx.metrics.count(counted);
+        site_counter.fetch_add(1, Relaxed);
+        ctx.metrics
+            .record(Stage::Delivery, delivery.queued_at.elapsed());
+    }
+    let Delivery { key, to, .. } = delivery;
+    let _ = ctx.reports.send(Report {
+        key,
+        to,
+        site: Some(Arc::clone(&ctx.site_key)),
+        outcome,
+    });
+}

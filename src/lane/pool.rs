@@ -1,0 +1,190 @@
+//! The connection pool of one site: a deadpool manager that opens SMTP sessions,
+//! trying the site's MX hosts in order, and a slot semaphore so that a closing
+//! connection still counts against the site's limit until its socket is closed.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::{Metrics, SiteCounters, Stage};
+use crate::route::Site;
+use crate::smtp::{Phase, Session, SessionConfig, SmtpError};
+
+/// At most this many addresses are tried for one connection.
+const MAX_TARGETS: usize = 8;
+
+/// A session that holds one of the site's connection slots.
+#[derive(Debug)]
+pub struct PooledSession {
+    session: Session<TcpStream>,
+    open: OpenGuard,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Keeps the site's open-connection gauge right however the session ends.
+#[derive(Debug)]
+struct OpenGuard(Arc<SiteCounters>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Deref for PooledSession {
+    type Target = Session<TcpStream>;
+    fn deref(&self) -> &Self::Target {
+        &self.session
+    }
+}
+
+impl DerefMut for PooledSession {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.session
+    }
+}
+
+impl PooledSession {
+    /// Says QUIT and closes; the slot is released only when the socket is closed.
+    pub async fn quit(self) {
+        let PooledSession {
+            session,
+            open,
+            slot,
+        } = self;
+        session.quit().await;
+        drop(open);
+        drop(slot);
+    }
+}
+
+/// Opens sessions to one site.
+#[derive(Debug)]
+pub struct SessionManager {
+    /// The latest routing answer; updated when the route is refreshed.
+    pub(super) site: Arc<Mutex<Arc<Site>>>,
+    pub(super) config: Arc<SessionConfig>,
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) max_messages: u64,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) counters: Arc<SiteCounters>,
+}
+
+/// Whether a failure to open a session means "try the next address": the host is
+/// unreachable, silent, refuses service outright, or fails TLS that we require.
+/// A 4xx greeting defers the whole site instead (the server is there and busy).
+fn try_next_host(err: &SmtpError) -> bool {
+    match err {
+        SmtpError::Timeout { phase }
+        | SmtpError::Io { phase, .. }
+        | SmtpError::Closed { phase } => {
+            matches!(phase, Phase::Connect | Phase::Greeting | Phase::StartTls)
+        }
+        SmtpError::Reply {
+            phase: Phase::Greeting,
+            reply,
+        } => reply.code().is_permanent(),
+        SmtpError::Tls(_) => true,
+        _ => false,
+    }
+}
+
+impl managed::Manager for SessionManager {
+    type Type = PooledSession;
+    type Error = SmtpError;
+
+    async fn create(&self) -> Result<PooledSession, SmtpError> {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| SmtpError::Unusable)?;
+        let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut last = None;
+        for (host, addr) in site.targets().take(MAX_TARGETS) {
+            match Session::connect(addr, host, Arc::clone(&self.config)).await {
+                Ok(session) => {
+                    let t = session.timings();
+                    self.metrics.record(Stage::Connect, t.connect);
+                    self.metrics.record(Stage::Ehlo, t.ehlo);
+                    if let Some(tls) = t.tls {
+                        self.metrics.record(Stage::Tls, tls);
+                    }
+                    self.counters.connections_opened.fetch_add(1, Relaxed);
+                    self.counters.connections_open.fetch_add(1, Relaxed);
+                    let open = OpenGuard(Arc::clone(&self.counters));
+                    return Ok(PooledSession {
+                        session,
+                        open,
+                        slot,
+                    });
+                }
+                Err(e) if try_next_host(&e) => {
+                    tracing::debug!(site = %site.key, host, %addr, error = %e, "trying the next MX address");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(SmtpError::Io {
+            phase: Phase::Connect,
+            kind: std::io::ErrorKind::NotFound,
+            message: format!("site {} has no address", site.key),
+        }))
+    }
+
+    async fn recycle(
+        &self,
+        session: &mut PooledSession,
+        _: &PoolMetrics,
+    ) -> RecycleResult<SmtpError> {
+        if session.is_usable() && session.transactions() < self.max_messages {
+            Ok(())
+        } else {
+            Err(RecycleError::message("session spent or broken"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::ReplyParser;
+
+    #[test]
+    fn which_failures_move_on_to_the_next_host() {
+        let reply = |w: &str| {
+            ReplyParser::parse_slice(format!("{w}\r\n").as_bytes())
+                .unwrap()
+                .unwrap()
+        };
+        let refused = SmtpError::Io {
+            phase: Phase::Connect,
+            kind: std::io::ErrorKind::ConnectionRefused,
+            message: String::new(),
+        };
+        assert!(try_next_host(&refused));
+        assert!(try_next_host(&SmtpError::Timeout {
+            phase: Phase::Connect
+        }));
+        assert!(try_next_host(&SmtpError::Timeout {
+            phase: Phase::Greeting
+        }));
+        assert!(try_next_host(&SmtpError::Reply {
+            phase: Phase::Greeting,
+            reply: reply("554 no service")
+        }));
+        assert!(!try_next_host(&SmtpError::Reply {
+            phase: Phase::Greeting,
+            reply: reply("421 busy")
+        }));
+        assert!(try_next_host(&SmtpError::Tls("handshake".into())));
+        assert!(!try_next_host(&SmtpError::Reply {
+            phase: Phase::Auth,
+            reply: reply("535 no")
+        }));
+    }
+}

@@ -1,0 +1,103 @@
+//! Routing: where mail for a domain goes.
+//!
+//! MX records by preference (equal preferences shuffled), implicit MX when there is
+//! none, null MX (RFC 7505) and NXDOMAIN as permanent failures, SERVFAIL and timeouts
+//! as transient ones. Answers are cached for their TTL in a bounded cache. Domains
+//! whose MX host sets are equal share one [`Site`]. In relay mode every domain goes
+//! to the one smarthost. This module knows nothing of sessions or queues.
+
+mod cache;
+mod config;
+mod resolve;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use config::{DnsConfig, RelayConfig, RelayTls, SecurityConfig};
+pub use resolve::{Router, is_forbidden};
+
+/// One MX host and the addresses it resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MxHost {
+    /// The host name (or the domain itself for an implicit MX).
+    pub name: String,
+    /// MX preference; lower first.
+    pub preference: u16,
+    /// Addresses with the SMTP port, in the order to try.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Whether a site is reached directly or through the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteKind {
+    /// The domain's own MX hosts.
+    Mx,
+    /// The configured smarthost.
+    Relay,
+}
+
+/// A destination: the MX hosts that serve one or more domains. One lane and one
+/// connection pool per site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Identity: the sorted MX host names (domains with equal MX sets share it).
+    pub key: Arc<str>,
+    /// Hosts in the order to try.
+    pub hosts: Vec<MxHost>,
+    /// Direct or relay.
+    pub kind: SiteKind,
+    /// When the answer this site came from expires.
+    pub expires: Instant,
+}
+
+impl Site {
+    /// Every address to try, in order, with the host name each belongs to.
+    pub fn targets(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| h.addrs.iter().map(move |a| (h.name.as_str(), *a)))
+    }
+}
+
+/// Why a domain has no usable route.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// RFC 7505 null MX: the domain accepts no mail (5.1.10).
+    #[error("{0} does not accept mail (null MX)")]
+    NullMx(String),
+    /// NXDOMAIN (5.1.2).
+    #[error("domain {0} does not exist")]
+    NoSuchDomain(String),
+    /// No MX and no address record (5.1.2).
+    #[error("domain {0} has no MX and no address")]
+    NoMailHost(String),
+    /// Every MX address is loopback or private and that is not allowed (5.4.4).
+    #[error(
+        "MX of {domain} resolves to {addr}, a loopback or private address (security.allow_loopback_mx is off)"
+    )]
+    Forbidden {
+        /// The domain.
+        domain: String,
+        /// The refused address.
+        addr: std::net::IpAddr,
+    },
+    /// The domain is not a valid host name (5.1.2).
+    #[error("invalid domain {0:?}")]
+    InvalidDomain(String),
+    /// SERVFAIL, timeout, or no MX host with an address yet: try later (4.4.3).
+    #[error("DNS lookup for {domain} failed temporarily: {reason}")]
+    Temporary {
+        /// The domain.
+        domain: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl RouteError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Temporary { .. })
+    }
+}

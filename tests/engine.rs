@@ -1,0 +1,629 @@
+//! The delivery engine end to end on loopback: a real DNS server (hickory-server)
+//! serving MX, A and null MX records, and load-test sinks listening on several
+//! 127.0.0.x addresses.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use volley::engine::{Delivery, Engine, EngineConfig, LimitsConfig, Report, SmtpConfig};
+use volley::metrics::Metrics;
+use volley::outcome::{Disposition, Outcome};
+use volley::retry::{Decision, RetryConfig};
+use volley::route::{DnsConfig, RelayConfig, RelayTls, Router, SecurityConfig};
+use volley::smtp::{Address, TlsPolicy};
+use volley_loadtest::{DnsRecords, DnsServer, Sink, SinkConfig};
+
+const IP2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const IP3: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const IP4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+const IP5: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
+
+/// Sinks on the given addresses, all on one port (the engine has one SMTP port).
+async fn sinks(ips: &[Ipv4Addr], config: SinkConfig) -> (Vec<Sink>, u16) {
+    for _ in 0..20 {
+        let probe = std::net::TcpListener::bind((ips[0], 0)).unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let mut started = Vec::new();
+        for ip in ips {
+            let listen = vec![SocketAddr::from((*ip, port))];
+            match Sink::start(SinkConfig {
+                listen,
+                ..config.clone()
+            })
+            .await
+            {
+                Ok(sink) => started.push(sink),
+                Err(_) => break,
+            }
+        }
+        if started.len() == ips.len() {
+            return (started, port);
+        }
+        for sink in started {
+            sink.shutdown().await;
+        }
+    }
+    panic!("no common free port for {ips:?}");
+}
+
+struct Harness {
+    engine: Engine<u32>,
+    reports: UnboundedReceiver<Report<u32>>,
+    metrics: Arc<Metrics>,
+}
+
+fn smtp(port: u16) -> SmtpConfig {
+    let mut smtp = SmtpConfig {
+        helo_name: "volley.test".into(),
+        port,
+        ..SmtpConfig::default()
+    };
+    smtp.timeouts.connect = Duration::from_secs(2);
+    smtp.idle_timeout = Duration::from_secs(5);
+    smtp
+}
+
+fn start(dns: &DnsServer, config: EngineConfig, allow_loopback: bool) -> Harness {
+    let metrics = Arc::new(Metrics::default());
+    let dns_config = DnsConfig {
+        nameservers: vec![dns.addr()],
+        ..DnsConfig::default()
+    };
+    let security = SecurityConfig {
+        allow_loopback_mx: allow_loopback,
+    };
+    let router = Router::new(
+        &dns_config,
+        &config.relay,
+        &security,
+        config.smtp.port,
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let (engine, reports) = Engine::start(config, Arc::new(router), Arc::clone(&metrics)).unwrap();
+    Harness {
+        engine,
+        reports,
+        metrics,
+    }
+}
+
+fn delivery(key: u32, to: &str) -> Delivery<u32> {
+    Delivery {
+        key,
+        from: Some(Address::parse("bounces@volley.test").unwrap()),
+        to: Address::parse(to).unwrap(),
+        body: Arc::from(&b"Subject: test\r\n\r\nhello\r\n"[..]),
+        queued_at: Instant::now(),
+    }
+}
+
+impl Harness {
+    async fn send(&mut self, list: &[(u32, &str)]) -> HashMap<u32, Report<u32>> {
+        for (key, to) in list {
+            self.engine.submit(delivery(*key, to)).await.unwrap();
+        }
+        self.collect(list.len()).await
+    }
+
+    async fn collect(&mut self, n: usize) -> HashMap<u32, Report<u32>> {
+        let mut out = HashMap::new();
+        while out.len() < n {
+            let report = tokio::time::timeout(Duration::from_secs(30), self.reports.recv())
+                .await
+                .expect("a report within 30 s")
+                .expect("the engine is running");
+            assert!(
+                out.insert(report.key, report).is_none(),
+                "one report per delivery"
+            );
+        }
+        out
+    }
+}
+
+fn outcome(report: &Report<u32>) -> &Outcome {
+    report.outcome.as_ref().expect("attempted")
+}
+
+fn records() -> DnsRecords {
+    DnsRecords::new()
+        .ttl(60)
+        .mx("fallback.test", 10, "dead.fallback.test")
+        .mx("fallback.test", 20, "live.fallback.test")
+        .a("dead.fallback.test", IP2)
+        .a("live.fallback.test", IP3)
+        .mx("prefs.test", 10, "first.prefs.test")
+        .mx("prefs.test", 20, "second.prefs.test")
+        .a("first.prefs.test", IP4)
+        .a("second.prefs.test", IP5)
+        .a("implicit.test", IP3)
+        .null_mx("nullmx.test")
+        .mx("noaddress.test", 10, "gone.noaddress.test")
+        .servfail("broken.test")
+}
+
+#[tokio::test]
+async fn preference_order_and_fallback_to_the_next_mx() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (sinks, port) = sinks(&[IP3, IP4, IP5], SinkConfig::default()).await;
+    let mut h = start(
+        &dns,
+        EngineConfig {
+            smtp: smtp(port),
+            ..EngineConfig::default()
+        },
+        true,
+    );
+    let list: Vec<(u32, String)> = (0..6)
+        .map(|i| {
+            (
+                i,
+                if i % 2 == 0 {
+                    format!("u{i}@fallback.test")
+                } else {
+                    format!("u{i}@prefs.test")
+                },
+            )
+        })
+        .collect();
+    let refs: Vec<(u32, &str)> = list.iter().map(|(k, t)| (*k, t.as_str())).collect();
+    let reports = h.send(&refs).await;
+    for report in reports.values() {
+        assert_eq!(
+            outcome(report).disposition,
+            Disposition::Delivered,
+            "{report:?}"
+        );
+    }
+    assert_eq!(
+        sinks[0].stats().messages,
+        3,
+        "fallback.test went to its second MX"
+    );
+    assert_eq!(
+        sinks[1].stats().messages,
+        3,
+        "prefs.test went to its preferred MX"
+    );
+    assert_eq!(
+        sinks[2].stats().messages,
+        0,
+        "the less preferred MX was not needed"
+    );
+    h.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn implicit_null_nxdomain_servfail_and_forbidden() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
+    let mut h = start(
+        &dns,
+        EngineConfig {
+            smtp: smtp(port),
+            ..EngineConfig::default()
+        },
+        true,
+    );
+    let reports = h
+        .send(&[
+            (1, "a@implicit.test"),
+            (2, "a@nullmx.test"),
+            (3, "a@nosuchdomain.test"),
+            (4, "a@broken.test"),
+            (5, "a@noaddress.test"),
+        ])
+        .await;
+    assert_eq!(outcome(&reports[&1]).disposition, Disposition::Delivered);
+    let code = |k: u32| {
+        outcome(&reports[&k])
+            .enhanced
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (outcome(&reports[&2]).disposition, code(2).as_str()),
+        (Disposition::Permanent, "5.1.10")
+    );
+    assert_eq!(
+        (outcome(&reports[&3]).disposition, code(3).as_str()),
+        (Disposition::Permanent, "5.1.2")
+    );
+    assert_eq!(
+        (outcome(&reports[&4]).disposition, code(4).as_str()),
+        (Disposition::Transient, "4.4.3")
+    );
+    assert_eq!(
+        outcome(&reports[&5]).disposition,
+        Disposition::Transient,
+        "an MX host without address defers"
+    );
+    assert_eq!(
+        sinks[0].stats().connections,
+        1,
+        "only the implicit MX was contacted"
+    );
+    h.engine.shutdown().await;
+
+    // Without allow_loopback_mx, an MX on 127.0.0.x is refused before any connection.
+    let mut h = start(
+        &dns,
+        EngineConfig {
+            smtp: smtp(port),
+            ..EngineConfig::default()
+        },
+        false,
+    );
+    let reports = h.send(&[(1, "a@implicit.test")]).await;
+    let refused = outcome(&reports[&1]);
+    assert_eq!(refused.disposition, Disposition::Permanent);
+    assert_eq!(refused.enhanced.unwrap().to_string(), "5.4.4");
+    assert_eq!(sinks[0].stats().connections, 1);
+    h.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn never_more_connections_than_the_cap() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let sink_config = SinkConfig {
+        slow_delay: Duration::from_millis(10),
+        ..SinkConfig::default()
+    };
+    let (sinks, port) = sinks(&[IP3], sink_config).await;
+    let mut config = EngineConfig {
+        smtp: smtp(port),
+        ..EngineConfig::default()
+    };
+    config.smtp.max_connections_per_site = 3;
+    config.smtp.max_messages_per_connection = 7;
+    config.smtp.batch_size = 2;
+    let mut h = start(&dns, config, true);
+    let list: Vec<(u32, String)> = (0..60)
+        .map(|i| (i, format!("slow{i}@implicit.test")))
+        .collect();
+    let refs: Vec<(u32, &str)> = list.iter().map(|(k, t)| (*k, t.as_str())).collect();
+    let reports = h.send(&refs).await;
+    assert!(
+        reports
+            .values()
+            .all(|r| outcome(r).disposition == Disposition::Delivered)
+    );
+    h.engine.shutdown().await;
+    let stats = sinks[0].stats();
+    assert!(
+        stats.peak_connections <= 3,
+        "peak {} connections",
+        stats.peak_connections
+    );
+    assert!(
+        stats.connections >= 60 / 7,
+        "connections are replaced after 7 messages: {}",
+        stats.connections
+    );
+    assert_eq!(
+        stats.quits, stats.connections,
+        "every connection ended with QUIT"
+    );
+}
+
+#[tokio::test]
+async fn a_421_throttles_that_site_only() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (sinks, port) = sinks(&[IP3, IP4], SinkConfig::default()).await;
+    let mut config = EngineConfig {
+        smtp: smtp(port),
+        ..EngineConfig::default()
+    };
+    config.smtp.throttle_pause = Duration::from_millis(1500);
+    let mut h = start(&dns, config, true);
+    let first = h.send(&[(0, "bye@implicit.test")]).await;
+    let bye = outcome(&first[&0]);
+    assert!(bye.throttle && bye.is_transient(), "{bye:?}");
+    let throttled_at = Instant::now();
+    for i in 1..=5 {
+        h.engine
+            .submit(delivery(i, &format!("ok{i}@implicit.test")))
+            .await
+            .unwrap();
+        h.engine
+            .submit(delivery(100 + i, &format!("ok{i}@prefs.test")))
+            .await
+            .unwrap();
+    }
+    let mut arrivals = Vec::new();
+    for _ in 0..10 {
+        let report = tokio::time::timeout(Duration::from_secs(30), h.reports.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            outcome(&report).disposition,
+            Disposition::Delivered,
+            "nothing bounces: {report:?}"
+        );
+        arrivals.push((report.key, throttled_at.elapsed()));
+    }
+    let last_other = arrivals
+        .iter()
+        .filter(|(k, _)| *k > 100)
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    let first_throttled = arrivals
+        .iter()
+        .filter(|(k, _)| *k < 100)
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap();
+    assert!(
+        last_other < first_throttled,
+        "the other site was not held up: {arrivals:?}"
+    );
+    assert!(
+        first_throttled >= Duration::from_millis(1400),
+        "the throttled site paused: {arrivals:?}"
+    );
+    assert_eq!(
+        (sinks[0].stats().messages, sinks[1].stats().messages),
+        (5, 5)
+    );
+    let text = h.metrics.render_prometheus();
+    assert!(
+        text.contains("volley_site_throttled_total{site=\"implicit.test\"} 1"),
+        "{text}"
+    );
+    h.engine.shutdown().await;
+}
+
+/// Runs deliveries through the engine with the retry schedule, as the dispatcher
+/// does with the queue, until every one is decided.
+async fn with_retries(
+    h: &mut Harness,
+    retry: &RetryConfig,
+    list: &[(u32, &str)],
+) -> HashMap<u32, (Decision, u32)> {
+    let created = SystemTime::now();
+    let mut attempts: HashMap<u32, u32> = HashMap::new();
+    let mut decided = HashMap::new();
+    let mut pending: Vec<(u32, String)> = list.iter().map(|(k, t)| (*k, t.to_string())).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pending.is_empty() && Instant::now() < deadline {
+        let refs: Vec<(u32, &str)> = pending.iter().map(|(k, t)| (*k, t.as_str())).collect();
+        let reports = h.send(&refs).await;
+        let mut again = Vec::new();
+        let mut wake = SystemTime::now();
+        for (key, to) in pending {
+            let n = attempts.entry(key).or_default();
+            *n += 1;
+            let decision = retry.decide(outcome(&reports[&key]), *n, created, SystemTime::now());
+            match decision {
+                Decision::RetryAt(at) => {
+                    wake = wake.max(at);
+                    again.push((key, to));
+                }
+                other => {
+                    decided.insert(key, (other, *n));
+                }
+            }
+        }
+        if let Ok(wait) = wake.duration_since(SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        pending = again;
+    }
+    decided
+}
+
+#[tokio::test]
+async fn tempfail_is_retried_then_delivered_and_old_messages_expire() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (_sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
+    let mut h = start(
+        &dns,
+        EngineConfig {
+            smtp: smtp(port),
+            ..EngineConfig::default()
+        },
+        true,
+    );
+    let retry = RetryConfig {
+        schedule: vec![Duration::from_millis(50)],
+        max_age: Duration::from_millis(400),
+        jitter: 0.0,
+    };
+    let decided = with_retries(
+        &mut h,
+        &retry,
+        &[
+            (1, "tempfail-2-a@implicit.test"),
+            (2, "tempfail-1000-b@implicit.test"),
+            (3, "permfail@implicit.test"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        decided[&1],
+        (Decision::Delivered, 3),
+        "two tempfails, then delivered"
+    );
+    assert_eq!(decided[&2].0, Decision::Expire, "expired after max_age");
+    assert_eq!(decided[&3], (Decision::Bounce, 1));
+    h.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_site_rate_limit_is_respected() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
+    let limits = LimitsConfig {
+        per_site: "20/s".parse().unwrap(),
+        ..LimitsConfig::default()
+    };
+    let mut h = start(
+        &dns,
+        EngineConfig {
+            smtp: smtp(port),
+            limits,
+            ..EngineConfig::default()
+        },
+        true,
+    );
+    let list: Vec<(u32, String)> = (0..40)
+        .map(|i| (i, format!("u{i}@implicit.test")))
+        .collect();
+    let refs: Vec<(u32, &str)> = list.iter().map(|(k, t)| (*k, t.as_str())).collect();
+    let started = Instant::now();
+    let reports = h.send(&refs).await;
+    let elapsed = started.elapsed();
+    assert!(
+        reports
+            .values()
+            .all(|r| outcome(r).disposition == Disposition::Delivered)
+    );
+    // A burst of 20, then 20 more at 20 per second: at least about one second.
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "40 messages at 20/s took only {elapsed:?}"
+    );
+    assert_eq!(sinks[0].stats().messages, 40);
+    h.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn relay_mode_with_auth_over_starttls() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let sink_config = SinkConfig {
+        auth: Some(("relay".into(), "pw".into())),
+        capture: true,
+        ..SinkConfig::default()
+    };
+    let (sinks, port) = sinks(&[IP3], sink_config).await;
+    let relay = RelayConfig {
+        host: format!("127.0.0.3:{port}"),
+        tls: RelayTls::Starttls,
+        username: "relay".into(),
+        password: "pw".into(),
+    };
+    let mut config = EngineConfig {
+        smtp: smtp(25),
+        relay,
+        ..EngineConfig::default()
+    };
+    config.smtp.tls = TlsPolicy::Opportunistic;
+    let mut h = start(&dns, config, false);
+    // Any domain, even one that does not exist: the relay takes everything.
+    let reports = h
+        .send(&[(1, "a@nosuchdomain.test"), (2, "b@example.org")])
+        .await;
+    for report in reports.values() {
+        assert_eq!(
+            outcome(report).disposition,
+            Disposition::Delivered,
+            "{report:?}"
+        );
+        assert_eq!(
+            report.site.as_deref(),
+            Some(format!("relay:127.0.0.3:{port}").as_str())
+        );
+    }
+    let messages = sinks[0].messages();
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.tls && m.authenticated.as_deref() == Some("relay"))
+    );
+    h.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_and_hands_back_the_rest() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let sink_config = SinkConfig {
+        slow_delay: Duration::from_millis(30),
+        ..SinkConfig::default()
+    };
+    let (sinks, port) = sinks(&[IP3], sink_config).await;
+    let mut config = EngineConfig {
+        smtp: smtp(port),
+        ..EngineConfig::default()
+    };
+    config.smtp.max_connections_per_site = 2;
+    config.smtp.batch_size = 4;
+    let Harness {
+        engine,
+        mut reports,
+        ..
+    } = start(&dns, config, true);
+    for i in 0..200 {
+        engine
+            .submit(delivery(i, &format!("slow{i}@implicit.test")))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.shutdown().await;
+    let mut delivered = 0;
+    let mut unsent = 0;
+    let mut seen = std::collections::HashSet::new();
+    while let Ok(report) = reports.try_recv() {
+        assert!(seen.insert(report.key));
+        match &report.outcome {
+            Some(o) if o.disposition == Disposition::Delivered => delivered += 1,
+            None => unsent += 1,
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen.len(), 200, "every delivery reported exactly once");
+    assert!(
+        delivered > 0 && unsent > 0,
+        "{delivered} delivered, {unsent} handed back"
+    );
+    let stats = sinks[0].stats();
+    assert_eq!(
+        stats.messages, delivered,
+        "the sink saw exactly what was reported delivered"
+    );
+    assert_eq!(
+        stats.quits, stats.connections,
+        "every connection ended with QUIT"
+    );
+}
+
+#[tokio::test]
+async fn phases_are_timed() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (_sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
+    let mut h = start(
+        &dns,
+        EngineConfig {
+            smtp: smtp(port),
+            ..EngineConfig::default()
+        },
+        true,
+    );
+    h.send(&[(1, "a@implicit.test"), (2, "b@implicit.test")])
+        .await;
+    h.engine.shutdown().await;
+    use volley::metrics::Stage;
+    for stage in [
+        Stage::Dns,
+        Stage::Connect,
+        Stage::Tls,
+        Stage::Ehlo,
+        Stage::Transaction,
+        Stage::Delivery,
+        Stage::QueueWait,
+    ] {
+        assert!(h.metrics.percentiles(stage).count > 0, "{stage:?} recorded");
+    }
+    assert!(
+        h.metrics
+            .render_prometheus()
+            .contains("volley_deliveries_total{outcome=\"delivered\"} 2")
+    );
+}
