@@ -30,9 +30,24 @@
 //!   one-click tokens, VERP return paths.
 //! - [`queue`]: the durable queue of jobs and deliveries (leases, outcomes, events,
 //!   suppression list), embedded (redb) or on Redis Streams; payloads are opaque to it.
+//! - [`webhooks`]: delivery events pushed to `[webhooks] url` in HMAC-signed batches,
+//!   retried with capped backoff in a task of their own; progress saved by cursor.
 //!
-//! Dependencies point one way: `outcome` reads `smtp`'s types; `smtp` knows nothing
-//! of queues, templates or HTTP.
+//! - [`config`]: `volley.toml`: every section assembled, unknown keys refused,
+//!   secrets from `VOLLEY_` environment variables.
+//! - [`job`]: submissions (API and CLI shapes), their validation, the stored payload.
+//! - [`compose`]: from a job and a recipient to signed message bytes.
+//! - [`dispatch`]: queue to engine and back: leases, suppression, building, retry
+//!   decisions, group commits.
+//! - [`http`]: the HTTP API (axum) with one JSON error type.
+//! - [`recipients`]: CSV and JSON Lines recipient lists for `volley send`.
+//! - [`send`]: `volley send`: a campaign delivered from the command line.
+//! - [`app`]: wiring everything into a running volley and stopping it gracefully.
+//!
+//! Dependencies point one way: `main` → `app` → `http`, `dispatch` → `engine`
+//! (`route`, `lane`), `smtp`, `queue`, `compose` (`template`, `message`), `outcome`,
+//! `metrics`, `config`. `smtp` knows nothing of queues, templates or HTTP; `queue`
+//! knows nothing of SMTP; `template` and `message` know nothing of the network.
 
 #![forbid(unsafe_code)]
 #![deny(
@@ -55,6 +70,7 @@ pub mod engine;
 pub mod lane;
 pub mod metrics;
 pub mod outcome;
+pub mod queue;
 pub mod rate;
 pub mod retry;
 pub mod route;

@@ -1,0 +1,269 @@
+//! The `embedded` backend: a redb file (`queue.redb`) in the data directory, no server.
+//!
+//! One process owns the store: redb locks the file, so a second open fails with
+//! [`QueueError::Locked`]. That is what makes crash recovery simple: at open, every lease a
+//! previous process left is returned to the ready index at once, and any submission it left
+//! half-written is rolled back. While running, a lease also runs out after the configured
+//! time and its delivery is leased again.
+//!
+//! Durability: `submit`, `complete` and the suppression list commit with
+//! `Durability::Immediate` (fsync before the call returns). `lease` and `release` commit
+//! without a sync: losing one in a crash only returns deliveries to the queue, which recovery
+//! does anyway.
+//!
+//! The store is synchronous; every call runs on tokio's blocking pool. It knows nothing of
+//! SMTP, templates or HTTP.
+
+mod read;
+mod records;
+mod store;
+mod submit;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redb::Database;
+
+use self::submit::{CHUNK, Chunk};
+use super::Queue;
+use super::error::{QueueError, Result};
+use super::id::{DeliveryId, JobId};
+use super::types::{
+    Depth, Event, JobStatus, Leased, NewJob, NewRecipient, RecipientStatus, Resolution,
+    SubmitOutcome, check_recipient, to_ms,
+};
+
+/// The embedded queue. Cheap to clone: clones share the open store.
+#[derive(Clone)]
+pub struct EmbeddedQueue {
+    db: Arc<Database>,
+    lease: Duration,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedQueue")
+            .field("path", &self.path)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs a store operation on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| QueueError::Task(e.to_string()))?
+}
+
+impl EmbeddedQueue {
+    /// Opens the store in `dir` (creating the directory and, if absent, the file), recovering
+    /// what a previous process left. Fails if another process has it open, or if the file
+    /// exists but cannot be read as a queue store.
+    pub async fn open(dir: &Path, lease: Duration) -> Result<Self> {
+        let path = dir.to_path_buf();
+        let p = path.clone();
+        let db = blocking(move || store::open(&p)).await?;
+        Ok(EmbeddedQueue {
+            db: Arc::new(db),
+            lease,
+            path,
+        })
+    }
+
+    /// The store file.
+    pub fn file(&self) -> PathBuf {
+        self.path.join(store::FILE)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        blocking(move || f(&db)).await
+    }
+}
+
+/// Rolls back a multi-chunk submission unless disarmed: covers errors and a caller that drops
+/// the `submit` future (an HTTP client hanging up) between chunks.
+struct PendingGuard {
+    db: Option<Arc<Database>>,
+    job: JobId,
+    due_ms: u64,
+}
+
+impl PendingGuard {
+    async fn rollback(mut self) -> Result<()> {
+        match self.db.take() {
+            Some(db) => {
+                let (job, due) = (self.job, self.due_ms);
+                blocking(move || submit::rollback(&db, job, due)).await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let (Some(db), Ok(rt)) = (self.db.take(), tokio::runtime::Handle::try_current()) {
+            let (job, due) = (self.job, self.due_ms);
+            // If this fails too, the next open rolls the job back.
+            rt.spawn_blocking(move || submit::rollback(&db, job, due));
+        }
+    }
+}
+
+impl Queue for EmbeddedQueue {
+    async fn submit(
+        &self,
+        job: NewJob,
+        recipients: impl Iterator<Item = NewRecipient> + Send,
+        now: SystemTime,
+    ) -> Result<SubmitOutcome> {
+        let job = Arc::new(job);
+        let j = job.clone();
+        if let Some(answer) = self.run(move |db| submit::precheck(db, &j, now)).await? {
+            return Ok(answer);
+        }
+        let due_ms = to_ms(job.send_at.unwrap_or(now));
+        let mut recipients = recipients.peekable();
+        let mut next: u32 = 0;
+        let mut guard: Option<PendingGuard> = None;
+        loop {
+            let first_index = next;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let mut failed = None;
+            for r in recipients.by_ref().take(CHUNK) {
+                if let Err(e) = check_recipient(next, &r) {
+                    failed = Some(e);
+                    break;
+                }
+                next = match next.checked_add(1) {
+                    Some(n) => n,
+                    None => {
+                        failed = Some(QueueError::invalid("recipients", "more than 2^32 - 1"));
+                        break;
+                    }
+                };
+                chunk.push(r);
+            }
+            if failed.is_none() && next == 0 {
+                failed = Some(QueueError::invalid("recipients", "no recipients"));
+            }
+            if let Some(e) = failed {
+                if let Some(g) = guard.take() {
+                    g.rollback().await?;
+                }
+                return Err(e);
+            }
+            let last = recipients.peek().is_none();
+            let c = Chunk {
+                first_index,
+                recipients: chunk,
+                last,
+            };
+            // Armed before the first unsynced chunk is written, so that even a future dropped
+            // while that write runs leaves nothing behind.
+            if guard.is_none() && !last {
+                guard = Some(PendingGuard {
+                    db: Some(self.db.clone()),
+                    job: job.id,
+                    due_ms,
+                });
+            }
+            let j = job.clone();
+            let raced = self
+                .run(move |db| submit::write_chunk(db, &j, due_ms, c, now))
+                .await;
+            match raced {
+                Ok(None) if last => {
+                    // Committed: nothing left to roll back.
+                    if let Some(mut g) = guard.take() {
+                        g.db = None;
+                    }
+                    return Ok(SubmitOutcome::Created {
+                        id: job.id,
+                        recipients: next,
+                    });
+                }
+                Ok(None) => {}
+                Ok(Some(answer)) => {
+                    if let Some(g) = guard.take() {
+                        g.rollback().await?;
+                    }
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    if let Some(g) = guard.take() {
+                        g.rollback().await?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn lease(&self, max: usize, now: SystemTime) -> Result<Vec<Leased>> {
+        let lease = self.lease;
+        self.run(move |db| store::lease(db, max, now, lease)).await
+    }
+
+    async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
+        let id = *id;
+        self.run(move |db| read::payload(db, id)).await
+    }
+
+    async fn complete(&self, batch: Vec<(DeliveryId, Resolution)>, now: SystemTime) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.run(move |db| store::complete(db, batch, now)).await
+    }
+
+    async fn release(&self, ids: Vec<DeliveryId>) -> Result<()> {
+        self.run(move |db| store::release(db, ids)).await
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Option<JobStatus>> {
+        let id = *id;
+        self.run(move |db| read::job(db, id)).await
+    }
+
+    async fn recipients(
+        &self,
+        id: &JobId,
+        after_index: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<RecipientStatus>> {
+        let id = *id;
+        self.run(move |db| read::recipients(db, id, after_index, limit))
+            .await
+    }
+
+    async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.run(move |db| read::events(db, after, limit)).await
+    }
+
+    async fn suppress(&self, address: &str, reason: &str) -> Result<()> {
+        let (a, r) = (address.to_string(), reason.to_string());
+        self.run(move |db| read::suppress(db, &a, &r)).await
+    }
+
+    async fn is_suppressed(&self, address: &str) -> Result<bool> {
+        let a = address.to_string();
+        self.run(move |db| read::is_suppressed(db, &a)).await
+    }
+
+    async fn unsuppress(&self, address: &str) -> Result<bool> {
+        let a = address.to_string();
+        self.run(move |db| read::unsuppress(db, &a)).await
+    }
+
+    async fn depth(&self, now: SystemTime) -> Result<Depth> {
+        self.run(move |db| read::depth(db, now)).await
+    }
+}

@@ -1,0 +1,208 @@
+//! Writing a submission: its deliveries in bounded chunks (so a million recipients never sit
+//! in memory at once), then the job record in the last, synced transaction. Until then the job
+//! is listed in [`PENDING`] and `lease` skips its ready entries; a submission that fails or is
+//! abandoned is rolled back, and one cut short by a crash is rolled back at the next open.
+
+use std::time::SystemTime;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::records::{
+    DELIVERIES, Delivery, IDEMPOTENCY, IdemRecord, JOBS, JobRecord, PAYLOADS, PENDING, READY,
+    index_key,
+};
+use crate::queue::error::{QueueError, Result};
+use crate::queue::id::{DeliveryId, JobId};
+use crate::queue::types::{
+    Counts, IDEMPOTENCY_TTL, NewJob, NewRecipient, RecipientState, SubmitOutcome, to_ms,
+};
+
+/// Deliveries per write transaction: bounds the memory a large campaign takes while it is
+/// written, and lets leases of other jobs interleave with it.
+pub(super) const CHUNK: usize = 8192;
+
+/// What an idempotency key says about a submission.
+pub(super) fn check_idempotency(
+    tx_table: &impl ReadableTable<&'static str, &'static [u8]>,
+    job: &NewJob,
+    now: SystemTime,
+) -> Result<Option<SubmitOutcome>> {
+    let Some((key, hash)) = &job.idempotency else {
+        return Ok(None);
+    };
+    let Some(v) = tx_table.get(key.as_str())? else {
+        return Ok(None);
+    };
+    let rec = IdemRecord::decode(v.value())?;
+    if rec.at_ms + IDEMPOTENCY_TTL.as_millis() as u64 <= to_ms(now) {
+        return Ok(None);
+    }
+    Ok(Some(if rec.hash == *hash {
+        SubmitOutcome::Existing {
+            id: rec.job,
+            recipients: rec.recipients,
+        }
+    } else {
+        SubmitOutcome::IdempotencyConflict
+    }))
+}
+
+/// The answer an idempotency key already gives, if any (checked before writing anything).
+pub(super) fn precheck(
+    db: &Database,
+    job: &NewJob,
+    now: SystemTime,
+) -> Result<Option<SubmitOutcome>> {
+    if job.idempotency.is_none() {
+        return Ok(None);
+    }
+    let tx = db.begin_read()?;
+    check_idempotency(&tx.open_table(IDEMPOTENCY)?, job, now)
+}
+
+/// One chunk of a submission.
+#[derive(Debug)]
+pub(super) struct Chunk {
+    /// Index of the chunk's first recipient.
+    pub(super) first_index: u32,
+    pub(super) recipients: Vec<NewRecipient>,
+    /// The last chunk: write the job record and sync.
+    pub(super) last: bool,
+}
+
+/// Writes one chunk; the last one also writes the job, its payload and idempotency key, in
+/// a transaction that syncs (and so makes the earlier unsynced chunks durable too). Returns
+/// `Some` when another submission with the same idempotency key won the race: the caller rolls
+/// this one back and answers with that.
+pub(super) fn write_chunk(
+    db: &Database,
+    job: &NewJob,
+    due_ms: u64,
+    chunk: Chunk,
+    now: SystemTime,
+) -> Result<Option<SubmitOutcome>> {
+    let mut tx = db.begin_write()?;
+    let single = chunk.first_index == 0 && chunk.last;
+    tx.set_durability(if chunk.last {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
+    if chunk.last {
+        let answer = check_idempotency(&tx.open_table(IDEMPOTENCY)?, job, now)?;
+        if let Some(answer) = answer {
+            tx.abort()?;
+            return Ok(Some(answer));
+        }
+    }
+    let total = chunk.first_index + chunk.recipients.len() as u32;
+    if chunk.first_index == 0 && tx.open_table(JOBS)?.get(&job.id.to_bytes()[..])?.is_some() {
+        return Err(QueueError::invalid(
+            "id",
+            format!("job {} already exists", job.id),
+        ));
+    }
+    if chunk.first_index == 0 && !single {
+        tx.open_table(PENDING)?
+            .insert(&job.id.to_bytes()[..], due_ms)?;
+    }
+    insert_deliveries(&tx, job.id, due_ms, chunk.first_index, chunk.recipients)?;
+    if chunk.last {
+        let record = JobRecord {
+            kind: job.kind,
+            created_ms: to_ms(now),
+            counts: Counts {
+                total,
+                queued: total,
+                ..Counts::default()
+            },
+        };
+        let key = job.id.to_bytes();
+        tx.open_table(JOBS)?
+            .insert(&key[..], &record.encode()[..])?;
+        tx.open_table(PAYLOADS)?
+            .insert(&key[..], &job.payload[..])?;
+        tx.open_table(PENDING)?.remove(&key[..])?;
+        if let Some((k, hash)) = &job.idempotency {
+            let rec = IdemRecord {
+                hash: *hash,
+                job: job.id,
+                at_ms: to_ms(now),
+                recipients: total,
+            };
+            tx.open_table(IDEMPOTENCY)?
+                .insert(k.as_str(), &rec.encode()[..])?;
+        }
+    }
+    tx.commit()?;
+    Ok(None)
+}
+
+fn insert_deliveries(
+    tx: &WriteTransaction,
+    job: JobId,
+    due_ms: u64,
+    first_index: u32,
+    recipients: Vec<NewRecipient>,
+) -> Result<()> {
+    let mut deliveries = tx.open_table(DELIVERIES)?;
+    let mut ready = tx.open_table(READY)?;
+    for (i, r) in recipients.into_iter().enumerate() {
+        let id = DeliveryId {
+            job,
+            index: first_index + i as u32,
+        };
+        let d = Delivery {
+            state: RecipientState::Queued,
+            attempts: 0,
+            due_ms,
+            lease_until_ms: 0,
+            to: r.to,
+            last_reply: None,
+            vars: r.vars,
+        };
+        deliveries.insert(&id.to_bytes()[..], &d.encode()[..])?;
+        ready.insert(&index_key(due_ms, id)[..], ())?;
+    }
+    Ok(())
+}
+
+/// Removes every trace of an unfinished submission, `CHUNK` deliveries per transaction, then
+/// its [`PENDING`] entry in a synced one.
+pub(super) fn rollback(db: &Database, job: JobId, due_ms: u64) -> Result<()> {
+    let lo = DeliveryId { job, index: 0 }.to_bytes();
+    let hi = DeliveryId {
+        job,
+        index: u32::MAX,
+    }
+    .to_bytes();
+    loop {
+        let mut tx = db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut deliveries = tx.open_table(DELIVERIES)?;
+            let mut ready = tx.open_table(READY)?;
+            let ids: Vec<DeliveryId> = deliveries
+                .range(&lo[..]..=&hi[..])?
+                .take(CHUNK)
+                .map(|e| e.map(|(k, _)| DeliveryId::from_bytes(k.value())))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            for id in ids {
+                deliveries.remove(&id.to_bytes()[..])?;
+                ready.remove(&index_key(due_ms, id)[..])?;
+                removed += 1;
+            }
+        }
+        if removed == 0 {
+            tx.set_durability(Durability::Immediate)?;
+            tx.open_table(PENDING)?.remove(&job.to_bytes()[..])?;
+            tx.commit()?;
+            return Ok(());
+        }
+        tx.set_durability(Durability::None)?;
+        tx.commit()?;
+    }
+}

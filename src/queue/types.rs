@@ -1,0 +1,452 @@
+//! The values that cross the queue's API: submissions, leases, outcomes, status and events.
+//! Payloads and variables are opaque bytes (JSON by convention); the queue never parses them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::error::{QueueError, Result};
+use super::id::{DeliveryId, JobId};
+
+/// What kind of submission a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// One transactional message (possibly to several recipients).
+    Message,
+    /// A template sent to a list of recipients.
+    Campaign,
+}
+
+impl JobKind {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            JobKind::Message => 0,
+            JobKind::Campaign => 1,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(JobKind::Message),
+            1 => Some(JobKind::Campaign),
+            _ => None,
+        }
+    }
+}
+
+/// A submission, before its recipients.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Its id (`JobId::new(now)`).
+    pub id: JobId,
+    /// Message or campaign.
+    pub kind: JobKind,
+    /// Opaque JSON: template, from, subject, shared variables, headers...
+    pub payload: Vec<u8>,
+    /// Not before this time; `None` means now.
+    pub send_at: Option<SystemTime>,
+    /// The `Idempotency-Key` and a hash of the request body.
+    pub idempotency: Option<(String, [u8; 32])>,
+}
+
+/// One recipient of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    /// The address (already validated by the caller; the queue only refuses what it cannot
+    /// store safely: empty, over 998 bytes, or containing CR, LF or NUL).
+    pub to: String,
+    /// Opaque JSON: this recipient's template variables.
+    pub vars: Vec<u8>,
+}
+
+/// What `submit` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// The job and its deliveries are stored durably.
+    Created {
+        /// The job's id.
+        id: JobId,
+        /// How many deliveries it has.
+        recipients: u32,
+    },
+    /// The same idempotency key and request hash were seen within 24 h: nothing new was made.
+    Existing {
+        /// The first submission's id.
+        id: JobId,
+        /// Its number of deliveries.
+        recipients: u32,
+    },
+    /// The idempotency key was used within 24 h for a different request.
+    IdempotencyConflict,
+}
+
+/// A leased delivery: the caller must `complete` or `release` it before the lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    /// Which delivery.
+    pub id: DeliveryId,
+    /// The recipient address.
+    pub to: String,
+    /// The recipient's opaque variables.
+    pub vars: Vec<u8>,
+    /// Attempts completed before this one.
+    pub attempts: u32,
+    /// When the job was accepted.
+    pub created: SystemTime,
+    /// When this delivery became due (send time or retry time): queue wait = lease time − this.
+    pub queued_at: SystemTime,
+}
+
+/// How one attempt ended, as the delivery engine classified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Accepted by the destination.
+    Delivered {
+        /// The final SMTP reply.
+        reply: String,
+    },
+    /// Try again at `at`.
+    Retry {
+        /// When to retry.
+        at: SystemTime,
+        /// Why it was deferred.
+        reply: String,
+    },
+    /// Permanently refused.
+    Bounced {
+        /// The refusal.
+        reply: String,
+    },
+    /// Gave up: retried until the maximum age.
+    Expired {
+        /// The last reply.
+        reply: String,
+    },
+    /// Not sent: the address is on the suppression list.
+    Suppressed,
+}
+
+/// Where a job stands as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// No delivery attempted yet.
+    Queued,
+    /// Some deliveries resolved, some not.
+    Sending,
+    /// Every delivery reached a final state.
+    Done,
+}
+
+/// Deliveries of a job by state. `queued` includes leased deliveries; `deferred` are waiting
+/// for a retry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// All deliveries.
+    pub total: u32,
+    /// Not yet attempted or being attempted.
+    pub queued: u32,
+    /// Delivered.
+    pub delivered: u32,
+    /// Waiting for a retry.
+    pub deferred: u32,
+    /// Bounced.
+    pub bounced: u32,
+    /// Expired.
+    pub expired: u32,
+    /// Suppressed.
+    pub suppressed: u32,
+}
+
+impl Counts {
+    /// The job's state implied by the counts.
+    pub fn state(&self) -> JobState {
+        if self.queued + self.deferred == 0 {
+            JobState::Done
+        } else if self.queued == self.total {
+            JobState::Queued
+        } else {
+            JobState::Sending
+        }
+    }
+
+    pub(crate) fn bucket(&mut self, state: RecipientState) -> &mut u32 {
+        match state {
+            RecipientState::Queued | RecipientState::Leased => &mut self.queued,
+            RecipientState::Deferred => &mut self.deferred,
+            RecipientState::Delivered => &mut self.delivered,
+            RecipientState::Bounced => &mut self.bounced,
+            RecipientState::Expired => &mut self.expired,
+            RecipientState::Suppressed => &mut self.suppressed,
+        }
+    }
+
+    /// Moves one delivery from one state's count to another's.
+    pub(crate) fn moved(&mut self, from: RecipientState, to: RecipientState) {
+        let f = self.bucket(from);
+        *f = f.saturating_sub(1);
+        *self.bucket(to) += 1;
+    }
+}
+
+/// A job's status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobStatus {
+    /// Its id.
+    pub id: JobId,
+    /// Message or campaign.
+    pub kind: JobKind,
+    /// When it was accepted.
+    pub created: SystemTime,
+    /// Queued, sending or done.
+    pub state: JobState,
+    /// Deliveries by state.
+    pub counts: Counts,
+}
+
+/// Where one delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientState {
+    /// Waiting to be sent.
+    Queued,
+    /// A worker holds it.
+    Leased,
+    /// Waiting for a retry.
+    Deferred,
+    /// Delivered.
+    Delivered,
+    /// Bounced.
+    Bounced,
+    /// Expired.
+    Expired,
+    /// Suppressed.
+    Suppressed,
+}
+
+impl RecipientState {
+    /// True when nothing more will happen to the delivery.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RecipientState::Delivered
+                | RecipientState::Bounced
+                | RecipientState::Expired
+                | RecipientState::Suppressed
+        )
+    }
+
+    pub(crate) const ALL: [RecipientState; 7] = [
+        RecipientState::Queued,
+        RecipientState::Leased,
+        RecipientState::Deferred,
+        RecipientState::Delivered,
+        RecipientState::Bounced,
+        RecipientState::Expired,
+        RecipientState::Suppressed,
+    ];
+
+    pub(crate) fn code(self) -> u8 {
+        Self::ALL.iter().position(|&s| s == self).unwrap_or(0) as u8
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(c)).copied()
+    }
+
+    /// The state a delivery returns to when its lease is given back or lost.
+    pub(crate) fn unleased(attempts: u32) -> Self {
+        if attempts == 0 {
+            RecipientState::Queued
+        } else {
+            RecipientState::Deferred
+        }
+    }
+}
+
+/// One delivery's status, for paged listings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecipientStatus {
+    /// Its index in the job.
+    pub index: u32,
+    /// The recipient address.
+    pub to: String,
+    /// Its state.
+    pub state: RecipientState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last SMTP reply, if any.
+    pub last_reply: Option<String>,
+}
+
+/// What an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Delivered.
+    Delivered,
+    /// Deferred for a retry.
+    Deferred,
+    /// Bounced.
+    Bounced,
+    /// Expired.
+    Expired,
+    /// Suppressed.
+    Suppressed,
+}
+
+impl EventKind {
+    pub(crate) const ALL: [EventKind; 5] = [
+        EventKind::Delivered,
+        EventKind::Deferred,
+        EventKind::Bounced,
+        EventKind::Expired,
+        EventKind::Suppressed,
+    ];
+
+    pub(crate) fn code(self) -> u8 {
+        Self::ALL.iter().position(|&k| k == self).unwrap_or(0) as u8
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(c)).copied()
+    }
+}
+
+/// One entry of the ordered event log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    /// Its position in the log: strictly increasing; pass it as `after` to read on.
+    pub cursor: u64,
+    /// The job.
+    pub job: JobId,
+    /// The recipient's index.
+    pub index: u32,
+    /// The recipient address.
+    pub to: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The SMTP reply, if any.
+    pub reply: Option<String>,
+    /// When it was recorded.
+    pub at: SystemTime,
+}
+
+/// How much work is waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Depth {
+    /// Due now and not leased.
+    pub ready: u64,
+    /// Due later (a future `send_at` or a retry).
+    pub scheduled: u64,
+    /// Held by workers.
+    pub leased: u64,
+}
+
+impl Resolution {
+    /// The state the delivery ends up in and the event it records (none for a retry's state).
+    pub(crate) fn outcome(&self) -> (RecipientState, EventKind, Option<&str>) {
+        match self {
+            Resolution::Delivered { reply } => {
+                (RecipientState::Delivered, EventKind::Delivered, Some(reply))
+            }
+            Resolution::Retry { reply, .. } => {
+                (RecipientState::Deferred, EventKind::Deferred, Some(reply))
+            }
+            Resolution::Bounced { reply } => {
+                (RecipientState::Bounced, EventKind::Bounced, Some(reply))
+            }
+            Resolution::Expired { reply } => {
+                (RecipientState::Expired, EventKind::Expired, Some(reply))
+            }
+            Resolution::Suppressed => (RecipientState::Suppressed, EventKind::Suppressed, None),
+        }
+    }
+
+    /// Whether the outcome counts as an attempt (suppression never touched the network).
+    pub(crate) fn is_attempt(&self) -> bool {
+        !matches!(self, Resolution::Suppressed)
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it): the queue's stored time unit.
+pub(crate) fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The inverse of [`to_ms`].
+pub(crate) fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// How long an idempotency key is remembered.
+pub(crate) const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Refuses what the queue cannot store safely; address syntax is the caller's job.
+pub(crate) fn check_recipient(index: u32, r: &NewRecipient) -> Result<()> {
+    let field = || format!("recipients[{index}].to");
+    if r.to.is_empty() {
+        return Err(QueueError::invalid(field(), "empty address"));
+    }
+    if r.to.len() > 998 {
+        return Err(QueueError::invalid(field(), "longer than 998 bytes"));
+    }
+    if r.to.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
+        return Err(QueueError::invalid(field(), "contains CR, LF or NUL"));
+    }
+    Ok(())
+}
+
+/// The form an address takes in the suppression list: trimmed, domain lower-cased (the local
+/// part is case-sensitive by RFC 5321, so it is kept as given).
+pub fn normalize_address(address: &str) -> String {
+    let a = address.trim();
+    match a.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => a.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_the_domain_only() {
+        for (given, want) in [
+            ("Bob@Example.COM", "Bob@example.com"),
+            (" a@B.c ", "a@b.c"),
+            ("\"x@y\"@Z.org", "\"x@y\"@z.org"),
+            ("nodomain", "nodomain"),
+        ] {
+            assert_eq!(normalize_address(given), want);
+        }
+    }
+
+    #[test]
+    fn state_codes_round_trip() {
+        for s in RecipientState::ALL {
+            assert_eq!(RecipientState::from_code(s.code()), Some(s));
+        }
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::from_code(k.code()), Some(k));
+        }
+        assert_eq!(RecipientState::from_code(7), None);
+    }
+
+    #[test]
+    fn counts_give_the_job_state() {
+        let mut c = Counts {
+            total: 2,
+            queued: 2,
+            ..Counts::default()
+        };
+        assert_eq!(c.state(), JobState::Queued);
+        c.moved(RecipientState::Queued, RecipientState::Deferred);
+        assert_eq!(c.state(), JobState::Sending);
+        c.moved(RecipientState::Queued, RecipientState::Delivered);
+        c.moved(RecipientState::Deferred, RecipientState::Bounced);
+        assert_eq!(c.state(), JobState::Done);
+        assert_eq!((c.delivered, c.bounced, c.queued), (1, 1, 0));
+    }
+}

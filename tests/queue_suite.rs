@@ -1,0 +1,440 @@
+//! One behavioural suite run against both queue backends: whatever the engine and the HTTP
+//! layer rely on must hold for `embedded` and `redis` alike.
+
+mod queue_common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use queue_common::*;
+use volley::queue::{
+    DeliveryId, EventKind, JobState, NewRecipient, Queue, RecipientState, Resolution, SubmitOutcome,
+};
+
+/// Short, so that lease expiry can be shown with a real sleep (Redis measures idle time on
+/// its own clock).
+const LEASE: Duration = Duration::from_millis(400);
+
+/// Opens queues on fresh storage; `another` opens a second handle (a second worker process
+/// for Redis, a clone for the single-process embedded store) on the same storage.
+trait Harness {
+    type Q: Queue + Clone + Send + Sync + 'static;
+    async fn fresh(&mut self) -> Self::Q;
+    async fn another(&mut self, q: &Self::Q) -> Self::Q;
+}
+
+struct Embedded(Vec<tempfile::TempDir>);
+
+impl Harness for Embedded {
+    type Q = volley::queue::EmbeddedQueue;
+    async fn fresh(&mut self) -> Self::Q {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = open_embedded(dir.path(), LEASE).await;
+        self.0.push(dir);
+        q
+    }
+    async fn another(&mut self, q: &Self::Q) -> Self::Q {
+        q.clone()
+    }
+}
+
+struct Redis(Vec<String>);
+
+impl Harness for Redis {
+    type Q = volley::queue::RedisQueue;
+    async fn fresh(&mut self) -> Self::Q {
+        let p = unique_prefix();
+        let q = open_redis(&p, LEASE).await;
+        self.0.push(p);
+        q
+    }
+    async fn another(&mut self, q: &Self::Q) -> Self::Q {
+        let prefix = self.0.last().cloned().expect("fresh first");
+        let other = open_redis(&prefix, LEASE).await;
+        assert_ne!(other.consumer(), q.consumer());
+        other
+    }
+}
+
+async fn suite<H: Harness>(h: &mut H) {
+    submit_lease_complete(h.fresh().await).await;
+    retry_is_not_leased_early(h.fresh().await).await;
+    lease_expiry_and_release(h.fresh().await).await;
+    idempotency(h.fresh().await).await;
+    recipients_paging(h.fresh().await).await;
+    suppression(h.fresh().await).await;
+    submit_is_atomic(h.fresh().await).await;
+    depth(h.fresh().await).await;
+    let q = h.fresh().await;
+    let other = h.another(&q).await;
+    two_consumers_never_share(q, other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_backend() {
+    let mut h = Embedded(Vec::new());
+    suite(&mut h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_backend() {
+    if !redis_available().await {
+        return;
+    }
+    let mut h = Redis(Vec::new());
+    suite(&mut h).await;
+    for p in &h.0 {
+        redis_cleanup(p).await;
+    }
+}
+
+fn created(o: SubmitOutcome) -> volley::queue::JobId {
+    match o {
+        SubmitOutcome::Created { id, .. } => id,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+async fn submit_lease_complete<Q: Queue>(q: Q) {
+    let t = t0();
+    let job = job(t);
+    let payload = job.payload.clone();
+    let out = q.submit(job, recipients(3), t).await.expect("submit");
+    let SubmitOutcome::Created { id, recipients: 3 } = out else {
+        panic!("{out:?}");
+    };
+    let st = q.job(&id).await.expect("job").expect("exists");
+    assert_eq!(
+        (st.state, st.counts.total, st.counts.queued),
+        (JobState::Queued, 3, 3)
+    );
+    assert_eq!(q.job_payload(&id).await.expect("payload"), Some(payload));
+
+    let mut got = q.lease(10, t).await.expect("lease");
+    got.sort_by_key(|l| l.id.index);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[1].to, "user1@example.com");
+    assert_eq!(got[1].vars, br#"{"i":1}"#);
+    assert_eq!(
+        (got[1].attempts, got[1].created, got[1].queued_at),
+        (0, t, t)
+    );
+    assert!(
+        q.lease(10, t).await.expect("lease").is_empty(),
+        "leased twice"
+    );
+
+    let later = t + Duration::from_secs(1);
+    q.complete(
+        vec![
+            (
+                got[0].id,
+                Resolution::Delivered {
+                    reply: "250 ok".into(),
+                },
+            ),
+            (
+                got[1].id,
+                Resolution::Bounced {
+                    reply: "550 no such user".into(),
+                },
+            ),
+            (got[2].id, Resolution::Suppressed),
+        ],
+        later,
+    )
+    .await
+    .expect("complete");
+    // A repeated outcome is ignored, not counted twice.
+    q.complete(
+        vec![(
+            got[0].id,
+            Resolution::Delivered {
+                reply: "250 again".into(),
+            },
+        )],
+        later,
+    )
+    .await
+    .expect("complete again");
+    let st = q.job(&id).await.expect("job").expect("exists");
+    assert_eq!(st.state, JobState::Done);
+    let c = st.counts;
+    assert_eq!(
+        (c.delivered, c.bounced, c.suppressed, c.queued),
+        (1, 1, 1, 0)
+    );
+
+    let ev = q.events(0, 100).await.expect("events");
+    let kinds: Vec<_> = ev.iter().map(|e| (e.index, e.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (0, EventKind::Delivered),
+            (1, EventKind::Bounced),
+            (2, EventKind::Suppressed)
+        ]
+    );
+    assert!(ev.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    assert_eq!(ev[1].reply.as_deref(), Some("550 no such user"));
+    assert_eq!(ev[2].reply, None);
+    assert_eq!(
+        (ev[0].at, ev[0].to.as_str(), ev[0].job),
+        (later, "user0@example.com", id)
+    );
+    let page = q.events(ev[0].cursor, 1).await.expect("events page");
+    assert_eq!(page, ev[1..2]);
+    assert!(
+        q.events(ev[2].cursor, 10)
+            .await
+            .expect("events end")
+            .is_empty()
+    );
+}
+
+async fn retry_is_not_leased_early<Q: Queue>(q: Q) {
+    let t = t0();
+    let id = created(q.submit(job(t), recipients(1), t).await.expect("submit"));
+    let l = q.lease(1, t).await.expect("lease");
+    let at = t + Duration::from_secs(60);
+    let reply = "451 4.7.1 try later".to_string();
+    q.complete(vec![(l[0].id, Resolution::Retry { at, reply })], t)
+        .await
+        .expect("complete");
+    let st = q.job(&id).await.expect("job").expect("exists");
+    assert_eq!((st.state, st.counts.deferred), (JobState::Sending, 1));
+    for early in [t, at - Duration::from_millis(1)] {
+        assert!(
+            q.lease(5, early).await.expect("lease").is_empty(),
+            "leased before T"
+        );
+    }
+    let again = q.lease(5, at).await.expect("lease");
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].attempts, again[0].queued_at), (1, at));
+    let r = q.recipients(&id, None, 10).await.expect("recipients");
+    assert_eq!((r[0].state, r[0].attempts), (RecipientState::Leased, 1));
+    assert_eq!(r[0].last_reply.as_deref(), Some("451 4.7.1 try later"));
+    q.complete(
+        vec![(
+            again[0].id,
+            Resolution::Expired {
+                reply: "gave up".into(),
+            },
+        )],
+        at,
+    )
+    .await
+    .expect("complete");
+    let st = q.job(&id).await.expect("job").expect("exists");
+    assert_eq!(
+        (st.state, st.counts.expired, st.counts.deferred),
+        (JobState::Done, 1, 0)
+    );
+    let kinds: Vec<_> = q
+        .events(0, 10)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::Deferred, EventKind::Expired]);
+}
+
+async fn lease_expiry_and_release<Q: Queue>(q: Q) {
+    let t = t0();
+    created(q.submit(job(t), recipients(2), t).await.expect("submit"));
+    let first = q.lease(1, t).await.expect("lease");
+    assert_eq!(first.len(), 1);
+    // Still held: only the other one is handed out.
+    let second = q.lease(5, t).await.expect("lease");
+    assert_eq!(second.len(), 1);
+    assert_ne!(first[0].id, second[0].id);
+    q.release(vec![second[0].id]).await.expect("release");
+    let back = q.lease(5, t).await.expect("lease");
+    assert_eq!(
+        back.iter().map(|l| l.id).collect::<Vec<_>>(),
+        [second[0].id]
+    );
+    assert_eq!(back[0].attempts, 0);
+
+    tokio::time::sleep(LEASE + Duration::from_millis(300)).await;
+    let expired = q
+        .lease(5, t + LEASE + Duration::from_millis(300))
+        .await
+        .expect("lease");
+    let mut ids: Vec<DeliveryId> = expired.iter().map(|l| l.id).collect();
+    ids.sort();
+    let mut want = vec![first[0].id, second[0].id];
+    want.sort();
+    assert_eq!(ids, want, "expired leases must come back");
+}
+
+async fn idempotency<Q: Queue>(q: Q) {
+    let t = t0();
+    let mut a = job(t);
+    a.idempotency = Some(("key-1".into(), [7; 32]));
+    let id = created(q.submit(a.clone(), recipients(2), t).await.expect("submit"));
+    let mut same = job(t);
+    same.idempotency = a.idempotency.clone();
+    let again = q
+        .submit(same.clone(), recipients(2), t + Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        again.expect("submit"),
+        SubmitOutcome::Existing { id, recipients: 2 }
+    );
+    assert!(q.job(&same.id).await.expect("job").is_none());
+    let mut other = job(t);
+    other.idempotency = Some(("key-1".into(), [8; 32]));
+    let conflict = q
+        .submit(other.clone(), recipients(2), t)
+        .await
+        .expect("submit");
+    assert_eq!(conflict, SubmitOutcome::IdempotencyConflict);
+    assert!(q.job(&other.id).await.expect("job").is_none());
+    assert_eq!(
+        q.lease(10, t).await.expect("lease").len(),
+        2,
+        "only the first job's"
+    );
+}
+
+async fn recipients_paging<Q: Queue>(q: Q) {
+    let t = t0();
+    let id = created(q.submit(job(t), recipients(10), t).await.expect("submit"));
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = q.recipients(&id, after, 4).await.expect("recipients");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 4);
+        after = page.last().map(|r| r.index);
+        seen.extend(page);
+    }
+    assert_eq!(
+        seen.iter().map(|r| r.index).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    assert_eq!(seen[9].to, "user9@example.com");
+    assert!(
+        seen.iter()
+            .all(|r| r.state == RecipientState::Queued && r.attempts == 0)
+    );
+    let unknown = volley::queue::JobId::new(t);
+    assert!(
+        q.recipients(&unknown, None, 4)
+            .await
+            .expect("recipients")
+            .is_empty()
+    );
+    assert!(q.job(&unknown).await.expect("job").is_none());
+}
+
+async fn suppression<Q: Queue>(q: Q) {
+    q.suppress("Bob@Example.COM", "550 5.1.1 no such user")
+        .await
+        .expect("suppress");
+    assert!(q.is_suppressed("Bob@example.com").await.expect("check"));
+    assert!(q.is_suppressed(" Bob@EXAMPLE.com ").await.expect("check"));
+    // The local part is case-sensitive (RFC 5321).
+    assert!(!q.is_suppressed("bob@example.com").await.expect("check"));
+    assert!(q.unsuppress("bob@EXAMPLE.com").await.is_ok_and(|was| !was));
+    assert!(q.unsuppress("Bob@example.com").await.expect("unsuppress"));
+    assert!(!q.is_suppressed("Bob@example.com").await.expect("check"));
+}
+
+async fn submit_is_atomic<Q: Queue>(q: Q) {
+    let t = t0();
+    let empty = q.submit(job(t), std::iter::empty(), t).await;
+    assert!(empty.is_err_and(|e| e.is_invalid()));
+    // An invalid entry after several chunks have been written: nothing may remain.
+    for bad_at in [5u32, 20_000] {
+        let j = job(t);
+        let id = j.id;
+        let rs = recipients(30_000).map(move |mut r| {
+            if r.to == format!("user{bad_at}@example.com") {
+                r.to = "evil@example.com\r\nRCPT TO:<x@y>".into();
+            }
+            r
+        });
+        let err = q.submit(j, rs, t).await.expect_err("invalid recipient");
+        assert!(err.is_invalid(), "{err}");
+        assert!(
+            err.to_string().contains(&format!("recipients[{bad_at}]")),
+            "{err}"
+        );
+        assert!(q.job(&id).await.expect("job").is_none());
+        assert!(
+            q.recipients(&id, None, 5)
+                .await
+                .expect("recipients")
+                .is_empty()
+        );
+    }
+    assert!(
+        q.lease(100, t).await.expect("lease").is_empty(),
+        "half a job leaked"
+    );
+    let d = q.depth(t).await.expect("depth");
+    assert_eq!((d.ready, d.scheduled, d.leased), (0, 0, 0));
+    // The queue still works afterwards.
+    created(q.submit(job(t), recipients(1), t).await.expect("submit"));
+    assert_eq!(q.lease(100, t).await.expect("lease").len(), 1);
+}
+
+async fn depth<Q: Queue>(q: Q) {
+    let t = t0();
+    created(q.submit(job(t), recipients(5), t).await.expect("submit"));
+    let mut later = job(t);
+    later.send_at = Some(t + Duration::from_secs(3600));
+    created(q.submit(later, recipients(3), t).await.expect("submit"));
+    let d = q.depth(t).await.expect("depth");
+    assert_eq!((d.ready, d.scheduled, d.leased), (5, 3, 0));
+    assert_eq!(q.lease(2, t).await.expect("lease").len(), 2);
+    let d = q.depth(t).await.expect("depth");
+    assert_eq!((d.ready, d.scheduled, d.leased), (3, 3, 2));
+}
+
+async fn two_consumers_never_share<Q: Queue + Clone + 'static>(a: Q, b: Q) {
+    let t = t0();
+    let n = 600u32;
+    let rs = (0..n).map(|i| NewRecipient {
+        to: format!("r{i}@example.org"),
+        vars: Vec::new(),
+    });
+    created(a.submit(job(t), rs, t).await.expect("submit"));
+    let worker = |q: Q| {
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = q.lease(16, t).await.expect("lease");
+                if got.is_empty() {
+                    return mine;
+                }
+                let batch = got
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.id,
+                            Resolution::Delivered {
+                                reply: "250".into(),
+                            },
+                        )
+                    })
+                    .collect();
+                mine.extend(got.iter().map(|l| l.id));
+                q.complete(batch, t).await.expect("complete");
+            }
+        })
+    };
+    let (x, y) = (worker(a.clone()), worker(b));
+    let (x, y) = (x.await.expect("worker a"), y.await.expect("worker b"));
+    let all: HashSet<DeliveryId> = x.iter().chain(&y).copied().collect();
+    assert_eq!(x.len() + y.len(), n as usize, "a delivery was leased twice");
+    assert_eq!(all.len(), n as usize);
+    let ev = a.events(0, 10_000).await.expect("events");
+    assert_eq!(ev.len(), n as usize);
+}
