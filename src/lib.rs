@@ -75,3 +75,4 @@ pub mod rate;
 pub mod retry;
 pub mod route;
 pub mod smtp;
+pub mod webhooks;
