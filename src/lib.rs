@@ -68,6 +68,7 @@
 
 pub mod engine;
 pub mod lane;
+pub mod message;
 pub mod metrics;
 pub mod outcome;
 pub mod queue;
@@ -75,4 +76,5 @@ pub mod rate;
 pub mod retry;
 pub mod route;
 pub mod smtp;
+pub mod template;
 pub mod webhooks;
