@@ -66,15 +66,24 @@
 )]
 #![warn(clippy::semicolon_if_nothing_returned, clippy::manual_let_else)]
 
+pub mod app;
+pub mod compose;
+pub mod config;
+pub mod dispatch;
 pub mod engine;
+pub mod http;
+pub mod job;
 pub mod lane;
 pub mod message;
 pub mod metrics;
 pub mod outcome;
 pub mod queue;
 pub mod rate;
+pub mod recipients;
 pub mod retry;
 pub mod route;
+pub mod send;
 pub mod smtp;
 pub mod template;
 pub mod webhooks;
+mod webhooks_wiring;

@@ -1,0 +1,196 @@
+//! Wiring: from a [`Config`] to a running volley — queue, templates, composer,
+//! router, engine, dispatcher, HTTP API and webhooks — and a graceful stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::compose::Composer;
+use crate::config::Config;
+use crate::dispatch::{Dispatch, DispatchDeps};
+use crate::engine::{Engine, EngineConfig};
+use crate::http::{ApiState, router};
+use crate::message::DkimSigner;
+use crate::metrics::Metrics;
+use crate::queue::AnyQueue;
+use crate::route::Router;
+use crate::template::Templates;
+
+/// Why volley could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Templates did not load.
+    #[error("templates: {0}")]
+    Templates(#[from] crate::template::TemplateError),
+    /// DKIM or unsubscribe settings.
+    #[error("{0}")]
+    Message(#[from] crate::message::MessageError),
+    /// The queue could not be opened.
+    #[error("queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
+    /// The resolver could not be set up.
+    #[error("dns: {0}")]
+    Dns(String),
+    /// The engine's settings.
+    #[error("{0}")]
+    Engine(#[from] crate::engine::ConfigError),
+    /// The webhook settings.
+    #[error("webhooks: {0}")]
+    Webhooks(#[from] crate::webhooks::WebhookError),
+    /// The listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The opened parts of volley.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The queue.
+    pub queue: Arc<AnyQueue>,
+    /// Builds messages.
+    pub composer: Arc<Composer>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Deliveries inside the engine at most (its back-pressure).
+const BACKLOG: usize = 20_000;
+
+impl App {
+    /// Loads templates and keys and opens the queue.
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let templates = Arc::new(Templates::load(&config.templates.path)?);
+        let dkim = config
+            .dkim
+            .as_ref()
+            .map(DkimSigner::from_config)
+            .transpose()?;
+        let composer = Composer::new(
+            templates,
+            dkim,
+            &config.unsubscribe,
+            config.message.max_size,
+        )?;
+        let queue = AnyQueue::open(&config.queue).await?;
+        Ok(Self {
+            config: Arc::new(config),
+            queue: Arc::new(queue),
+            composer: Arc::new(composer),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// Starts the engine and the dispatcher; they stop when `shutdown` turns true.
+    pub fn start_delivery(&self, shutdown: watch::Receiver<bool>) -> Result<Dispatch, StartError> {
+        let c = &self.config;
+        let router = Router::new(
+            &c.dns,
+            &c.relay,
+            &c.security,
+            c.smtp.port,
+            Arc::clone(&self.metrics),
+        )
+        .map_err(StartError::Dns)?;
+        let engine_config = EngineConfig {
+            smtp: c.smtp.clone(),
+            limits: c.limits.clone(),
+            relay: c.relay.clone(),
+            backlog: BACKLOG,
+        };
+        let (engine, reports) =
+            Engine::start(engine_config, Arc::new(router), Arc::clone(&self.metrics))?;
+        let deps = DispatchDeps {
+            queue: Arc::clone(&self.queue),
+            composer: Arc::clone(&self.composer),
+            engine,
+            reports,
+            capacity: BACKLOG,
+            retry: c.retry.clone(),
+            return_path: c.message.return_path.clone(),
+            metrics: Arc::clone(&self.metrics),
+        };
+        Ok(Dispatch::start(deps, shutdown))
+    }
+
+    /// The HTTP API's state.
+    pub fn api_state(&self) -> ApiState {
+        ApiState {
+            queue: Arc::clone(&self.queue),
+            composer: Arc::clone(&self.composer),
+            metrics: Arc::clone(&self.metrics),
+            api_keys: Arc::new(self.config.server.api_keys.clone()),
+            max_body: self.config.server.max_body,
+        }
+    }
+
+    /// Serves the API and delivers until `stop` resolves; then stops accepting,
+    /// finishes in-flight transactions and releases leases.
+    pub async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let addr = self.config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        self.serve_on(listener, stop).await
+    }
+
+    /// Like [`Self::serve`] on a bound listener (tests bind port 0).
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let webhooks = crate::webhooks_wiring::start(&self, shutdown_rx.clone())?;
+        let dispatch = self.start_delivery(shutdown_rx.clone())?;
+        let local = listener.local_addr().ok();
+        tracing::info!(listen = ?local, "volley is serving");
+        let app = router(self.api_state());
+        let mut http_shutdown = shutdown_rx.clone();
+        let server = tokio::spawn(async move {
+            let graceful = async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            };
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+        });
+        stop.await;
+        tracing::info!("stopping: no new requests; finishing deliveries in flight");
+        let _ = shutdown_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        dispatch.join().await;
+        if let Some(webhooks) = webhooks {
+            let _ = webhooks.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

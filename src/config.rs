@@ -1,0 +1,385 @@
+//! `volley.toml`: every section, every key optional with a documented default, an
+//! unknown key refused by name, and secrets overridable from `VOLLEY_`-prefixed
+//! environment variables.
+//!
+//! Each section's struct lives with the module that uses it; this module only
+//! assembles them, reads the file and applies the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::engine::{LimitsConfig, SmtpConfig};
+use crate::message::{DkimConfig, ReturnPath, UnsubscribeConfig};
+use crate::queue::QueueConfig;
+use crate::retry::RetryConfig;
+use crate::route::{DnsConfig, RelayConfig, SecurityConfig};
+use crate::template::TemplatesConfig;
+use crate::webhooks::WebhooksConfig;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: the HTTP API.
+    pub server: ServerConfig,
+    /// `[queue]`: embedded or Redis.
+    pub queue: QueueConfig,
+    /// `[templates]`.
+    pub templates: TemplatesConfig,
+    /// `[smtp]`: sessions and pools.
+    pub smtp: SmtpConfig,
+    /// `[dns]`.
+    pub dns: DnsConfig,
+    /// `[relay]`: a smarthost instead of direct delivery.
+    pub relay: RelayConfig,
+    /// `[limits]`: message rates.
+    pub limits: LimitsConfig,
+    /// `[retry]`: schedule and maximum age.
+    pub retry: RetryConfig,
+    /// `[dkim]`: absent means no signing.
+    pub dkim: Option<DkimConfig>,
+    /// `[unsubscribe]`: List-Unsubscribe on campaign messages.
+    pub unsubscribe: UnsubscribeConfig,
+    /// `[webhooks]`: event delivery to a URL.
+    pub webhooks: WebhooksConfig,
+    /// `[security]`.
+    pub security: SecurityConfig,
+    /// `[message]`: envelope sender and size limit.
+    pub message: MessageConfig,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the HTTP API listens. Default `127.0.0.1:8025`.
+    pub listen: SocketAddr,
+    /// Bearer keys; required when `listen` is not a loopback address. Default none.
+    pub api_keys: Vec<String>,
+    /// Largest request body. Default `"16MiB"`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_body: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            api_keys: Vec::new(),
+            max_body: 16 << 20,
+        }
+    }
+}
+
+/// `[message]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessageConfig {
+    /// The envelope sender: `{ address = "bounces@example.com", verp = true }`.
+    /// Default: the message's From address.
+    pub return_path: Option<ReturnPath>,
+    /// Largest built message. Default `"25MiB"`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_size: usize,
+}
+
+impl Default for MessageConfig {
+    fn default() -> Self {
+        Self {
+            return_path: None,
+            max_size: 25 << 20,
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for volley (unknown keys are named here).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The key.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`), then the environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                Self::parse(&text).map_err(|message| ConfigError::Parse {
+                    path: shown,
+                    message,
+                })?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(|key| std::env::var(key).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())
+    }
+
+    /// Secrets (and a few deployment keys) from the environment:
+    /// `VOLLEY_API_KEYS` (comma-separated), `VOLLEY_RELAY_PASSWORD`,
+    /// `VOLLEY_RELAY_USERNAME`, `VOLLEY_UNSUBSCRIBE_SECRET`, `VOLLEY_WEBHOOKS_SECRET`,
+    /// `VOLLEY_REDIS_URL`, `VOLLEY_DKIM_KEY_FILE`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(keys) = get("VOLLEY_API_KEYS") {
+            self.server.api_keys = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get("VOLLEY_RELAY_USERNAME") {
+            self.relay.username = v;
+        }
+        if let Some(v) = get("VOLLEY_RELAY_PASSWORD") {
+            self.relay.password = v;
+        }
+        if let Some(v) = get("VOLLEY_UNSUBSCRIBE_SECRET") {
+            self.unsubscribe.secret = v;
+        }
+        if let Some(v) = get("VOLLEY_WEBHOOKS_SECRET") {
+            self.webhooks.secret = v;
+        }
+        if let Some(v) = get("VOLLEY_REDIS_URL") {
+            self.queue.redis_url = v;
+        }
+        if let (Some(v), Some(dkim)) = (get("VOLLEY_DKIM_KEY_FILE"), self.dkim.as_mut()) {
+            dkim.key_file = PathBuf::from(v);
+        }
+    }
+
+    /// Checks what serde cannot: a listener beyond loopback needs API keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.server.listen.ip().is_loopback() && self.server.api_keys.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "server.api_keys",
+                message: format!(
+                    "listening on {} (beyond loopback) requires at least one API key",
+                    self.server.listen
+                ),
+            });
+        }
+        if self.server.api_keys.iter().any(|k| k.len() < 16) {
+            return Err(ConfigError::Invalid {
+                field: "server.api_keys",
+                message: "each key needs at least 16 characters".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses `"16MiB"`, `"512KiB"`, `"25MB"`, `"1GiB"` or a plain number of bytes.
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}"))?;
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(usize),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(n),
+        Raw::Text(t) => parse_byte_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of DESIGN.md's configuration section parses as is.
+    const CONTRACT: &str = r#"
+[server]
+listen = "127.0.0.1:8025"
+api_keys = []
+max_body = "16MiB"
+
+[queue]
+backend = "embedded"
+path = "volley-data"
+redis_url = "redis://127.0.0.1:6379"
+lease = "5m"
+
+[templates]
+path = "templates"
+
+[smtp]
+helo_name = "mail.example.com"
+port = 25
+tls = "opportunistic"
+max_connections_per_site = 20
+max_messages_per_connection = 1000
+prefer_chunking = true
+[smtp.timeouts]
+connect = "30s"
+
+[dns]
+nameservers = []
+
+[relay]
+host = "smtp.example.com:587"
+tls = "starttls"
+username = ""
+password = ""
+
+[limits]
+global = "0"
+per_site = "0"
+[limits.domains]
+"gmail.com" = "100/s"
+
+[retry]
+schedule = ["5m", "10m", "30m", "1h", "2h", "4h"]
+max_age = "5d"
+
+[dkim]
+domain = "example.com"
+selector = "s1"
+key_file = "dkim.pem"
+algorithm = "rsa-sha256"
+
+[unsubscribe]
+url = "https://example.com/unsubscribe/{token}"
+mailto = ""
+one_click = true
+
+[webhooks]
+url = ""
+secret = ""
+
+[security]
+allow_loopback_mx = false
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = Config::parse(CONTRACT).unwrap();
+        assert_eq!(config.server.max_body, 16 << 20);
+        assert_eq!(config.smtp.port, 25);
+        assert_eq!(config.retry.schedule.len(), 6);
+        assert_eq!(config.dkim.unwrap().selector, "s1");
+        assert!(config.limits.domains["gmail.com"].is_limited());
+    }
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8025".parse().unwrap());
+        assert!(config.dkim.is_none());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for (text, key) in [
+            ("[smtp]\nprot = 25\n", "prot"),
+            ("[nope]\n", "nope"),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\napi_key = []\n",
+                "api_key",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_secrets() {
+        let mut config =
+            Config::parse("[relay]\nhost = \"smtp.example.com\"\npassword = \"file\"\n").unwrap();
+        config.apply_env(|k| match k {
+            "VOLLEY_RELAY_PASSWORD" => Some("from-env".into()),
+            "VOLLEY_API_KEYS" => Some("aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbb".into()),
+            _ => None,
+        });
+        assert_eq!(config.relay.password, "from-env");
+        assert_eq!(config.server.api_keys.len(), 2);
+    }
+
+    #[test]
+    fn public_listen_needs_keys() {
+        let config = Config::parse("[server]\nlisten = \"0.0.0.0:8025\"\n").unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.api_keys")
+        );
+        let config = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:8025\"\napi_keys = [\"0123456789abcdef0123\"]\n",
+        )
+        .unwrap();
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_byte_size("1000"), Ok(1000));
+        assert_eq!(parse_byte_size("2 KB"), Ok(2000));
+        assert!(parse_byte_size("12 parsecs").is_err());
+        assert!(parse_byte_size("MiB").is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP API (axum): submissions, job status, events, metrics, health, and the
+//! one-click unsubscribe endpoint.
+//!
+//! Every request body is read whole under the `max_body` limit and parsed here, so
+//! that every failure is one JSON error shape: 400 malformed, 401 no key, 413 too
+//! large, 422 invalid field, 503 storage unavailable. The API knows the queue's and
+//! the composer's interfaces, nothing of SMTP.
+
+mod error;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::compose::Composer;
+use crate::metrics::Metrics;
+use crate::queue::AnyQueue;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The queue.
+    pub queue: Arc<AnyQueue>,
+    /// Builds (and so checks) messages.
+    pub composer: Arc<Composer>,
+    /// Metrics, for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Accepted Bearer keys; empty means no key is needed.
+    pub api_keys: Arc<Vec<String>>,
+    /// Largest request body.
+    pub max_body: usize,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/v1/messages", post(handlers::submit_message))
+        .route("/v1/campaigns", post(handlers::submit_campaign))
+        .route("/v1/jobs/{id}", get(handlers::job))
+        .route("/v1/events", get(handlers::events))
+        .route("/metrics", get(handlers::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    // Health checks come from load balancers, unsubscribe clicks from mailbox
+    // providers: neither has an API key.
+    let open = Router::new()
+        .route("/healthz", get(handlers::health))
+        .route(
+            "/v1/unsubscribe/{token}",
+            get(handlers::unsubscribe_page).post(handlers::unsubscribe),
+        );
+    protected
+        .merge(open)
+        // The handlers read bodies through `Bytes` under this limit and answer 413.
+        .layer(DefaultBodyLimit::max(state.max_body))
+        .with_state(state)
+}
+
+async fn require_key(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.api_keys.is_empty() {
+        return Ok(next.run(request).await);
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(key)
+            if state
+                .api_keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+        {
+            Ok(next.run(request).await)
+        }
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Compares without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

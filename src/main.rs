@@ -1,0 +1,251 @@
+//! The `volley` command: `serve`, `send` and `check`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Map, Value};
+use volley::app::{App, shutdown_signal};
+use volley::config::Config;
+use volley::send::{SendOptions, Summary};
+
+#[derive(Parser)]
+#[command(
+    name = "volley",
+    version,
+    about = "High-throughput bulk email sending engine"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// HTTP API and delivery workers (defaults: 127.0.0.1:8025, queue in ./volley-data,
+    /// templates from ./templates).
+    Serve {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Send everything through this smarthost (host:port), overriding [relay] host.
+        #[arg(long, value_name = "HOST:PORT")]
+        relay: Option<String>,
+    },
+    /// Send a campaign from the command line and wait for the outcome.
+    Send {
+        /// Template name (a directory under the templates path).
+        #[arg(long)]
+        template: String,
+        /// CSV with a header row (an `email` column) or JSON Lines (`.jsonl`).
+        #[arg(long)]
+        recipients: PathBuf,
+        /// Sender, e.g. "News <news@example.com>".
+        #[arg(long)]
+        from: String,
+        /// Subject instead of the template's.
+        #[arg(long)]
+        subject: Option<String>,
+        /// A variable shared by every recipient (repeatable).
+        #[arg(long = "var", value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Send everything through this smarthost (host:port), overriding [relay] host.
+        #[arg(long, value_name = "HOST:PORT")]
+        relay: Option<String>,
+        /// Retry deferred recipients for at most this long (e.g. 60s, 5m).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        max_wait: Duration,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Write one JSON line per recipient to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Validate the configuration and compile every template.
+    Check {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Send { .. } | Command::Check { .. });
+    init_logs(cli.log_format, quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("volley: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("volley: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOLLEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: Option<&PathBuf>, relay: Option<String>) -> anyhow::Result<Config> {
+    let mut config = Config::load(path.map(PathBuf::as_path))?;
+    if let Some(relay) = relay {
+        config.relay.host = relay;
+    }
+    Ok(config)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config, relay } => {
+            let config = load(config.as_ref(), relay)?;
+            let app = App::open(config).await?;
+            app.serve(shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Check { config } => {
+            let config = load(config.as_ref(), None)?;
+            let templates = volley::template::Templates::load(&config.templates.path)?;
+            config.smtp.session_configs(&config.relay)?;
+            if let Some(dkim) = &config.dkim {
+                volley::message::DkimSigner::from_config(dkim)?;
+            }
+            config.unsubscribe.validate().context("unsubscribe")?;
+            if config.webhooks.enabled() {
+                volley::webhooks::WebhookClient::new(&config.webhooks).context("webhooks")?;
+            }
+            println!(
+                "configuration ok; templates: {}",
+                templates.names().join(", ")
+            );
+            Ok(())
+        }
+        Command::Send {
+            template,
+            recipients,
+            from,
+            subject,
+            vars,
+            config,
+            relay,
+            max_wait,
+            json,
+            report,
+        } => {
+            let config = load(config.as_ref(), relay)?;
+            let list = volley::recipients::read(&recipients)?;
+            let vars = parse_vars(&vars)?;
+            let app = App::open(config).await?;
+            let options = SendOptions {
+                template,
+                recipients: list,
+                from,
+                subject,
+                vars,
+                max_wait,
+                report,
+            };
+            let bar = progress_bar(options.recipients.len() as u64);
+            let summary = volley::send::run(&app, options, |counts| {
+                if let Some(bar) = &bar {
+                    bar.set_position(u64::from(counts.total - counts.queued - counts.deferred));
+                    bar.set_message(format!(
+                        "delivered {} bounced {} deferred {}",
+                        counts.delivered, counts.bounced, counts.deferred
+                    ));
+                }
+            })
+            .await?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            print_summary(&summary, json)
+        }
+    }
+}
+
+fn parse_vars(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut vars = Map::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--var {pair:?}: expected KEY=VALUE")
+        };
+        vars.insert(key.trim().to_owned(), Value::String(value.to_owned()));
+    }
+    Ok(vars)
+}
+
+/// A progress bar on a terminal; none when stdout is redirected.
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    println!(
+        "job {}: {} recipients in {:.2}s ({:.0} messages/s)",
+        s.job, s.recipients, s.elapsed_s, s.messages_per_second
+    );
+    println!(
+        "delivered {}  bounced {}  deferred {}  expired {}  suppressed {}",
+        s.delivered, s.bounced, s.deferred, s.expired, s.suppressed
+    );
+    let l = &s.latency_ms;
+    println!(
+        "latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}",
+        l.p50, l.p90, l.p99, l.p999
+    );
+    if s.deferred > 0 {
+        println!(
+            "{} deferred recipients stay queued; `volley serve` retries them",
+            s.deferred
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! `volley send`: a campaign from the command line, delivered in this process, with
+//! deferred recipients retried on the schedule for at most `max_wait`; what is still
+//! deferred then stays queued for `volley serve`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::app::{App, StartError};
+use crate::job::{CampaignRequest, Invalid, MailboxInput, RecipientInput, prepare_campaign};
+use crate::metrics::Stage;
+use crate::queue::{Counts, JobId, Queue, QueueError, RecipientState, SubmitOutcome};
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Template name.
+    pub template: String,
+    /// The recipients.
+    pub recipients: Vec<RecipientInput>,
+    /// Sender.
+    pub from: String,
+    /// Subject instead of the template's.
+    pub subject: Option<String>,
+    /// Shared variables.
+    pub vars: Map<String, Value>,
+    /// How long deferred recipients are retried here.
+    pub max_wait: Duration,
+    /// One JSON line per recipient is written here.
+    pub report: Option<PathBuf>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+}
+
+/// The summary printed at the end (`--json` prints exactly this object).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The job.
+    pub job: String,
+    /// Recipients in the list.
+    pub recipients: u32,
+    /// Delivered.
+    pub delivered: u32,
+    /// Bounced.
+    pub bounced: u32,
+    /// Still waiting for a retry (left queued for `volley serve`).
+    pub deferred: u32,
+    /// Gave up after the maximum age.
+    pub expired: u32,
+    /// Skipped: suppressed addresses.
+    pub suppressed: u32,
+    /// Seconds from submission to the end.
+    pub elapsed_s: f64,
+    /// Delivered per second.
+    pub messages_per_second: f64,
+    /// Submission-to-final-reply latency of delivered messages.
+    pub latency_ms: Latency,
+}
+
+/// Why `volley send` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Starting the engine.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The campaign is invalid.
+    #[error("invalid campaign: {0}")]
+    Invalid(#[from] Invalid),
+    /// The queue failed.
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    /// The report file.
+    #[error("report {path}: {source}")]
+    Report {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Submits the campaign, delivers it, and returns the summary. `progress` is called
+/// with the counts as they change.
+pub async fn run(
+    app: &App,
+    options: SendOptions,
+    mut progress: impl FnMut(&Counts),
+) -> Result<Summary, SendError> {
+    let request = CampaignRequest {
+        template: Some(options.template.clone()),
+        from: Some(MailboxInput::Text(options.from.clone())),
+        subject: options.subject.clone(),
+        vars: options.vars.clone(),
+        recipients: options.recipients,
+        ..CampaignRequest::default()
+    };
+    let composer = std::sync::Arc::clone(&app.composer);
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare_campaign(request, &composer, None, SystemTime::now())
+    })
+    .await
+    .map_err(|e| Invalid {
+        field: String::new(),
+        message: e.to_string(),
+    })??;
+    let (job, recipients) = prepared.into_parts();
+    let started = Instant::now();
+    let (id, total) = match app.queue.submit(job, recipients, SystemTime::now()).await? {
+        SubmitOutcome::Created { id, recipients } | SubmitOutcome::Existing { id, recipients } => {
+            (id, recipients)
+        }
+        SubmitOutcome::IdempotencyConflict => unreachable!("no idempotency key was given"),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatch = app.start_delivery(stop_rx)?;
+    let deadline = started + options.max_wait;
+    let mut counts = Counts::default();
+    loop {
+        if let Some(status) = app.queue.job(&id).await? {
+            counts = status.counts;
+            progress(&counts);
+        }
+        let unfinished = counts.queued + counts.deferred;
+        if (unfinished == 0 && counts.total > 0) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    dispatch.join().await;
+    if let Some(status) = app.queue.job(&id).await? {
+        counts = status.counts;
+        progress(&counts);
+    }
+    if let Some(path) = &options.report {
+        write_report(app, &id, path).await?;
+    }
+    let p = app.metrics.percentiles(Stage::Delivery);
+    Ok(Summary {
+        job: id.to_string(),
+        recipients: total,
+        delivered: counts.delivered,
+        bounced: counts.bounced,
+        deferred: counts.deferred + counts.queued,
+        expired: counts.expired,
+        suppressed: counts.suppressed,
+        elapsed_s: elapsed,
+        messages_per_second: f64::from(counts.delivered) / elapsed.max(1e-9),
+        latency_ms: Latency {
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            p999: p.p999,
+        },
+    })
+}
+
+/// One JSON line per recipient: `to`, `outcome`, `reply`.
+async fn write_report(app: &App, id: &JobId, path: &PathBuf) -> Result<(), SendError> {
+    let error = |source| SendError::Report {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(error)?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut after = None;
+    loop {
+        let page = app.queue.recipients(id, after, 1000).await?;
+        for r in &page {
+            let outcome = match r.state {
+                RecipientState::Delivered => "delivered",
+                RecipientState::Bounced => "bounced",
+                RecipientState::Expired => "expired",
+                RecipientState::Suppressed => "suppressed",
+                RecipientState::Queued | RecipientState::Leased | RecipientState::Deferred => {
+                    "deferred"
+                }
+            };
+            let line = serde_json::json!({"to": r.to, "outcome": outcome, "reply": r.last_reply});
+            writeln!(out, "{line}").map_err(error)?;
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.index),
+            _ => break,
+        }
+    }
+    out.flush().map_err(error)
+}

@@ -1,0 +1,248 @@
+//! The `volley` binary: `send` from CSV and JSON Lines with `--json` and `--report`,
+//! and `check` on good and broken configurations and templates.
+
+use std::path::Path;
+use std::process::Command;
+
+use volley_loadtest::{Sink, SinkConfig};
+
+fn volley() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
+    cmd.env_remove("VOLLEY_LOG");
+    cmd
+}
+
+fn templates() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("templates")
+        .display()
+        .to_string()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn config(dir: &Path, relay: std::net::SocketAddr) -> std::path::PathBuf {
+    let text = format!(
+        "[queue]\npath = {:?}\n[templates]\npath = {:?}\n[relay]\nhost = \"{relay}\"\n[smtp]\nhelo_name = \"volley.test\"\n",
+        dir.join("data").display().to_string(),
+        templates()
+    );
+    write(dir, "volley.toml", &text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_from_csv_and_json_lines() {
+    let sink = Sink::start(SinkConfig {
+        capture: true,
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), sink.addrs()[0]);
+    let csv = write(
+        dir.path(),
+        "list.csv",
+        "email,name\nann@example.org,Ann\npermfail@example.org,Pat\nbob@example.org,Bob\n",
+    );
+    let report = dir.path().join("report.jsonl");
+    let out = volley()
+        .args([
+            "send",
+            "--template",
+            "welcome",
+            "--from",
+            "News <news@example.com>",
+            "--json",
+            "--max-wait",
+            "5s",
+        ])
+        .arg("--recipients")
+        .arg(&csv)
+        .arg("--config")
+        .arg(&config)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["delivered"].as_u64(), summary["bounced"].as_u64()),
+        (Some(2), Some(1)),
+        "{summary}"
+    );
+    for key in [
+        "deferred",
+        "expired",
+        "suppressed",
+        "elapsed_s",
+        "messages_per_second",
+    ] {
+        assert!(summary.get(key).is_some(), "{key} in {summary}");
+    }
+    for p in ["p50", "p90", "p99", "p999"] {
+        assert!(summary["latency_ms"][p].as_f64().is_some(), "{p}");
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1]["to"], "permfail@example.org");
+    assert_eq!(lines[1]["outcome"], "bounced");
+    assert!(lines[1]["reply"].as_str().unwrap().contains("5.1.1"));
+    let messages = sink.messages();
+    let ann = messages
+        .iter()
+        .find(|m| m.rcpt_to == ["ann@example.org"])
+        .expect("Ann's message");
+    let text = String::from_utf8_lossy(&ann.data);
+    assert!(
+        text.contains("Welcome aboard, Ann"),
+        "the name variable was rendered: {text}"
+    );
+
+    let jsonl = write(
+        dir.path(),
+        "list.jsonl",
+        "{\"to\": \"cy@example.org\", \"vars\": {\"name\": \"Cy\"}}\n",
+    );
+    let out = volley()
+        .args([
+            "send",
+            "--template",
+            "welcome",
+            "--from",
+            "news@example.com",
+            "--max-wait",
+            "5s",
+        ])
+        .arg("--recipients")
+        .arg(&jsonl)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("delivered 1"), "{text}");
+    assert_eq!(sink.stats().messages, 3);
+}
+
+#[test]
+fn send_refuses_bad_input_before_storing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "127.0.0.1:9".parse().unwrap());
+    let csv = write(
+        dir.path(),
+        "bad.csv",
+        "email,name\nann@example.org,Ann\nnot-an-address,Bo\n",
+    );
+    let out = volley()
+        .args([
+            "send",
+            "--template",
+            "welcome",
+            "--from",
+            "news@example.com",
+        ])
+        .arg("--recipients")
+        .arg(&csv)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recipients[1].to"), "{err}");
+    let missing = write(dir.path(), "missing.csv", "email\nann@example.org\n");
+    let out = volley()
+        .args([
+            "send",
+            "--template",
+            "welcome",
+            "--from",
+            "news@example.com",
+        ])
+        .arg("--recipients")
+        .arg(&missing)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("name"),
+        "a missing variable is named: {err}"
+    );
+}
+
+#[test]
+fn check_accepts_good_and_names_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), "127.0.0.1:25".parse().unwrap());
+    let out = volley()
+        .arg("check")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("welcome"));
+
+    let bad_key = write(
+        dir.path(),
+        "bad.toml",
+        "[smtp]\nhelo_name = \"x.test\"\nmax_conections_per_site = 5\n",
+    );
+    let out = volley()
+        .arg("check")
+        .arg("--config")
+        .arg(&bad_key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("max_conections_per_site"),
+        "{err}"
+    );
+
+    let broken = dir.path().join("broken-templates");
+    std::fs::create_dir_all(broken.join("promo")).unwrap();
+    std::fs::write(broken.join("promo/subject.hbs"), "Hi {{name}").unwrap();
+    std::fs::write(broken.join("promo/text.hbs"), "text").unwrap();
+    let cfg = write(
+        dir.path(),
+        "broken.toml",
+        &format!("[templates]\npath = {:?}\n", broken.display().to_string()),
+    );
+    let out = volley()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("promo") && err.contains("subject.hbs"),
+        "{err}"
+    );
+}
