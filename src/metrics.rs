@@ -131,6 +131,29 @@ pub struct SiteCounters {
     pub connections_open: AtomicU64,
     /// Times the site asked us to slow down.
     pub throttled: AtomicU64,
+    /// Connections allowed now (the limit, lowered while throttled).
+    pub allowed: AtomicU64,
+    /// The configured connection limit.
+    pub limit: AtomicU64,
+    /// Until when (Unix milliseconds) the site is paused; 0 when not.
+    pub paused_until_ms: AtomicU64,
+    /// The site's last reply or error, for operators. Written per outcome, read
+    /// by the dashboard; the lock is held only to swap a string.
+    pub last_reply: Mutex<String>,
+}
+
+impl SiteCounters {
+    /// Records the last reply seen from the site.
+    pub fn set_last_reply(&self, reply: &str) {
+        let mut last = self.last_reply.lock().unwrap_or_else(|e| e.into_inner());
+        last.clear();
+        last.push_str(reply);
+    }
+
+    /// The last reply seen from the site.
+    pub fn last_reply(&self) -> String {
+        self.last_reply.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// All metrics of one process.
@@ -206,6 +229,29 @@ impl Metrics {
             }
         }
         total
+    }
+
+    /// Every site's counters, by site key.
+    pub fn sites(&self) -> Vec<(Arc<str>, Arc<SiteCounters>)> {
+        let sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites.iter().map(|(k, v)| (Arc::clone(k), Arc::clone(v))).collect()
+    }
+
+    /// A stage's distribution as `(upper bound in ms, samples)` buckets, doubling
+    /// from 0.1 ms, for charts. Empty buckets past the largest sample are left out.
+    pub fn buckets(&self, stage: Stage) -> Vec<(f64, u64)> {
+        let merged = self.merged();
+        let h = &merged[stage.index()];
+        let mut out = Vec::new();
+        let mut low = 0u64;
+        let mut high = 100u64;
+        while low <= h.max() && high <= HIGHEST_US * 2 {
+            let count = h.count_between(low, high.saturating_sub(1));
+            out.push((high as f64 / 1000.0, count));
+            low = high;
+            high *= 2;
+        }
+        out
     }
 
     /// Percentiles of one stage.

@@ -171,8 +171,10 @@ async fn run_lane<K: Send + Sync + 'static>(
     let tick_every = (settings.idle_timeout / 2).max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(tick_every);
     let mut last_activity = Instant::now();
+    ctx.counters.limit.store(settings.max_connections as u64, std::sync::atomic::Ordering::Relaxed);
     loop {
         let allowed = throttle.allowed(Instant::now());
+        ctx.counters.allowed.store(allowed as u64, std::sync::atomic::Ordering::Relaxed);
         while !queue.is_empty() && active < allowed {
             let size = (queue.len() / allowed.max(1)).clamp(1, settings.batch_size.max(1));
             let batch: Vec<Job<K>> = queue.drain(..size.min(queue.len())).collect();
@@ -204,6 +206,9 @@ async fn run_lane<K: Send + Sync + 'static>(
                 if throttled {
                     throttle.on_throttle(Instant::now());
                     ctx.counters.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let until = std::time::SystemTime::now() + settings.throttle_pause;
+                    let ms = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                    ctx.counters.paused_until_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(site = %ctx.site_key, "site is throttling us: fewer connections for a while");
                 }
             },
@@ -349,6 +354,7 @@ fn fail_all<K>(ctx: &LaneContext<K>, batch: Vec<Job<K>>, err: &SmtpError) -> boo
 
 fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Option<Outcome>) {
     if let Some(outcome) = &outcome {
+        ctx.counters.set_last_reply(&outcome.detail);
         use std::sync::atomic::Ordering::Relaxed;
         let (counted, site_counter) = match outcome.disposition {
             Disposition::Delivered => (Counted::Delivered, &ctx.counters.delivered),
