@@ -81,6 +81,19 @@ impl DkimConfig {
     }
 }
 
+/// mail-auth may fold the header right before the `;` that ends the `b=` value
+/// (`...==\r\n\t;`). That is valid (the `b=` value is hashed with its surrounding
+/// whitespace removed), but widely used verifiers such as dkimpy keep whitespace
+/// before the `;` when they blank the value, and then fail the signature. Moving
+/// the `;` up against the value changes nothing that was signed.
+fn tighten_final_semicolon(header: &mut Vec<u8>) {
+    const FOLDED_END: &[u8] = b"\r\n\t;\r\n";
+    if header.ends_with(FOLDED_END) {
+        header.truncate(header.len() - FOLDED_END.len());
+        header.extend_from_slice(b";\r\n");
+    }
+}
+
 /// The headers signed by default; RFC 8058 requires both List-Unsubscribe headers to
 /// be covered for one-click unsubscription to be honoured.
 fn default_headers() -> Vec<String> {
@@ -166,6 +179,7 @@ impl DkimSigner {
         })?;
         let mut signed = Vec::with_capacity(message.len() + 600);
         signature.write_header(&mut signed);
+        tighten_final_semicolon(&mut signed);
         signed.extend_from_slice(message);
         Ok(signed)
     }

@@ -24,6 +24,9 @@ pub(super) const FILE: &str = "queue.redb";
 /// Opens (or, only when the file does not exist yet, creates) the store, then returns every
 /// lease a previous process left and rolls back submissions it left half-written: this process
 /// holds the file lock, so nobody else can be working on them.
+/// The page cache of the store.
+const CACHE_BYTES: usize = 64 << 20;
+
 pub(super) fn open(dir: &Path) -> Result<Database> {
     std::fs::create_dir_all(dir).map_err(|source| QueueError::Io {
         path: dir.to_path_buf(),
@@ -36,7 +39,11 @@ pub(super) fn open(dir: &Path) -> Result<Database> {
         // Never treat a file we cannot see as absent: that would start an empty queue.
         Err(source) => return Err(QueueError::Io { path, source }),
     };
-    let builder = Database::builder();
+    let mut builder = Database::builder();
+    // redb's page cache defaults to 1 GiB; the working set (the ready index's head
+    // and recent deliveries) is far smaller, and a bounded cache keeps memory flat
+    // while a million-recipient campaign sits on disk.
+    builder.set_cache_size(CACHE_BYTES);
     let opened = if exists {
         builder.open(&path)
     } else {

@@ -1,0 +1,99 @@
+//! DKIM signatures checked by an independent verifier (Python's dkimpy), over many
+//! messages so that header folding lands in every position. Needs `python3` with
+//! `dkimpy` and `pynacl` (`.ci/run` installs them); with `CI` set their absence is
+//! a failure, otherwise the test says so and returns.
+
+use std::path::Path;
+use std::process::Command;
+
+use volley::message::{DkimAlgorithm, DkimConfig, DkimSigner, Mailbox, MessageSpec, build_message};
+use volley::smtp::Address;
+
+fn data(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn dkimpy_verifies_our_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let signers = [
+        DkimSigner::from_config(&DkimConfig::new(
+            "example.com",
+            "s1",
+            data("dkim-test-rsa2048.pem"),
+            DkimAlgorithm::RsaSha256,
+        ))
+        .unwrap(),
+        DkimSigner::from_config(&DkimConfig::new(
+            "example.com",
+            "s1",
+            data("dkim-test-ed25519.pem"),
+            DkimAlgorithm::Ed25519Sha256,
+        ))
+        .unwrap(),
+    ];
+    let mut n = 0;
+    for (k, signer) in signers.iter().enumerate() {
+        for i in 0..40 {
+            let spec = MessageSpec {
+                from: Mailbox::named("News", Address::parse("news@example.com").unwrap()),
+                to: vec![Mailbox::new(
+                    Address::parse(&format!("{}@example.org", "r".repeat(1 + i))).unwrap(),
+                )],
+                cc: Vec::new(),
+                reply_to: None,
+                subject: format!("Issue {i} {}", "x".repeat(i * 3)),
+                text: Some(format!("Hello,\n\n{}\n.\nBye", "line of text ".repeat(i))),
+                html: (i % 2 == 0).then(|| format!("<p>Hello {i}</p>")),
+                attachments: Vec::new(),
+                headers: vec![("X-Seq".into(), i.to_string())],
+                list_unsubscribe: None,
+            };
+            let built = build_message(&spec, "example.com").unwrap();
+            std::fs::write(
+                dir.path().join(format!("{k}-{i:02}.eml")),
+                signer.sign(&built).unwrap(),
+            )
+            .unwrap();
+            n += 1;
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/dkim_verify.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(dir.path())
+        .arg(data("dkim-test-rsa2048.pub.b64"))
+        .arg(data("dkim-test-ed25519.pub.b64"))
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: python3 is not available ({e})");
+            return;
+        }
+        Err(e) => panic!("python3 is required in CI: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.status.code() == Some(3) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "dkimpy is required in CI: {stdout}"
+        );
+        eprintln!("skipping: {stdout}");
+        return;
+    }
+    assert!(
+        output.status.success(),
+        "dkimpy rejected signatures:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with(" ok")).count(),
+        n,
+        "{stdout}"
+    );
+}
