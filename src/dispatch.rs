@@ -193,7 +193,9 @@ impl Feeder {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "suppression check failed; sending anyway"),
         }
-        let Ok(address) = Address::parse(&to) else {
+        // An internationalised domain goes on the wire as A-labels: no SMTPUTF8
+        // needed unless the local part itself is non-ASCII.
+        let Ok(address) = Address::parse(&to).map(|a| a.with_ascii_domain()) else {
             resolve(
                 Resolution::Bounced {
                     reply: format!("5.1.3 invalid recipient address {to:?}"),

@@ -111,6 +111,21 @@ impl Address {
         &self.text[self.at + 1..]
     }
 
+    /// The same mailbox with its domain in A-label form (IDNA), so that an ASCII
+    /// local part at an internationalised domain needs no SMTPUTF8. Returns the
+    /// address unchanged when the domain is ASCII or cannot be converted.
+    pub fn with_ascii_domain(&self) -> Address {
+        let domain = self.domain();
+        if domain.is_ascii() {
+            return self.clone();
+        }
+        match idna::domain_to_ascii(domain) {
+            Ok(ascii) => Address::parse(&format!("{}@{ascii}", self.local_part()))
+                .unwrap_or_else(|_| self.clone()),
+            Err(_) => self.clone(),
+        }
+    }
+
     /// Whether this address needs the SMTPUTF8 extension to be sent.
     pub fn needs_smtputf8(&self) -> bool {
         !self.text.is_ascii()
@@ -279,6 +294,24 @@ mod tests {
             Address::parse(&too_long),
             Err(AddressError::PathTooLong(257))
         );
+    }
+
+    #[test]
+    fn converts_idn_domains_to_a_labels() {
+        let a = Address::parse("info@bücher.example")
+            .unwrap()
+            .with_ascii_domain();
+        assert_eq!(a.as_str(), "info@xn--bcher-kva.example");
+        assert!(!a.needs_smtputf8());
+        let utf8_local = Address::parse("jörg@bücher.example")
+            .unwrap()
+            .with_ascii_domain();
+        assert!(
+            utf8_local.needs_smtputf8(),
+            "a UTF-8 local part still needs SMTPUTF8"
+        );
+        let ascii = Address::parse("a@example.com").unwrap();
+        assert_eq!(ascii.with_ascii_domain(), ascii);
     }
 
     #[test]
