@@ -154,9 +154,17 @@ impl App {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let webhooks = crate::webhooks_wiring::start(&self, shutdown_rx.clone())?;
         let dispatch = self.start_delivery(shutdown_rx.clone())?;
+        let history = Arc::new(crate::dashboard::History::default());
+        let sampler = crate::dashboard::start_sampler(
+            Arc::clone(&history),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.queue),
+            shutdown_rx.clone(),
+        );
         let local = listener.local_addr().ok();
         tracing::info!(listen = ?local, "volley is serving");
-        let app = router(self.api_state());
+        // The dashboard's handlers find the sampler's history as a request extension.
+        let app = router(self.api_state()).layer(axum::Extension(history));
         let mut http_shutdown = shutdown_rx.clone();
         let server = tokio::spawn(async move {
             let graceful = async move {
@@ -171,6 +179,7 @@ impl App {
         let _ = shutdown_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
         dispatch.join().await;
+        let _ = sampler.await;
         if let Some(webhooks) = webhooks {
             let _ = webhooks.await;
         }

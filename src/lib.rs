@@ -40,6 +40,9 @@
 //! - [`dispatch`]: queue to engine and back: leases, suppression, building, retry
 //!   decisions, group commits.
 //! - [`http`]: the HTTP API (axum) with one JSON error type.
+//! - [`dashboard`]: the operators' live page at `/` (embedded HTML, script and style,
+//!   SVG charts), its JSON endpoints and the sampler that keeps five minutes of
+//!   per-second points.
 //! - [`recipients`]: CSV and JSON Lines recipient lists for `volley send`.
 //! - [`send`]: `volley send`: a campaign delivered from the command line.
 //! - [`app`]: wiring everything into a running volley and stopping it gracefully.
@@ -69,6 +72,7 @@
 pub mod app;
 pub mod compose;
 pub mod config;
+pub mod dashboard;
 pub mod dispatch;
 pub mod engine;
 pub mod http;

@@ -152,7 +152,10 @@ impl SiteCounters {
 
     /// The last reply seen from the site.
     pub fn last_reply(&self) -> String {
-        self.last_reply.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_reply
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -234,7 +237,10 @@ impl Metrics {
     /// Every site's counters, by site key.
     pub fn sites(&self) -> Vec<(Arc<str>, Arc<SiteCounters>)> {
         let sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        sites.iter().map(|(k, v)| (Arc::clone(k), Arc::clone(v))).collect()
+        sites
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect()
     }
 
     /// A stage's distribution as `(upper bound in ms, samples)` buckets, doubling

@@ -65,6 +65,7 @@ async fn suite<H: Harness>(h: &mut H) {
     suppression(h.fresh().await).await;
     submit_is_atomic(h.fresh().await).await;
     depth(h.fresh().await).await;
+    recent_jobs_newest_first(h.fresh().await).await;
     let q = h.fresh().await;
     let other = h.another(&q).await;
     two_consumers_never_share(q, other).await;
@@ -396,6 +397,40 @@ async fn depth<Q: Queue>(q: Q) {
     assert_eq!(q.lease(2, t).await.expect("lease").len(), 2);
     let d = q.depth(t).await.expect("depth");
     assert_eq!((d.ready, d.scheduled, d.leased), (3, 3, 2));
+}
+
+async fn recent_jobs_newest_first<Q: Queue>(q: Q) {
+    let t = t0();
+    assert!(q.recent_jobs(10).await.expect("recent").is_empty());
+    let mut ids = Vec::new();
+    for i in 0..4u64 {
+        let at = t + Duration::from_millis(i * 10);
+        ids.push(created(
+            q.submit(job(at), recipients(2), at).await.expect("submit"),
+        ));
+    }
+    let first = q.lease(1, t).await.expect("lease").remove(0);
+    let delivered = Resolution::Delivered {
+        reply: "250".into(),
+    };
+    q.complete(vec![(first.id, delivered)], t)
+        .await
+        .expect("complete");
+    let recent = q.recent_jobs(3).await.expect("recent");
+    let got: Vec<_> = recent.iter().map(|j| j.id).collect();
+    assert_eq!(
+        got,
+        [ids[3], ids[2], ids[1]],
+        "newest first, at most the limit"
+    );
+    assert_eq!(recent[0].counts.total, 2);
+    assert_eq!(recent[2].created, t + Duration::from_millis(10));
+    let all = q.recent_jobs(100).await.expect("recent");
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3].id, ids[0]);
+    assert_eq!(all[3].counts.delivered, 1, "counts are current");
+    assert_eq!(all[3].state, JobState::Sending);
+    assert!(q.recent_jobs(0).await.expect("recent").is_empty());
 }
 
 async fn two_consumers_never_share<Q: Queue + Clone + 'static>(a: Q, b: Q) {

@@ -47,15 +47,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}", get(handlers::job))
         .route("/v1/events", get(handlers::events))
         .route("/metrics", get(handlers::metrics))
+        .merge(crate::dashboard::api_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     // Health checks come from load balancers, unsubscribe clicks from mailbox
-    // providers: neither has an API key.
+    // providers: neither has an API key. The dashboard's page holds no data; it asks
+    // for the key itself.
     let open = Router::new()
         .route("/healthz", get(handlers::health))
         .route(
             "/v1/unsubscribe/{token}",
             get(handlers::unsubscribe_page).post(handlers::unsubscribe),
-        );
+        )
+        .merge(crate::dashboard::page_routes());
     protected
         .merge(open)
         // The handlers read bodies through `Bytes` under this limit and answer 413.

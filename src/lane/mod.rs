@@ -171,10 +171,15 @@ async fn run_lane<K: Send + Sync + 'static>(
     let tick_every = (settings.idle_timeout / 2).max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(tick_every);
     let mut last_activity = Instant::now();
-    ctx.counters.limit.store(settings.max_connections as u64, std::sync::atomic::Ordering::Relaxed);
+    ctx.counters.limit.store(
+        settings.max_connections as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     loop {
         let allowed = throttle.allowed(Instant::now());
-        ctx.counters.allowed.store(allowed as u64, std::sync::atomic::Ordering::Relaxed);
+        ctx.counters
+            .allowed
+            .store(allowed as u64, std::sync::atomic::Ordering::Relaxed);
         while !queue.is_empty() && active < allowed {
             let size = (queue.len() / allowed.max(1)).clamp(1, settings.batch_size.max(1));
             let batch: Vec<Job<K>> = queue.drain(..size.min(queue.len())).collect();

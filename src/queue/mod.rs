@@ -114,6 +114,10 @@ pub trait Queue: Send + Sync {
     /// A job's state and counts; `None` for an unknown job (or one still being submitted).
     fn job(&self, id: &JobId) -> impl Future<Output = Result<Option<JobStatus>>> + Send;
 
+    /// The `limit` most recently created jobs, newest first (jobs still being submitted are
+    /// not listed).
+    fn recent_jobs(&self, limit: usize) -> impl Future<Output = Result<Vec<JobStatus>>> + Send;
+
     /// Up to `limit` recipients of a job in index order, after `after_index` if given.
     fn recipients(
         &self,
@@ -193,6 +197,9 @@ impl Queue for AnyQueue {
     }
     async fn job(&self, id: &JobId) -> Result<Option<JobStatus>> {
         delegate!(self, q => q.job(id))
+    }
+    async fn recent_jobs(&self, limit: usize) -> Result<Vec<JobStatus>> {
+        delegate!(self, q => q.recent_jobs(limit))
     }
     async fn recipients(
         &self,

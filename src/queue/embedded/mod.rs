@@ -233,6 +233,10 @@ impl Queue for EmbeddedQueue {
         self.run(move |db| read::job(db, id)).await
     }
 
+    async fn recent_jobs(&self, limit: usize) -> Result<Vec<JobStatus>> {
+        self.run(move |db| read::recent_jobs(db, limit)).await
+    }
+
     async fn recipients(
         &self,
         id: &JobId,

@@ -3,13 +3,13 @@
 
 use std::time::SystemTime;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::records::{
     DELIVERIES, Delivery, EVENTS, EventRecord, JOBS, JobRecord, LEASED, PAYLOADS, READY,
     SUPPRESSED, after_ms_key,
 };
-use crate::queue::error::Result;
+use crate::queue::error::{QueueError, Result};
 use crate::queue::id::{DeliveryId, JobId};
 use crate::queue::types::{
     Depth, Event, JobStatus, RecipientStatus, from_ms, normalize_address, to_ms,
@@ -21,14 +21,32 @@ pub(super) fn job(db: &Database, id: JobId) -> Result<Option<JobStatus>> {
     let Some(v) = jobs.get(&id.to_bytes()[..])? else {
         return Ok(None);
     };
-    let rec = JobRecord::decode(v.value())?;
-    Ok(Some(JobStatus {
+    Ok(Some(status(id, JobRecord::decode(v.value())?)))
+}
+
+fn status(id: JobId, rec: JobRecord) -> JobStatus {
+    JobStatus {
         id,
         kind: rec.kind,
         created: from_ms(rec.created_ms),
         state: rec.counts.state(),
         counts: rec.counts,
-    }))
+    }
+}
+
+/// Newest first: job keys are ids, whose bytes sort by creation time.
+pub(super) fn recent_jobs(db: &Database, limit: usize) -> Result<Vec<JobStatus>> {
+    let tx = db.begin_read()?;
+    let jobs = tx.open_table(JOBS)?;
+    let mut out = Vec::with_capacity(limit.min(1024));
+    for e in jobs.iter()?.rev().take(limit) {
+        let (k, v) = e?;
+        let id = <[u8; 16]>::try_from(k.value())
+            .map(JobId::from_bytes)
+            .map_err(|_| QueueError::corrupt("jobs", "a key that is not a job id"))?;
+        out.push(status(id, JobRecord::decode(v.value())?));
+    }
+    Ok(out)
 }
 
 pub(super) fn payload(db: &Database, id: JobId) -> Result<Option<Vec<u8>>> {

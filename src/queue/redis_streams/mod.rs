@@ -269,6 +269,31 @@ fn num<T: std::str::FromStr + Default>(m: &HashMap<String, String>, k: &str) -> 
     m.get(k).and_then(|v| v.parse().ok()).unwrap_or_default()
 }
 
+/// A job's status from its hash; `None` when the hash is absent (empty).
+fn job_status(id: JobId, m: &HashMap<String, String>) -> Result<Option<JobStatus>> {
+    if m.is_empty() {
+        return Ok(None);
+    }
+    let kind = JobKind::from_code(num(m, "kind"))
+        .ok_or_else(|| QueueError::corrupt("job", "unknown kind"))?;
+    let counts = Counts {
+        total: num(m, "total"),
+        queued: num(m, "queued"),
+        delivered: num(m, "delivered"),
+        deferred: num(m, "deferred"),
+        bounced: num(m, "bounced"),
+        expired: num(m, "expired"),
+        suppressed: num(m, "suppressed"),
+    };
+    Ok(Some(JobStatus {
+        id,
+        kind,
+        created: from_ms(num(m, "created")),
+        state: counts.state(),
+        counts,
+    }))
+}
+
 impl Queue for RedisQueue {
     async fn submit(
         &self,
@@ -396,27 +421,41 @@ impl Queue for RedisQueue {
             .arg(self.key(&format!("job:{id}")))
             .query_async(&mut self.conn.clone())
             .await?;
-        if m.is_empty() {
-            return Ok(None);
+        job_status(*id, &m)
+    }
+
+    async fn recent_jobs(&self, limit: usize) -> Result<Vec<JobStatus>> {
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        let kind = JobKind::from_code(num(&m, "kind"))
-            .ok_or_else(|| QueueError::corrupt("job", "unknown kind"))?;
-        let counts = Counts {
-            total: num(&m, "total"),
-            queued: num(&m, "queued"),
-            delivered: num(&m, "delivered"),
-            deferred: num(&m, "deferred"),
-            bounced: num(&m, "bounced"),
-            expired: num(&m, "expired"),
-            suppressed: num(&m, "suppressed"),
-        };
-        Ok(Some(JobStatus {
-            id: *id,
-            kind,
-            created: from_ms(num(&m, "created")),
-            state: counts.state(),
-            counts,
-        }))
+        let mut conn = self.conn.clone();
+        let stop = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.key("jobs"))
+            .arg(0)
+            .arg(stop)
+            .query_async(&mut conn)
+            .await?;
+        let ids: Vec<JobId> = ids
+            .iter()
+            .map(|id| {
+                id.parse()
+                    .map_err(|_| QueueError::corrupt("jobs", id.clone()))
+            })
+            .collect::<Result<_>>()?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.key(&format!("job:{id}")));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, m) in ids.into_iter().zip(&hashes) {
+            out.extend(job_status(id, m)?);
+        }
+        Ok(out)
     }
 
     async fn recipients(

@@ -8,6 +8,7 @@
 //!   a retry is a one-delivery range. `lease` moves at most its batch size from due ranges to
 //!   the stream, so a million-recipient job costs O(1) to commit and O(batch) to start.
 //! - `K job:JOB` hash: kind, created, due, total and the counts; `K payload:JOB` string.
+//! - `K jobs` sorted set of job ids (score = created ms), for the newest jobs first.
 //! - `K rcpt:JOB` hash: index → `to` LF `vars` (written in chunks before the job commits).
 //! - `K st:JOB` hash: index → `state|attempts|due|entry|` then `-` or `+reply`; absent means
 //!   queued, never attempted, due at the job's due time.
@@ -63,7 +64,8 @@ end
 "#;
 
 /// ARGV: prefix, job, kind, created ms, due ms, total, payload, idempotency key or '',
-/// idempotency value. Makes a staged job visible: job hash, payload, one schedule range.
+/// idempotency value. Makes a staged job visible: job hash, payload, one schedule range, its
+/// place in the list of jobs.
 const COMMIT: &str = r#"
 local job = ARGV[2]
 if redis.call('EXISTS', K .. 'job:' .. job) == 1 then return 0 end
@@ -73,6 +75,7 @@ redis.call('HSET', K .. 'job:' .. job, 'kind', ARGV[3], 'created', ARGV[4], 'due
 redis.call('SET', K .. 'payload:' .. job, ARGV[7])
 redis.call('PERSIST', K .. 'rcpt:' .. job)
 redis.call('ZADD', K .. 'sched', ARGV[5], job .. ':0:' .. ARGV[6])
+redis.call('ZADD', K .. 'jobs', ARGV[4], job)
 if ARGV[8] ~= '' then redis.call('SET', K .. 'idem:' .. ARGV[8], ARGV[9], 'KEEPTTL') end
 return 1
 "#;

@@ -1,0 +1,120 @@
+//! The dashboard's JSON endpoints, behind the API key: `GET /v1/dashboard/stats` and
+//! `GET /v1/dashboard/jobs`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::SystemTime;
+
+use axum::extract::{Query, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::history::{HISTOGRAM_STAGE, History, Latency, Snapshot};
+use crate::http::{ApiError, ApiState};
+use crate::metrics::{Counted, SiteCounters};
+use crate::queue::{JobStatus, Queue};
+
+/// `?since=MS`: only the points taken after that time.
+#[derive(Debug, Deserialize)]
+pub(super) struct StatsQuery {
+    since: Option<u64>,
+}
+
+/// `?limit=N`.
+#[derive(Debug, Deserialize)]
+pub(super) struct JobsQuery {
+    limit: Option<usize>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn site_json(site: &str, c: &SiteCounters, rate: f64, now_ms: u64) -> Value {
+    let paused = c.paused_until_ms.load(Relaxed);
+    let last = c.last_reply();
+    json!({
+        "site": site,
+        "open": c.connections_open.load(Relaxed),
+        "allowed": c.allowed.load(Relaxed),
+        "limit": c.limit.load(Relaxed),
+        "delivered": c.delivered.load(Relaxed),
+        "deferred": c.deferred.load(Relaxed),
+        "bounced": c.bounced.load(Relaxed),
+        "rate_per_s": (rate * 10.0).round() / 10.0,
+        "paused_until": (paused > now_ms).then_some(paused),
+        "last_reply": (!last.is_empty()).then_some(last),
+    })
+}
+
+/// `GET /v1/dashboard/stats?since=MS`.
+pub(super) async fn stats(
+    State(state): State<ApiState>,
+    history: Option<Extension<Arc<History>>>,
+    Query(query): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let now = SystemTime::now();
+    let depth = state.queue.depth(now).await?;
+    let snapshot = match &history {
+        Some(Extension(h)) => h.snapshot(query.since.unwrap_or(0)),
+        None => Snapshot::default(),
+    };
+    // Before the sampler's first tick (or without one), read the histograms here.
+    let latency = match snapshot.latency {
+        Some(latency) => latency,
+        None => {
+            let metrics = Arc::clone(&state.metrics);
+            tokio::task::spawn_blocking(move || Latency::read(&metrics))
+                .await
+                .map_err(ApiError::internal)?
+        }
+    };
+    let m = &state.metrics;
+    let now_ms = unix_ms(now);
+    let sites: Vec<Value> = m
+        .sites()
+        .iter()
+        .map(|(site, c)| {
+            let rate = snapshot.site_rates.get(site).copied().unwrap_or(0.0);
+            site_json(site, c, rate, now_ms)
+        })
+        .collect();
+    Ok(Json(json!({
+        "now": now_ms,
+        "totals": {
+            "delivered": m.counted(Counted::Delivered),
+            "deferred": m.counted(Counted::Deferred),
+            "bounced": m.counted(Counted::Bounced),
+            "expired": m.counted(Counted::Expired),
+            "suppressed": m.counted(Counted::Suppressed),
+        },
+        "series": snapshot.points,
+        "depth": depth,
+        "sites": sites,
+        "stages": latency.stages,
+        "histogram": {"stage": HISTOGRAM_STAGE.name(), "buckets": latency.buckets},
+    })))
+}
+
+fn job_json(job: &JobStatus) -> Value {
+    json!({
+        "id": job.id.to_string(),
+        "kind": job.kind,
+        "state": job.state,
+        "created": humantime::format_rfc3339_seconds(job.created).to_string(),
+        "counts": job.counts,
+    })
+}
+
+/// `GET /v1/dashboard/jobs?limit=N`: the newest jobs first.
+pub(super) async fn jobs(
+    State(state): State<ApiState>,
+    Query(query): Query<JobsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(20).clamp(1, 200);
+    let jobs = state.queue.recent_jobs(limit).await?;
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+    Ok(Json(json!({ "jobs": jobs })))
+}
