@@ -60,6 +60,8 @@ pub struct App {
     pub composer: Arc<Composer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Signals the dispatcher that new work was stored.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Deliveries inside the engine at most (its back-pressure).
@@ -86,6 +88,7 @@ impl App {
             queue: Arc::new(queue),
             composer: Arc::new(composer),
             metrics: Arc::new(Metrics::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -117,6 +120,7 @@ impl App {
             retry: c.retry.clone(),
             return_path: c.message.return_path.clone(),
             metrics: Arc::clone(&self.metrics),
+            wake: Arc::clone(&self.wake),
         };
         Ok(Dispatch::start(deps, shutdown))
     }
@@ -129,6 +133,7 @@ impl App {
             metrics: Arc::clone(&self.metrics),
             api_keys: Arc::new(self.config.server.api_keys.clone()),
             max_body: self.config.server.max_body,
+            submitted: Arc::clone(&self.wake),
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::compose::Composer;
@@ -64,6 +64,9 @@ pub struct DispatchDeps {
     pub return_path: Option<ReturnPath>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Notified when a submission was stored, so the feeder leases at once
+    /// instead of at its next poll.
+    pub wake: Arc<Notify>,
 }
 
 /// The running dispatcher.
@@ -93,6 +96,7 @@ impl Dispatch {
             capacity: deps.capacity,
             inflight,
             direct: direct_tx,
+            wake: deps.wake,
             specs: HashMap::new(),
             bodies: HashMap::new(),
         };
@@ -115,6 +119,7 @@ struct Feeder {
     inflight: Arc<AtomicUsize>,
     /// Resolutions decided without the engine (suppressed, unbuildable).
     direct: mpsc::UnboundedSender<(DeliveryId, Resolution, String)>,
+    wake: Arc<Notify>,
     specs: HashMap<JobId, Option<Arc<JobSpec>>>,
     bodies: HashMap<JobId, Arc<[u8]>>,
 }
@@ -142,15 +147,15 @@ impl Feeder {
                 Vec::new()
             };
             if leased.is_empty() {
-                wait(
-                    &mut shutdown,
-                    if room >= 64 {
-                        IDLE_POLL
-                    } else {
-                        Duration::from_millis(5)
-                    },
-                )
-                .await;
+                if room >= 64 {
+                    // Idle: a new submission wakes us; due retries are found by polling.
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = wait(&mut shutdown, IDLE_POLL) => {}
+                    }
+                } else {
+                    wait(&mut shutdown, Duration::from_millis(5)).await;
+                }
                 continue;
             }
             for lease in leased {

@@ -76,6 +76,7 @@ async fn store(state: &ApiState, prepared: Prepared) -> Result<Response, ApiErro
         .await?
     {
         SubmitOutcome::Created { id, recipients } | SubmitOutcome::Existing { id, recipients } => {
+            state.submitted.notify_one();
             let body = json!({"id": id.to_string(), "recipients": recipients});
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }

@@ -37,6 +37,8 @@ pub struct ApiState {
     pub api_keys: Arc<Vec<String>>,
     /// Largest request body.
     pub max_body: usize,
+    /// Wakes the dispatcher when a submission is stored.
+    pub submitted: Arc<tokio::sync::Notify>,
 }
 
 /// The API's routes.
