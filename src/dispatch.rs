@@ -158,8 +158,18 @@ impl Feeder {
                 }
                 continue;
             }
-            for lease in leased {
-                if let Some(delivery) = self.prepare(lease).await {
+            // One suppression lookup for the whole batch: a lookup per delivery was
+            // the largest cost of the feeder (a blocking-pool round trip each).
+            let addresses = leased.iter().map(|l| l.to.clone()).collect();
+            let suppressed = match self.queue.suppressed_among(addresses).await {
+                Ok(flags) => flags,
+                Err(e) => {
+                    tracing::warn!(error = %e, "suppression check failed; sending anyway");
+                    vec![false; leased.len()]
+                }
+            };
+            for (lease, suppressed) in leased.into_iter().zip(suppressed) {
+                if let Some(delivery) = self.prepare(lease, suppressed).await {
                     self.inflight.fetch_add(1, Ordering::Relaxed);
                     if engine.submit(delivery).await.is_err() {
                         break;
@@ -177,7 +187,7 @@ impl Feeder {
     }
 
     /// The delivery for a lease, or `None` when it was resolved here.
-    async fn prepare(&mut self, lease: Leased) -> Option<Delivery<DeliveryKey>> {
+    async fn prepare(&mut self, lease: Leased, suppressed: bool) -> Option<Delivery<DeliveryKey>> {
         let Leased {
             id,
             to,
@@ -190,13 +200,9 @@ impl Feeder {
         let resolve = |resolution: Resolution, to: &str| {
             let _ = direct.send((id, resolution, to.to_owned()));
         };
-        match self.queue.is_suppressed(&to).await {
-            Ok(true) => {
-                resolve(Resolution::Suppressed, &to);
-                return None;
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "suppression check failed; sending anyway"),
+        if suppressed {
+            resolve(Resolution::Suppressed, &to);
+            return None;
         }
         // An internationalised domain goes on the wire as A-labels: no SMTPUTF8
         // needed unless the local part itself is non-ASCII.

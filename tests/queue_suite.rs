@@ -342,6 +342,21 @@ async fn suppression<Q: Queue>(q: Q) {
     assert!(q.is_suppressed(" Bob@EXAMPLE.com ").await.expect("check"));
     // The local part is case-sensitive (RFC 5321).
     assert!(!q.is_suppressed("bob@example.com").await.expect("check"));
+    let batch = vec![
+        "x@example.com".to_string(),
+        "Bob@EXAMPLE.com".to_string(),
+        "bob@example.com".to_string(),
+    ];
+    assert_eq!(
+        q.suppressed_among(batch).await.expect("batch check"),
+        [false, true, false]
+    );
+    assert!(
+        q.suppressed_among(Vec::new())
+            .await
+            .expect("empty batch")
+            .is_empty()
+    );
     assert!(q.unsuppress("bob@EXAMPLE.com").await.is_ok_and(|was| !was));
     assert!(q.unsuppress("Bob@example.com").await.expect("unsuppress"));
     assert!(!q.is_suppressed("Bob@example.com").await.expect("check"));

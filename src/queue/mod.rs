@@ -135,6 +135,13 @@ pub trait Queue: Send + Sync {
     /// Whether an address (normalised) is on the suppression list.
     fn is_suppressed(&self, address: &str) -> impl Future<Output = Result<bool>> + Send;
 
+    /// For each address (normalised), whether it is on the suppression list: one
+    /// read for a whole leased batch, instead of one per delivery.
+    fn suppressed_among(
+        &self,
+        addresses: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+
     /// Removes an address from the suppression list; true if it was there.
     fn unsuppress(&self, address: &str) -> impl Future<Output = Result<bool>> + Send;
 
@@ -217,6 +224,9 @@ impl Queue for AnyQueue {
     }
     async fn is_suppressed(&self, address: &str) -> Result<bool> {
         delegate!(self, q => q.is_suppressed(address))
+    }
+    async fn suppressed_among(&self, addresses: Vec<String>) -> Result<Vec<bool>> {
+        delegate!(self, q => q.suppressed_among(addresses))
     }
     async fn unsuppress(&self, address: &str) -> Result<bool> {
         delegate!(self, q => q.unsuppress(address))

@@ -262,6 +262,14 @@ impl Queue for EmbeddedQueue {
         self.run(move |db| read::is_suppressed(db, &a)).await
     }
 
+    async fn suppressed_among(&self, addresses: Vec<String>) -> Result<Vec<bool>> {
+        if addresses.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |db| read::suppressed_among(db, &addresses))
+            .await
+    }
+
     async fn unsuppress(&self, address: &str) -> Result<bool> {
         let a = address.to_string();
         self.run(move |db| read::unsuppress(db, &a)).await

@@ -157,6 +157,15 @@ pub(super) fn is_suppressed(db: &Database, address: &str) -> Result<bool> {
     Ok(table.get(normalize_address(address).as_str())?.is_some())
 }
 
+pub(super) fn suppressed_among(db: &Database, addresses: &[String]) -> Result<Vec<bool>> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(SUPPRESSED)?;
+    addresses
+        .iter()
+        .map(|a| Ok(table.get(normalize_address(a).as_str())?.is_some()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::records::index_key;

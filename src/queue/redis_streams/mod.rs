@@ -567,6 +567,19 @@ impl Queue for RedisQueue {
             .await?)
     }
 
+    async fn suppressed_among(&self, addresses: Vec<String>) -> Result<Vec<bool>> {
+        if addresses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key("suppressed"));
+        for a in &addresses {
+            cmd.arg(normalize_address(a));
+        }
+        let found: Vec<Option<String>> = cmd.query_async(&mut self.conn.clone()).await?;
+        Ok(found.into_iter().map(|v| v.is_some()).collect())
+    }
+
     async fn unsuppress(&self, address: &str) -> Result<bool> {
         let n: i64 = redis::cmd("HDEL")
             .arg(self.key("suppressed"))
