@@ -7,11 +7,14 @@
 //! * [`DnsServer`]: a real authoritative DNS server on loopback (UDP and TCP) serving
 //!   [`DnsRecords`] (MX, null MX, A, AAAA, TXT, SERVFAIL names), for tests that resolve.
 //! * [`process_cpu_seconds`]: CPU accounting for load-test reports.
+//! * [`load`]: the end-to-end load test of `volley serve` against the sink, with the
+//!   references measured in the same run (the `volley-load` binary).
 #![forbid(unsafe_code)]
 
 pub mod blast;
 mod cpu;
 pub mod dns;
+pub mod load;
 mod sink;
 mod tls;
 
