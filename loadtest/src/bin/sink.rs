@@ -105,6 +105,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Listen for SIGTERM before announcing the addresses: a caller that reads
+    // `listening` and stops us at once must get the report, not a default kill.
+    let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
     let cpu_start = process_cpu_seconds();
     let sink = Sink::start(config).await.context("cannot start the sink")?;
     {
@@ -115,7 +119,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         out.flush()?;
     }
 
-    wait_for_stop(&sink, duration, args.max_messages).await?;
+    wait_for_stop(&sink, sigterm, duration, args.max_messages).await?;
 
     let stats = sink.stats();
     let cpu_seconds = process_cpu_seconds() - cpu_start;
@@ -148,11 +152,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// Waits for SIGINT, SIGTERM, the duration or the message count, whichever comes first.
 async fn wait_for_stop(
     sink: &Sink,
+    mut sigterm: tokio::signal::unix::Signal,
     duration: Option<Duration>,
     max_messages: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
