@@ -137,9 +137,10 @@ fn load(path: Option<&PathBuf>, relay: Option<String>) -> anyhow::Result<Config>
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config, relay } => {
+            let stop = shutdown_signal();
             let config = load(config.as_ref(), relay)?;
             let app = App::open(config).await?;
-            app.serve(shutdown_signal()).await?;
+            app.serve(stop).await?;
             Ok(())
         }
         Command::Check { config } => {
