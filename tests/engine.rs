@@ -627,3 +627,56 @@ async fn phases_are_timed() {
             .contains("volley_deliveries_total{outcome=\"delivered\"} 2")
     );
 }
+
+#[tokio::test]
+async fn opportunistic_tls_falls_back_to_clear_text_when_the_handshake_fails() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let sink_config = SinkConfig {
+        broken_tls: true,
+        capture: true,
+        ..SinkConfig::default()
+    };
+    let (sinks, port) = sinks(&[IP3], sink_config).await;
+    let mut h = start(
+        &dns,
+        EngineConfig {
+            smtp: smtp(port),
+            ..EngineConfig::default()
+        },
+        true,
+    );
+    let reports = h.send(&[(1, "a@implicit.test")]).await;
+    assert_eq!(
+        outcome(&reports[&1]).disposition,
+        Disposition::Delivered,
+        "{:?}",
+        reports[&1]
+    );
+    let messages = sinks[0].messages();
+    assert_eq!(messages.len(), 1);
+    assert!(
+        !messages[0].tls,
+        "delivered in clear text after the failed handshake"
+    );
+    h.engine.shutdown().await;
+
+    // Required TLS never falls back: the message waits.
+    let mut config = EngineConfig {
+        smtp: smtp(port),
+        ..EngineConfig::default()
+    };
+    config.smtp.tls = TlsPolicy::Required;
+    let mut h = start(&dns, config, true);
+    let reports = h.send(&[(2, "b@implicit.test")]).await;
+    let deferred = outcome(&reports[&2]);
+    assert!(
+        deferred.is_transient() && deferred.is_connection_level(),
+        "{deferred:?}"
+    );
+    assert_eq!(
+        sinks[0].messages().len(),
+        1,
+        "nothing sent in clear text under required"
+    );
+    h.engine.shutdown().await;
+}

@@ -27,7 +27,9 @@ use crate::metrics::{Counted, Metrics, SiteCounters, Stage};
 use crate::outcome::{Disposition, Outcome, classify};
 use crate::rate::Limiter;
 use crate::route::Site;
-use crate::smtp::{Address, Phase, RecipientResult, SessionConfig, SmtpError, Transaction};
+use crate::smtp::{
+    Address, Phase, RecipientResult, SessionConfig, SmtpError, TlsPolicy, Transaction,
+};
 
 /// One message for one recipient, handed to the engine.
 #[derive(Debug)]
@@ -121,9 +123,16 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
     let counters = deps.metrics.site(&site.key);
     let shared_site = Arc::new(Mutex::new(Arc::clone(&site)));
     let max = deps.settings.max_connections.max(1);
+    let plain =
+        (deps.session.tls == TlsPolicy::Opportunistic && !deps.session.implicit_tls).then(|| {
+            let mut plain = (*deps.session).clone();
+            plain.tls = TlsPolicy::Disabled;
+            Arc::new(plain)
+        });
     let manager = SessionManager {
         site: Arc::clone(&shared_site),
         config: deps.session,
+        plain,
         slots: Arc::new(Semaphore::new(max)),
         max_messages: deps.settings.max_messages,
         metrics: Arc::clone(&deps.metrics),

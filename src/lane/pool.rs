@@ -68,6 +68,9 @@ pub struct SessionManager {
     /// The latest routing answer; updated when the route is refreshed.
     pub(super) site: Arc<Mutex<Arc<Site>>>,
     pub(super) config: Arc<SessionConfig>,
+    /// Under opportunistic TLS, the same settings without TLS: a host whose TLS
+    /// handshake fails still gets its mail in clear text, as MTAs do (RFC 7435).
+    pub(super) plain: Option<Arc<SessionConfig>>,
     pub(super) slots: Arc<Semaphore>,
     pub(super) max_messages: u64,
     pub(super) metrics: Arc<Metrics>,
@@ -93,6 +96,17 @@ fn try_next_host(err: &SmtpError) -> bool {
     }
 }
 
+/// Whether opening the session failed in the TLS handshake (or right around it).
+fn tls_failed(err: &SmtpError) -> bool {
+    match err {
+        SmtpError::Tls(_) => true,
+        SmtpError::Timeout { phase }
+        | SmtpError::Io { phase, .. }
+        | SmtpError::Closed { phase } => *phase == Phase::StartTls,
+        _ => false,
+    }
+}
+
 impl managed::Manager for SessionManager {
     type Type = PooledSession;
     type Error = SmtpError;
@@ -105,7 +119,17 @@ impl managed::Manager for SessionManager {
         let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
         let mut last = None;
         for (host, addr) in site.targets().take(MAX_TARGETS) {
-            match Session::connect(addr, host, Arc::clone(&self.config)).await {
+            let result = match (
+                Session::connect(addr, host, Arc::clone(&self.config)).await,
+                &self.plain,
+            ) {
+                (Err(e), Some(plain)) if tls_failed(&e) => {
+                    tracing::info!(site = %site.key, host, %addr, error = %e, "TLS failed; sending in clear text (opportunistic TLS)");
+                    Session::connect(addr, host, Arc::clone(plain)).await
+                }
+                (result, _) => result,
+            };
+            match result {
                 Ok(session) => {
                     let t = session.timings();
                     self.metrics.record(Stage::Connect, t.connect);

@@ -71,6 +71,9 @@ pub struct SinkConfig {
     /// Answer EHLO with `500 5.5.1 not recognized`, so the client must fall back to HELO; no
     /// extension is then in effect. Default: `false`.
     pub helo_only: bool,
+    /// Accept STARTTLS, then answer the handshake with plain text and close, like a
+    /// server with a broken TLS set-up. Default: `false`.
+    pub broken_tls: bool,
 }
 
 impl Default for SinkConfig {
@@ -98,6 +101,7 @@ impl Default for SinkConfig {
             track_recipients: false,
             strict: true,
             helo_only: false,
+            broken_tls: false,
         }
     }
 }

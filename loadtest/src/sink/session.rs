@@ -85,6 +85,10 @@ async fn serve_inner(tcp: TcpStream, shared: Arc<Shared>, mut stop: watch::Recei
     match session.run(&mut tcp, &mut stop, true).await {
         Outcome::Closed => {}
         Outcome::Abort => abort(&tcp),
+        Outcome::StartTls if session.shared.config.broken_tls => {
+            // Not a TLS record: the client's handshake fails on it.
+            let _ = tcp.write_all(b"this is not TLS\r\n").await;
+        }
         Outcome::StartTls => {
             let Some(mut tls) = session.handshake(tcp).await else {
                 return;
