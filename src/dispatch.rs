@@ -26,8 +26,9 @@ use crate::queue::{AnyQueue, DeliveryId, JobId, JobKind, Leased, Queue, Resoluti
 use crate::retry::{Decision, RetryConfig, expiry_detail};
 use crate::smtp::Address;
 
-/// Leases asked for at once.
-const LEASE_BATCH: usize = 512;
+/// Leases asked for at once: large enough that each site gets several messages per
+/// connection write (512 gave about one write per message across 50 sites).
+const LEASE_BATCH: usize = 1024;
 /// Resolutions committed at once (or after [`COMMIT_EVERY`]).
 const COMMIT_BATCH: usize = 512;
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
