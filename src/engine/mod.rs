@@ -116,11 +116,6 @@ impl<K: Send + Sync + 'static> Engine<K> {
             .map_err(|e| Closed(e.0.delivery))
     }
 
-    /// Deliveries inside the engine now.
-    pub fn in_flight(&self, capacity: usize) -> usize {
-        capacity.saturating_sub(self.backlog.available_permits())
-    }
-
     /// Stops taking deliveries, finishes the transactions in flight, says QUIT, and
     /// reports deliveries not yet attempted with no outcome. Returns when done.
     pub async fn shutdown(self) {

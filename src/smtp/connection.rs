@@ -154,11 +154,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Whether the server has sent bytes that no command asked for yet.
-    pub fn has_buffered_input(&self) -> bool {
-        !self.rbuf.is_empty()
-    }
-
     /// Runs the TLS handshake over the plain stream. Anything the server sent before
     /// it is discarded: such bytes could be an attacker's injected replies (the
     /// STARTTLS injection of CVE-2011-0411's kind).
