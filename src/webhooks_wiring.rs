@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::queue::{AnyQueue, EventKind, Queue};
+use crate::queue::{AnyQueue, Queue};
 use crate::webhooks::{self, EventSource, WebhookClient, WebhookEvent};
 
 /// How often an idle event log is asked again.
@@ -18,16 +18,6 @@ const POLL: Duration = Duration::from_millis(500);
 struct QueueEvents {
     queue: Arc<AnyQueue>,
     cursor_file: PathBuf,
-}
-
-fn kind(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Delivered => "delivered",
-        EventKind::Deferred => "deferred",
-        EventKind::Bounced => "bounced",
-        EventKind::Expired => "expired",
-        EventKind::Suppressed => "suppressed",
-    }
 }
 
 impl EventSource for QueueEvents {
@@ -44,7 +34,7 @@ impl EventSource for QueueEvents {
                 job: e.job.to_string(),
                 index: e.index,
                 to: e.to,
-                event: kind(e.kind).to_owned(),
+                event: e.kind.name().to_owned(),
                 reply: e.reply,
                 at: webhooks::rfc3339(e.at),
             })

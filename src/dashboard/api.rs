@@ -103,7 +103,7 @@ fn job_json(job: &JobStatus) -> Value {
         "id": job.id.to_string(),
         "kind": job.kind,
         "state": job.state,
-        "created": humantime::format_rfc3339_seconds(job.created).to_string(),
+        "created": crate::webhooks::rfc3339(job.created),
         "counts": job.counts,
     })
 }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, ApiState};
 use crate::job::{CampaignRequest, MessageRequest, Prepared, prepare_campaign, prepare_message};
 use crate::queue::{JobId, Queue, SubmitOutcome};
+use crate::webhooks::rfc3339;
 
 /// The body, or 413/400.
 fn body(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -127,10 +128,6 @@ pub(super) async fn submit_campaign(
 pub(super) struct Page {
     after: Option<u64>,
     limit: Option<usize>,
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// `GET /v1/jobs/{id}?after=INDEX&limit=N`.

@@ -310,6 +310,17 @@ impl EventKind {
     pub(crate) fn from_code(c: u8) -> Option<Self> {
         Self::ALL.get(usize::from(c)).copied()
     }
+
+    /// The lower-case name, as in the API's and the webhooks' JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Bounced => "bounced",
+            EventKind::Expired => "expired",
+            EventKind::Suppressed => "suppressed",
+        }
+    }
 }
 
 /// One entry of the ordered event log.

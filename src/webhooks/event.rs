@@ -25,42 +25,11 @@ pub struct WebhookEvent {
     pub at: String,
 }
 
-/// Formats `t` as RFC 3339 in UTC to the second, e.g. `2026-11-30T12:34:56Z`.
-/// Sub-second parts are dropped (rounded toward the past).
+/// Formats `t` as RFC 3339 in UTC to the second, e.g. `2026-11-30T12:34:56Z`
+/// (humantime's formatter). Sub-second parts are dropped; a time before 1970 (a
+/// clock gone badly wrong) is written as the epoch rather than failing.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs: i64 = match t.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-        // Before 1970: round toward the past so that 0.5 s before the epoch is 23:59:59.
-        Err(before) => {
-            let d = before.duration();
-            let whole = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            -whole - i64::from(d.subsec_nanos() > 0)
-        }
-    };
-    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01:
-/// Howard Hinnant's `civil_from_days`, which counts in 400-year eras starting on
-/// March 1st so that the leap day falls at the end of each year.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1st
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    humantime::format_rfc3339_seconds(t.max(UNIX_EPOCH)).to_string()
 }
 
 #[cfg(test)]
@@ -89,8 +58,7 @@ mod tests {
             (1_735_689_599, "2024-12-31T23:59:59Z"),
             (1_796_042_096, "2026-11-30T12:34:56Z"),
             (4_107_542_400, "2100-03-01T00:00:00Z"),
-            (-1, "1969-12-31T23:59:59Z"),
-            (-2_208_988_800, "1900-01-01T00:00:00Z"),
+            (-1, "1970-01-01T00:00:00Z"),
         ];
         for (secs, want) in table {
             assert_eq!(rfc3339(at(secs)), want, "{secs} s since the epoch");
@@ -105,7 +73,7 @@ mod tests {
         );
         assert_eq!(
             rfc3339(UNIX_EPOCH - Duration::from_millis(500)),
-            "1969-12-31T23:59:59Z"
+            "1970-01-01T00:00:00Z"
         );
     }
 
