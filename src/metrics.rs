@@ -137,7 +137,7 @@ pub struct SiteCounters {
     pub limit: AtomicU64,
     /// Until when (Unix milliseconds) the site is paused; 0 when not.
     pub paused_until_ms: AtomicU64,
-    /// The site's last reply or error, for operators. Written per outcome, read
+    /// The site's last reply or error, for operators. Written once per batch, read
     /// by the dashboard; the lock is held only to swap a string.
     pub last_reply: Mutex<String>,
 }
@@ -203,6 +203,17 @@ impl Metrics {
         // The lock is per shard and held for one record: no global lock on the hot path.
         let mut histograms = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         histograms[stage.index()].saturating_record(us);
+    }
+
+    /// Records `count` samples of the same value (a pipelined batch).
+    pub fn record_many(&self, stage: Stage, elapsed: Duration, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let us = (elapsed.as_micros() as u64).clamp(1, HIGHEST_US);
+        let shard = SHARD.with(|s| *s);
+        let mut histograms = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let _ = histograms[stage.index()].record_n(us, count);
     }
 
     /// Counts one recipient outcome.

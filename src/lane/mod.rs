@@ -293,12 +293,18 @@ async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> bool {
         };
         results = send(&mut session, &batch).await;
     }
-    let elapsed = started.elapsed();
+    // The batch's replies all arrive in one pipelined exchange: one sample per message.
+    ctx.metrics
+        .record_many(Stage::Transaction, started.elapsed(), batch.len() as u64);
     let mut throttled = false;
-    for (job, result) in batch.into_iter().zip(results) {
-        ctx.metrics.record(Stage::Transaction, elapsed);
+    let n = batch.len();
+    for (i, (job, result)) in batch.into_iter().zip(results).enumerate() {
         let outcome = classify(&result);
         throttled |= outcome.throttle;
+        if i + 1 == n {
+            // For operators: the site's latest reply, recorded once per batch.
+            ctx.counters.set_last_reply(&outcome.detail);
+        }
         report(ctx, job.delivery, Some(outcome));
     }
     if !session.is_usable() || session.transactions() >= ctx.max_messages {
@@ -360,6 +366,7 @@ fn fail_all<K>(ctx: &LaneContext<K>, batch: Vec<Job<K>>, err: &SmtpError) -> boo
     let outcome = classify(&Err(err.clone()));
     tracing::debug!(site = %ctx.site_key, error = %err, "could not open a session");
     let throttled = outcome.throttle;
+    ctx.counters.set_last_reply(&outcome.detail);
     for job in batch {
         report(ctx, job.delivery, Some(outcome.clone()));
     }
@@ -368,7 +375,6 @@ fn fail_all<K>(ctx: &LaneContext<K>, batch: Vec<Job<K>>, err: &SmtpError) -> boo
 
 fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Option<Outcome>) {
     if let Some(outcome) = &outcome {
-        ctx.counters.set_last_reply(&outcome.detail);
         use std::sync::atomic::Ordering::Relaxed;
         let (counted, site_counter) = match outcome.disposition {
             Disposition::Delivered => (Counted::Delivered, &ctx.counters.delivered),
