@@ -4,12 +4,28 @@
 use std::path::Path;
 use std::process::Command;
 
+use std::time::{Duration, SystemTime};
+
+use volley::queue::{EmbeddedQueue, Queue};
 use volley_loadtest::{Sink, SinkConfig};
 
 fn volley() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
     cmd.env_remove("VOLLEY_LOG");
     cmd
+}
+
+/// `volley send --template welcome` with the list, the config and `extra` flags.
+fn send(list: &Path, config: &Path, from: &str, extra: &[&str]) -> std::process::Output {
+    volley()
+        .args(["send", "--template", "welcome", "--from", from])
+        .arg("--recipients")
+        .arg(list)
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 fn templates() -> String {
@@ -50,25 +66,13 @@ async fn send_from_csv_and_json_lines() {
         "email,name\nann@example.org,Ann\npermfail@example.org,Pat\nbob@example.org,Bob\n",
     );
     let report = dir.path().join("report.jsonl");
-    let out = volley()
-        .args([
-            "send",
-            "--template",
-            "welcome",
-            "--from",
-            "News <news@example.com>",
-            "--json",
-            "--max-wait",
-            "5s",
-        ])
-        .arg("--recipients")
-        .arg(&csv)
-        .arg("--config")
-        .arg(&config)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .unwrap();
+    let report_arg = report.display().to_string();
+    let out = send(
+        &csv,
+        &config,
+        "News <news@example.com>",
+        &["--json", "--max-wait", "5s", "--report", &report_arg],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -117,22 +121,7 @@ async fn send_from_csv_and_json_lines() {
         "list.jsonl",
         "{\"to\": \"cy@example.org\", \"vars\": {\"name\": \"Cy\"}}\n",
     );
-    let out = volley()
-        .args([
-            "send",
-            "--template",
-            "welcome",
-            "--from",
-            "news@example.com",
-            "--max-wait",
-            "5s",
-        ])
-        .arg("--recipients")
-        .arg(&jsonl)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = send(&jsonl, &config, "news@example.com", &["--max-wait", "5s"]);
     assert!(
         out.status.success(),
         "{}",
@@ -143,8 +132,8 @@ async fn send_from_csv_and_json_lines() {
     assert_eq!(sink.stats().messages, 3);
 }
 
-#[test]
-fn send_refuses_bad_input_before_storing_anything() {
+#[tokio::test]
+async fn send_refuses_bad_input_before_storing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "127.0.0.1:9".parse().unwrap());
     let csv = write(
@@ -152,43 +141,24 @@ fn send_refuses_bad_input_before_storing_anything() {
         "bad.csv",
         "email,name\nann@example.org,Ann\nnot-an-address,Bo\n",
     );
-    let out = volley()
-        .args([
-            "send",
-            "--template",
-            "welcome",
-            "--from",
-            "news@example.com",
-        ])
-        .arg("--recipients")
-        .arg(&csv)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = send(&csv, &config, "news@example.com", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("recipients[1].to"), "{err}");
     let missing = write(dir.path(), "missing.csv", "email\nann@example.org\n");
-    let out = volley()
-        .args([
-            "send",
-            "--template",
-            "welcome",
-            "--from",
-            "news@example.com",
-        ])
-        .arg("--recipients")
-        .arg(&missing)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = send(&missing, &config, "news@example.com", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("name"),
         "a missing variable is named: {err}"
     );
+    // Nothing of either refused campaign reached the queue.
+    let queue = EmbeddedQueue::open(&dir.path().join("data"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let depth = queue.depth(SystemTime::now()).await.unwrap();
+    assert_eq!((depth.ready, depth.scheduled, depth.leased), (0, 0, 0));
+    assert!(queue.recent_jobs(10).await.unwrap().is_empty());
 }
 
 #[test]

@@ -67,6 +67,13 @@ fn smtp(port: u16) -> SmtpConfig {
     smtp
 }
 
+fn engine_config(port: u16) -> EngineConfig {
+    EngineConfig {
+        smtp: smtp(port),
+        ..EngineConfig::default()
+    }
+}
+
 fn start(dns: &DnsServer, config: EngineConfig, allow_loopback: bool) -> Harness {
     let metrics = Arc::new(Metrics::default());
     let dns_config = DnsConfig {
@@ -103,9 +110,12 @@ fn delivery(key: u32, to: &str) -> Delivery<u32> {
 }
 
 impl Harness {
-    async fn send(&mut self, list: &[(u32, &str)]) -> HashMap<u32, Report<u32>> {
+    async fn send<S: AsRef<str>>(&mut self, list: &[(u32, S)]) -> HashMap<u32, Report<u32>> {
         for (key, to) in list {
-            self.engine.submit(delivery(*key, to)).await.unwrap();
+            self.engine
+                .submit(delivery(*key, to.as_ref()))
+                .await
+                .unwrap();
         }
         self.collect(list.len()).await
     }
@@ -151,14 +161,7 @@ fn records() -> DnsRecords {
 async fn preference_order_and_fallback_to_the_next_mx() {
     let dns = DnsServer::start(records()).await.unwrap();
     let (sinks, port) = sinks(&[IP3, IP4, IP5], SinkConfig::default()).await;
-    let mut h = start(
-        &dns,
-        EngineConfig {
-            smtp: smtp(port),
-            ..EngineConfig::default()
-        },
-        true,
-    );
+    let mut h = start(&dns, engine_config(port), true);
     let list: Vec<(u32, String)> = (0..6)
         .map(|i| {
             (
@@ -171,8 +174,7 @@ async fn preference_order_and_fallback_to_the_next_mx() {
             )
         })
         .collect();
-    let refs: Vec<(u32, &str)> = list.iter().map(|(k, t)| (*k, t.as_str())).collect();
-    let reports = h.send(&refs).await;
+    let reports = h.send(&list).await;
     for report in reports.values() {
         assert_eq!(
             outcome(report).disposition,
@@ -202,14 +204,7 @@ async fn preference_order_and_fallback_to_the_next_mx() {
 async fn implicit_null_nxdomain_servfail_and_forbidden() {
     let dns = DnsServer::start(records()).await.unwrap();
     let (sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
-    let mut h = start(
-        &dns,
-        EngineConfig {
-            smtp: smtp(port),
-            ..EngineConfig::default()
-        },
-        true,
-    );
+    let mut h = start(&dns, engine_config(port), true);
     let reports = h
         .send(&[
             (1, "a@implicit.test"),
@@ -251,14 +246,7 @@ async fn implicit_null_nxdomain_servfail_and_forbidden() {
     h.engine.shutdown().await;
 
     // Without allow_loopback_mx, an MX on 127.0.0.x is refused before any connection.
-    let mut h = start(
-        &dns,
-        EngineConfig {
-            smtp: smtp(port),
-            ..EngineConfig::default()
-        },
-        false,
-    );
+    let mut h = start(&dns, engine_config(port), false);
     let reports = h.send(&[(1, "a@implicit.test")]).await;
     let refused = outcome(&reports[&1]);
     assert_eq!(refused.disposition, Disposition::Permanent);
@@ -275,10 +263,7 @@ async fn never_more_connections_than_the_cap() {
         ..SinkConfig::default()
     };
     let (sinks, port) = sinks(&[IP3], sink_config).await;
-    let mut config = EngineConfig {
-        smtp: smtp(port),
-        ..EngineConfig::default()
-    };
+    let mut config = engine_config(port);
     config.smtp.max_connections_per_site = 3;
     config.smtp.max_messages_per_connection = 7;
     config.smtp.batch_size = 2;
@@ -286,8 +271,7 @@ async fn never_more_connections_than_the_cap() {
     let list: Vec<(u32, String)> = (0..60)
         .map(|i| (i, format!("slow{i}@implicit.test")))
         .collect();
-    let refs: Vec<(u32, &str)> = list.iter().map(|(k, t)| (*k, t.as_str())).collect();
-    let reports = h.send(&refs).await;
+    let reports = h.send(&list).await;
     assert!(
         reports
             .values()
@@ -315,10 +299,7 @@ async fn never_more_connections_than_the_cap() {
 async fn a_421_throttles_that_site_only() {
     let dns = DnsServer::start(records()).await.unwrap();
     let (sinks, port) = sinks(&[IP3, IP4], SinkConfig::default()).await;
-    let mut config = EngineConfig {
-        smtp: smtp(port),
-        ..EngineConfig::default()
-    };
+    let mut config = engine_config(port);
     config.smtp.throttle_pause = Duration::from_millis(1500);
     let mut h = start(&dns, config, true);
     let first = h.send(&[(0, "bye@implicit.test")]).await;
@@ -393,8 +374,7 @@ async fn with_retries(
     let mut pending: Vec<(u32, String)> = list.iter().map(|(k, t)| (*k, t.to_string())).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !pending.is_empty() && Instant::now() < deadline {
-        let refs: Vec<(u32, &str)> = pending.iter().map(|(k, t)| (*k, t.as_str())).collect();
-        let reports = h.send(&refs).await;
+        let reports = h.send(&pending).await;
         let mut again = Vec::new();
         let mut wake = SystemTime::now();
         for (key, to) in pending {
@@ -423,14 +403,7 @@ async fn with_retries(
 async fn tempfail_is_retried_then_delivered_and_old_messages_expire() {
     let dns = DnsServer::start(records()).await.unwrap();
     let (_sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
-    let mut h = start(
-        &dns,
-        EngineConfig {
-            smtp: smtp(port),
-            ..EngineConfig::default()
-        },
-        true,
-    );
+    let mut h = start(&dns, engine_config(port), true);
     let retry = RetryConfig {
         schedule: vec![Duration::from_millis(50)],
         max_age: Duration::from_millis(400),
@@ -476,9 +449,8 @@ async fn a_site_rate_limit_is_respected() {
     let list: Vec<(u32, String)> = (0..40)
         .map(|i| (i, format!("u{i}@implicit.test")))
         .collect();
-    let refs: Vec<(u32, &str)> = list.iter().map(|(k, t)| (*k, t.as_str())).collect();
     let started = Instant::now();
-    let reports = h.send(&refs).await;
+    let reports = h.send(&list).await;
     let elapsed = started.elapsed();
     assert!(
         reports
@@ -548,10 +520,7 @@ async fn shutdown_finishes_in_flight_and_hands_back_the_rest() {
         ..SinkConfig::default()
     };
     let (sinks, port) = sinks(&[IP3], sink_config).await;
-    let mut config = EngineConfig {
-        smtp: smtp(port),
-        ..EngineConfig::default()
-    };
+    let mut config = engine_config(port);
     config.smtp.max_connections_per_site = 2;
     config.smtp.batch_size = 4;
     let Harness {
@@ -598,14 +567,7 @@ async fn shutdown_finishes_in_flight_and_hands_back_the_rest() {
 async fn phases_are_timed() {
     let dns = DnsServer::start(records()).await.unwrap();
     let (_sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
-    let mut h = start(
-        &dns,
-        EngineConfig {
-            smtp: smtp(port),
-            ..EngineConfig::default()
-        },
-        true,
-    );
+    let mut h = start(&dns, engine_config(port), true);
     h.send(&[(1, "a@implicit.test"), (2, "b@implicit.test")])
         .await;
     h.engine.shutdown().await;
@@ -637,14 +599,7 @@ async fn opportunistic_tls_falls_back_to_clear_text_when_the_handshake_fails() {
         ..SinkConfig::default()
     };
     let (sinks, port) = sinks(&[IP3], sink_config).await;
-    let mut h = start(
-        &dns,
-        EngineConfig {
-            smtp: smtp(port),
-            ..EngineConfig::default()
-        },
-        true,
-    );
+    let mut h = start(&dns, engine_config(port), true);
     let reports = h.send(&[(1, "a@implicit.test")]).await;
     assert_eq!(
         outcome(&reports[&1]).disposition,
@@ -661,10 +616,7 @@ async fn opportunistic_tls_falls_back_to_clear_text_when_the_handshake_fails() {
     h.engine.shutdown().await;
 
     // Required TLS never falls back: the message waits.
-    let mut config = EngineConfig {
-        smtp: smtp(port),
-        ..EngineConfig::default()
-    };
+    let mut config = engine_config(port);
     config.smtp.tls = TlsPolicy::Required;
     let mut h = start(&dns, config, true);
     let reports = h.send(&[(2, "b@implicit.test")]).await;
