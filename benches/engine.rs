@@ -13,11 +13,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use volley::address::Address;
 use volley::engine::{Delivery, Engine, EngineConfig, SmtpConfig};
 use volley::metrics::{Metrics, Stage};
 use volley::outcome::Disposition;
 use volley::route::{DnsConfig, RelayConfig, Router, SecurityConfig};
-use volley::smtp::{Address, TlsPolicy};
+use volley::smtp::TlsPolicy;
 use volley_loadtest::blast::{BlastConfig, blast, build_body};
 use volley_loadtest::{DnsRecords, DnsServer, process_cpu_seconds};
 

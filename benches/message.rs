@@ -8,11 +8,11 @@ use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
+use volley::address::Address;
 use volley::message::{
     DkimAlgorithm, DkimConfig, DkimSigner, ListUnsubscribe, Mailbox, MessageSpec,
     UnsubscribeConfig, UnsubscribeTokens, build_message,
 };
-use volley::smtp::Address;
 use volley::template::Templates;
 
 fn root() -> &'static Path {

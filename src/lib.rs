@@ -69,25 +69,22 @@
 )]
 #![warn(clippy::semicolon_if_nothing_returned, clippy::manual_let_else)]
 
+pub mod address;
 pub mod app;
 pub mod compose;
-pub mod config;
-pub mod dashboard;
 pub mod dispatch;
 pub mod engine;
+pub mod event;
 pub mod http;
-pub mod job;
-pub mod lane;
 pub mod message;
 pub mod metrics;
 pub mod outcome;
 pub mod queue;
 pub mod rate;
-pub mod recipients;
 pub mod retry;
 pub mod route;
-pub mod send;
 pub mod smtp;
+pub mod submit;
 pub mod template;
+pub mod time;
 pub mod webhooks;
-mod webhooks_wiring;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value};
+use volley::app::config::Config;
+use volley::app::send::{SendOptions, Summary};
 use volley::app::{App, shutdown_signal};
-use volley::config::Config;
-use volley::send::{SendOptions, Summary};
 
 /// mimalloc returns freed memory to the system promptly; with glibc's allocator the
 /// memory of parsed 100k-recipient requests stayed resident after they were queued.
@@ -173,7 +173,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             report,
         } => {
             let config = load(config.as_ref(), relay)?;
-            let list = volley::recipients::read(&recipients)?;
+            let list = volley::submit::recipients::read(&recipients)?;
             let vars = parse_vars(&vars)?;
             let app = App::open(config).await?;
             let options = SendOptions {
@@ -186,7 +186,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 report,
             };
             let bar = progress_bar(options.recipients.len() as u64);
-            let summary = volley::send::run(&app, options, |counts| {
+            let summary = volley::app::send::run(&app, options, |counts| {
                 if let Some(bar) = &bar {
                     bar.set_position(u64::from(counts.total - counts.queued - counts.deferred));
                     bar.set_message(format!(

@@ -228,6 +228,47 @@ fn is_no_such_mailbox(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> 
     }
 }
 
+/// What a failure to open a session to one host of a site means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The TLS handshake (or the moment around it) failed: under opportunistic TLS the
+    /// same host is tried again in clear text, as MTAs do (RFC 7435).
+    Tls,
+    /// The host is unreachable, silent, refuses service outright (5xx greeting), or
+    /// fails TLS that we require: try the site's next address.
+    NextHost,
+    /// The server is there but refused us for now (a 4xx greeting, an AUTH or EHLO
+    /// refusal): stop, and let the site's deliveries be classified by [`classify`].
+    Stop,
+}
+
+/// Classifies a failure to open a session (connect, greeting, EHLO, STARTTLS, AUTH).
+pub fn classify_connect(err: &SmtpError) -> ConnectFailure {
+    match err {
+        SmtpError::Tls(_) => ConnectFailure::Tls,
+        SmtpError::Timeout { phase }
+        | SmtpError::Io { phase, .. }
+        | SmtpError::Closed { phase } => match phase {
+            Phase::StartTls => ConnectFailure::Tls,
+            Phase::Connect | Phase::Greeting => ConnectFailure::NextHost,
+            _ => ConnectFailure::Stop,
+        },
+        SmtpError::Reply {
+            phase: Phase::Greeting,
+            reply,
+        } if reply.code().is_permanent() => ConnectFailure::NextHost,
+        _ => ConnectFailure::Stop,
+    }
+}
+
+/// Whether a recipient's result on a reused pooled connection is the sign of a stale
+/// connection: a transport failure before the first reply, so nothing was accepted and
+/// the batch may go again on a fresh connection.
+pub fn is_stale_connection(result: &Result<Reply, SmtpError>) -> bool {
+    matches!(result, Err(SmtpError::Closed { phase } | SmtpError::Io { phase, .. })
+        if matches!(phase, Phase::Mail | Phase::DataBlock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,5 +634,64 @@ mod tests {
         assert!(got.is_permanent());
         assert_eq!(got.scope, Scope::Message);
         assert!(got.detail.contains("refused locally"), "{}", got.detail);
+    }
+
+    #[test]
+    fn connect_failures_pick_the_next_step() {
+        let io = |phase| SmtpError::Io {
+            phase,
+            kind: io::ErrorKind::ConnectionRefused,
+            message: String::new(),
+        };
+        let greeting = |wire: &str| SmtpError::Reply {
+            phase: Phase::Greeting,
+            reply: reply(wire),
+        };
+        use ConnectFailure::{NextHost, Stop, Tls};
+        let table = [
+            (io(Phase::Connect), NextHost),
+            (
+                SmtpError::Timeout {
+                    phase: Phase::Connect,
+                },
+                NextHost,
+            ),
+            (
+                SmtpError::Timeout {
+                    phase: Phase::Greeting,
+                },
+                NextHost,
+            ),
+            (greeting("554 no service"), NextHost),
+            (greeting("421 busy"), Stop),
+            (SmtpError::Tls("handshake".into()), Tls),
+            (
+                SmtpError::Closed {
+                    phase: Phase::StartTls,
+                },
+                Tls,
+            ),
+            (
+                SmtpError::Reply {
+                    phase: Phase::Auth,
+                    reply: reply("535 no"),
+                },
+                Stop,
+            ),
+        ];
+        for (err, want) in table {
+            assert_eq!(classify_connect(&err), want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_fails_before_any_reply() {
+        assert!(is_stale_connection(&Err(SmtpError::Closed {
+            phase: Phase::Mail
+        })));
+        assert!(!is_stale_connection(&Err(SmtpError::Closed {
+            phase: Phase::DataEnd
+        })));
+        assert!(!is_stale_connection(&Ok(reply("250 ok"))));
     }
 }

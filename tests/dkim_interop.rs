@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use volley::address::Address;
 use volley::message::{DkimAlgorithm, DkimConfig, DkimSigner, Mailbox, MessageSpec, build_message};
-use volley::smtp::Address;
 
 fn data(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedReceiver;
+use volley::address::Address;
 use volley::engine::{Delivery, Engine, EngineConfig, LimitsConfig, Report, SmtpConfig};
 use volley::metrics::Metrics;
 use volley::outcome::{Disposition, Outcome};
 use volley::retry::{Decision, RetryConfig};
 use volley::route::{DnsConfig, RelayConfig, RelayTls, Router, SecurityConfig};
-use volley::smtp::{Address, TlsPolicy};
+use volley::smtp::TlsPolicy;
 use volley_loadtest::{DnsRecords, DnsServer, Sink, SinkConfig};
 
 const IP2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);

@@ -16,11 +16,11 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, Error as AuthError, MessageAuthenticator, Parameters,
     ResolverCache, Txt,
 };
+use volley::address::Address;
 use volley::message::{
     DkimAlgorithm, DkimConfig, DkimSigner, ListUnsubscribe, Mailbox, MessageError, MessageSpec,
     UnsubscribeConfig, UnsubscribeTokens, build_message,
 };
-use volley::smtp::Address;
 
 const DOMAIN: &str = "example.com";
 const SELECTOR: &str = "s1";

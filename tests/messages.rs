@@ -6,11 +6,11 @@ use std::path::Path;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use serde_json::json;
+use volley::address::Address;
 use volley::message::{
     Attachment, ListUnsubscribe, Mailbox, MessageError, MessageSpec, UnsubscribeConfig,
     UnsubscribeTokens, build_message,
 };
-use volley::smtp::Address;
 use volley::smtp::body::{BodyEncoder, is_eight_bit};
 use volley::template::{TemplateError, Templates};
 

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use volley::address::Address;
 use volley::outcome::{Disposition, Scope, classify};
 use volley::smtp::{
-    Address, Credentials, HeloName, Mechanism, RecipientResult, Session, SessionConfig, SmtpError,
+    Credentials, HeloName, Mechanism, RecipientResult, Session, SessionConfig, SmtpError,
     TlsConnectors, TlsPolicy, Transaction,
 };
 use volley_loadtest::{Sink, SinkConfig};

@@ -8,6 +8,7 @@
 //! It knows nothing of queues, templates or HTTP.
 
 mod config;
+pub mod lane;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,11 +16,12 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-pub use crate::lane::{Delivery, Report};
+pub use self::lane::{Delivery, Report};
 pub use config::{ConfigError, LimitsConfig, SessionConfigs, SmtpConfig};
 
-use crate::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};
-use crate::metrics::{Counted, Metrics};
+use self::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};
+use crate::event::EventKind;
+use crate::metrics::Metrics;
 use crate::outcome::{Disposition, classify_route};
 use crate::route::{RelayConfig, Router, Site, SiteKind};
 
@@ -186,9 +188,9 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             Err(e) => {
                 let outcome = classify_route(&e);
                 let counted = if outcome.disposition == Disposition::Transient {
-                    Counted::Deferred
+                    EventKind::Deferred
                 } else {
-                    Counted::Bounced
+                    EventKind::Bounced
                 };
                 self.metrics.count(counted);
                 let Delivery { key, to, .. } = job.delivery;

@@ -7,8 +7,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::job::Invalid;
 use crate::queue::QueueError;
+use crate::submit::Invalid;
 
 /// An API error.
 #[derive(Debug)]

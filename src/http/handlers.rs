@@ -8,15 +8,14 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, ApiState};
-use crate::job::{CampaignRequest, MessageRequest, Prepared, prepare_campaign, prepare_message};
-use crate::queue::{JobId, Queue, SubmitOutcome};
-use crate::webhooks::rfc3339;
+use crate::queue::{JobId, JobStatus, Queue, RecipientStatus, SubmitOutcome};
+use crate::submit::{CampaignRequest, MessageRequest, Prepared, prepare_campaign, prepare_message};
 
 /// The body, or 413/400.
 fn body(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -130,12 +129,22 @@ pub(super) struct Page {
     limit: Option<usize>,
 }
 
+/// A job's status with one page of its recipients.
+#[derive(Debug, Serialize)]
+pub(super) struct JobAnswer {
+    #[serde(flatten)]
+    status: JobStatus,
+    recipients: Vec<RecipientStatus>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next_after: Option<u32>,
+}
+
 /// `GET /v1/jobs/{id}?after=INDEX&limit=N`.
 pub(super) async fn job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(page): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobAnswer>, ApiError> {
     let id: JobId = id
         .parse()
         .map_err(|_| ApiError::not_found(format!("no job {id:?}")))?;
@@ -150,15 +159,11 @@ pub(super) async fn job(
     let next = (recipients.len() == limit)
         .then(|| recipients.last().map(|r| r.index))
         .flatten();
-    Ok(Json(json!({
-        "id": status.id.to_string(),
-        "kind": status.kind,
-        "state": status.state,
-        "created": rfc3339(status.created),
-        "counts": status.counts,
-        "recipients": recipients,
-        "next_after": next,
-    })))
+    Ok(Json(JobAnswer {
+        status,
+        recipients,
+        next_after: next,
+    }))
 }
 
 /// `GET /v1/events?after=CURSOR&limit=N`.
@@ -169,13 +174,6 @@ pub(super) async fn events(
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
     let events = state.queue.events(page.after.unwrap_or(0), limit).await?;
     let next = events.last().map(|e| e.cursor).or(page.after).unwrap_or(0);
-    let events: Vec<Value> = events
-        .into_iter()
-        .map(|e| {
-            json!({"cursor": e.cursor, "job": e.job.to_string(), "index": e.index, "to": e.to,
-                   "event": e.kind, "reply": e.reply, "at": rfc3339(e.at)})
-        })
-        .collect();
     Ok(Json(json!({"events": events, "next": next})))
 }
 

@@ -6,6 +6,7 @@
 //! large, 422 invalid field, 503 storage unavailable. The API knows the queue's and
 //! the composer's interfaces, nothing of SMTP.
 
+mod dashboard;
 mod error;
 mod handlers;
 
@@ -22,6 +23,7 @@ pub use error::ApiError;
 
 use crate::compose::Composer;
 use crate::metrics::Metrics;
+use crate::metrics::history::History;
 use crate::queue::AnyQueue;
 
 /// What the handlers share.
@@ -31,8 +33,10 @@ pub struct ApiState {
     pub queue: Arc<AnyQueue>,
     /// Builds (and so checks) messages.
     pub composer: Arc<Composer>,
-    /// Metrics, for `/metrics`.
+    /// Metrics, for `/metrics` and the dashboard.
     pub metrics: Arc<Metrics>,
+    /// The last minutes of the metrics, for the dashboard's charts.
+    pub history: Arc<History>,
     /// Accepted Bearer keys; empty means no key is needed.
     pub api_keys: Arc<Vec<String>>,
     /// Largest request body.
@@ -49,7 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}", get(handlers::job))
         .route("/v1/events", get(handlers::events))
         .route("/metrics", get(handlers::metrics))
-        .merge(crate::dashboard::api_routes())
+        .merge(dashboard::api_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     // Health checks come from load balancers, unsubscribe clicks from mailbox
     // providers: neither has an API key. The dashboard's page holds no data; it asks
@@ -60,7 +64,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/unsubscribe/{token}",
             get(handlers::unsubscribe_page).post(handlers::unsubscribe),
         )
-        .merge(crate::dashboard::page_routes());
+        .merge(dashboard::page_routes());
     protected
         .merge(open)
         // The handlers read bodies through `Bytes` under this limit and answer 413.

@@ -23,7 +23,7 @@ use mail_builder::mime::BodyPart;
 use super::MessageError;
 use super::headers::{check_custom_header, check_line, is_token};
 use super::unsubscribe::ListUnsubscribe;
-use crate::smtp::Address;
+use crate::address::Address;
 
 /// A header mailbox: an optional display name and a validated address.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::MessageError;
 use super::headers::has_line_break;
-use crate::smtp::Address;
+use crate::address::Address;
 
 /// The signing algorithm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

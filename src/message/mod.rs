@@ -5,7 +5,7 @@
 //! SMTP client: header validation (no CR, LF or NUL in any header value, volley's own
 //! headers never supplied twice), MIME structure and transfer encodings (the output
 //! is 7-bit), signing, and unsubscribe tokens. It knows nothing of the network,
-//! queues, templates or HTTP; it reuses the validated [`Address`](crate::smtp::Address)
+//! queues, templates or HTTP; it reuses the validated [`Address`](crate::address::Address)
 //! of the SMTP client, a plain value type.
 //!
 //! - [`build`](build_message): [`MessageSpec`] to bytes.

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer};
 
 use super::MessageError;
-use crate::smtp::Address;
+use crate::address::Address;
 
 /// Which envelope sender messages are sent with.
 #[derive(Clone, Debug, PartialEq, Eq)]

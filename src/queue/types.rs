@@ -1,10 +1,11 @@
 //! The values that cross the queue's API: submissions, leases, outcomes, status and events.
 //! Payloads and variables are opaque bytes (JSON by convention); the queue never parses them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::error::{QueueError, Result};
 use super::id::{DeliveryId, JobId};
+pub use crate::event::EventKind;
 
 /// What kind of submission a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -188,14 +189,16 @@ impl Counts {
     }
 }
 
-/// A job's status.
+/// A job's status, serialised as the API and the dashboard show it:
+/// `{"id", "kind", "created", "state", "counts"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JobStatus {
     /// Its id.
     pub id: JobId,
     /// Message or campaign.
     pub kind: JobKind,
-    /// When it was accepted.
+    /// When it was accepted (RFC 3339).
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub created: SystemTime,
     /// Queued, sending or done.
     pub state: JobState,
@@ -224,6 +227,17 @@ pub enum RecipientState {
 }
 
 impl RecipientState {
+    /// The outcome a final state records; `None` while the delivery is still to be sent.
+    pub fn final_kind(self) -> Option<EventKind> {
+        match self {
+            RecipientState::Delivered => Some(EventKind::Delivered),
+            RecipientState::Bounced => Some(EventKind::Bounced),
+            RecipientState::Expired => Some(EventKind::Expired),
+            RecipientState::Suppressed => Some(EventKind::Suppressed),
+            RecipientState::Queued | RecipientState::Leased | RecipientState::Deferred => None,
+        }
+    }
+
     /// True when nothing more will happen to the delivery.
     pub fn is_final(self) -> bool {
         matches!(
@@ -278,52 +292,9 @@ pub struct RecipientStatus {
     pub last_reply: Option<String>,
 }
 
-/// What an event reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// Delivered.
-    Delivered,
-    /// Deferred for a retry.
-    Deferred,
-    /// Bounced.
-    Bounced,
-    /// Expired.
-    Expired,
-    /// Suppressed.
-    Suppressed,
-}
-
-impl EventKind {
-    pub(crate) const ALL: [EventKind; 5] = [
-        EventKind::Delivered,
-        EventKind::Deferred,
-        EventKind::Bounced,
-        EventKind::Expired,
-        EventKind::Suppressed,
-    ];
-
-    pub(crate) fn code(self) -> u8 {
-        Self::ALL.iter().position(|&k| k == self).unwrap_or(0) as u8
-    }
-
-    pub(crate) fn from_code(c: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(c)).copied()
-    }
-
-    /// The lower-case name, as in the API's and the webhooks' JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Delivered => "delivered",
-            EventKind::Deferred => "deferred",
-            EventKind::Bounced => "bounced",
-            EventKind::Expired => "expired",
-            EventKind::Suppressed => "suppressed",
-        }
-    }
-}
-
-/// One entry of the ordered event log.
+/// One entry of the ordered event log, serialised as the API and the webhooks show it:
+/// `{"cursor": 17, "job": "...", "index": 3, "to": "a@b", "event": "delivered",
+/// "reply": "250 2.0.0 ok", "at": "2026-11-30T12:00:00Z"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
     /// Its position in the log: strictly increasing; pass it as `after` to read on.
@@ -335,10 +306,12 @@ pub struct Event {
     /// The recipient address.
     pub to: String,
     /// What happened.
+    #[serde(rename = "event")]
     pub kind: EventKind,
-    /// The SMTP reply, if any.
+    /// The SMTP reply, if any (`null` otherwise).
     pub reply: Option<String>,
-    /// When it was recorded.
+    /// When it was recorded (RFC 3339, UTC, to the second).
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub at: SystemTime,
 }
 
@@ -373,22 +346,23 @@ impl Resolution {
         }
     }
 
+    /// The event it records.
+    pub fn kind(&self) -> EventKind {
+        self.outcome().1
+    }
+
+    /// The reply it records, if any.
+    pub fn reply(&self) -> Option<&str> {
+        self.outcome().2
+    }
+
     /// Whether the outcome counts as an attempt (suppression never touched the network).
     pub(crate) fn is_attempt(&self) -> bool {
         !matches!(self, Resolution::Suppressed)
     }
 }
 
-/// Milliseconds since the Unix epoch (0 before it): the queue's stored time unit.
-pub(crate) fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The inverse of [`to_ms`].
-pub(crate) fn from_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
+pub(crate) use crate::time::{from_unix_ms as from_ms, unix_ms as to_ms};
 
 /// How long an idempotency key is remembered.
 pub(crate) const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -438,9 +412,6 @@ mod tests {
     fn state_codes_round_trip() {
         for s in RecipientState::ALL {
             assert_eq!(RecipientState::from_code(s.code()), Some(s));
-        }
-        for k in EventKind::ALL {
-            assert_eq!(EventKind::from_code(k.code()), Some(k));
         }
         assert_eq!(RecipientState::from_code(7), None);
     }

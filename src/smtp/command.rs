@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use super::address::{Address, valid_domain};
 use super::capabilities::Mechanism;
+use crate::address::{Address, valid_domain};
 
 /// The name a client gives in EHLO/HELO: a domain or an address literal.
 #[derive(Clone, Debug, PartialEq, Eq)]

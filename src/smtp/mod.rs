@@ -1,12 +1,11 @@
-//! The SMTP client: a sans-IO core (replies, capabilities, commands, addresses,
-//! content encoding) and the session that drives it over a connection.
+//! The SMTP client: a sans-IO core (replies, capabilities, commands, content
+//! encoding) and the session that drives it over a connection.
 //!
 //! This module knows nothing of queues, templates or HTTP: it sends envelopes and
 //! content and returns replies.
 //!
 //! - [`reply`]: the reply type and its incremental parser.
 //! - [`capabilities`]: what an EHLO reply offers.
-//! - [`address`]: validated envelope addresses.
 //! - [`command`]: commands and their encoding.
 //! - [`body`]: CRLF normalisation, dot-stuffing and BDAT framing.
 //! - [`timeouts`]: per-phase timeouts.
@@ -17,7 +16,6 @@
 //! - [`session`]: greeting, EHLO, STARTTLS, AUTH, simple commands.
 //! - [`transaction`]: pipelined MAIL/RCPT/DATA and BDAT.
 
-pub mod address;
 pub mod auth;
 pub mod body;
 pub mod capabilities;
@@ -30,7 +28,6 @@ pub mod timeouts;
 pub mod tls;
 pub mod transaction;
 
-pub use address::{Address, AddressError};
 pub use auth::Credentials;
 pub use capabilities::{Capabilities, Mechanism};
 pub use command::{Command, HeloName};

@@ -9,7 +9,6 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::address::Address;
 use super::body::{crlf_len, encode_bdat_last, encode_data, is_eight_bit};
 use super::capabilities::Capabilities;
 use super::command::{BodyType, Command, MailParams};
@@ -17,6 +16,7 @@ use super::error::SmtpError;
 use super::reply::{EnhancedCode, Reply};
 use super::session::Session;
 use super::timeouts::Phase;
+use crate::address::Address;
 
 /// Most content octets written in one BDAT group, so a batch of large messages does
 /// not become one enormous write.

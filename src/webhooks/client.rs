@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::{Url, header::CONTENT_TYPE, redirect};
 use serde::Serialize;
 
+use crate::queue::Event;
+
 use super::{
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_BACKOFF, DEFAULT_TIMEOUT, WebhookError, WebhookEvent,
-    WebhooksConfig, signature,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_BACKOFF, DEFAULT_TIMEOUT, WebhookError, WebhooksConfig,
+    signature,
 };
 
 /// Bytes of a refused answer's body kept for the error message.
@@ -42,7 +44,7 @@ impl fmt::Debug for WebhookClient {
 /// The body of every POST.
 #[derive(Serialize)]
 struct Batch<'a> {
-    events: &'a [WebhookEvent],
+    events: &'a [Event],
 }
 
 impl WebhookClient {
@@ -85,7 +87,7 @@ impl WebhookClient {
     /// Sends `events` as one signed POST of `{"events": [...]}`. Any 2xx answer is
     /// an acknowledgement; any other status, a timeout or a transport failure is an
     /// error, to be retried by the caller.
-    pub async fn post(&self, events: &[WebhookEvent]) -> Result<(), WebhookError> {
+    pub async fn post(&self, events: &[Event]) -> Result<(), WebhookError> {
         let body = serde_json::to_vec(&Batch { events })?;
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)

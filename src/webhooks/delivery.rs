@@ -10,7 +10,9 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
-use super::{WebhookClient, WebhookEvent};
+use crate::queue::Event;
+
+use super::WebhookClient;
 
 /// Where the loop reads events and records how far it got; the serve layer
 /// implements it over the queue's event log.
@@ -20,7 +22,7 @@ pub trait EventSource: Send + Sync + 'static {
         &self,
         cursor: u64,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<WebhookEvent>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<Event>, String>> + Send;
 
     /// Records that every event up to `cursor` has been acknowledged, so that a
     /// restart resumes after it.
@@ -89,7 +91,7 @@ pub async fn run<S: EventSource>(
 /// Posts `batch` until it is acknowledged (true) or shutdown is asked (false).
 async fn post_until_acknowledged(
     client: &WebhookClient,
-    batch: &[WebhookEvent],
+    batch: &[Event],
     backoff: &mut Backoff,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {

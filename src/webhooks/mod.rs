@@ -1,18 +1,18 @@
 //! Delivery-event webhooks: events are pushed to `[webhooks] url` in signed batches,
 //! retried with backoff until the receiver acknowledges them, in a task of their own.
 //!
-//! This module owns the wire format of a webhook (the JSON batch, the
-//! `Volley-Timestamp` and `Volley-Signature` headers), the HTTP client that posts it,
-//! and the loop that walks the event log after a cursor. It knows nothing of SMTP, of
-//! the queue's internals (events arrive through the caller's [`EventSource`]) or of
-//! the HTTP API's routing; the serve layer wires it.
+//! This module owns the wire format of a webhook (the JSON batch of
+//! [`Event`](crate::queue::Event)s, the `Volley-Timestamp` and `Volley-Signature`
+//! headers), the HTTP client that posts it, and the loop that walks the event log after
+//! a cursor. It knows nothing of SMTP, of the queue's internals (events arrive through
+//! the caller's [`EventSource`]) or of the HTTP API's routing; the wiring in `app`
+//! connects it.
 //!
 //! Delivery is at least once: a batch whose acknowledgement is lost, or that was in
 //! flight at shutdown, is sent again. Receivers deduplicate by `cursor`.
 
 mod client;
 mod delivery;
-mod event;
 mod signature;
 
 use std::time::Duration;
@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 
 pub use client::WebhookClient;
 pub use delivery::{EventSource, run};
-pub use event::{WebhookEvent, rfc3339};
 pub use signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify};
 
 /// Events per POST when `batch_size` is 0 or absent.

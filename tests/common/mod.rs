@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use volley::app::App;
-use volley::config::Config;
+use volley::app::config::Config;
 
 /// The repository's example templates.
 pub fn templates_dir() -> PathBuf {

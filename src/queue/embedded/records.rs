@@ -226,7 +226,8 @@ impl EventRecord {
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.to.len());
         out.extend_from_slice(&self.id.to_bytes());
-        out.push(self.kind.code());
+        // Kinds are few: their index always fits a byte.
+        out.push(self.kind.index() as u8);
         out.extend_from_slice(&self.at_ms.to_be_bytes());
         out.extend_from_slice(&(self.to.len() as u16).to_be_bytes());
         out.extend_from_slice(self.to.as_bytes());
@@ -241,7 +242,9 @@ impl EventRecord {
         };
         let id = DeliveryId::from_bytes(r.take(20)?)
             .ok_or_else(|| QueueError::corrupt("events", "bad delivery id"))?;
-        let kind = EventKind::from_code(r.u8()?)
+        let kind = EventKind::ALL
+            .get(usize::from(r.u8()?))
+            .copied()
             .ok_or_else(|| QueueError::corrupt("events", "unknown kind"))?;
         let at_ms = r.u64()?;
         let n = usize::from(r.u16()?);

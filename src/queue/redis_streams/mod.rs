@@ -255,18 +255,26 @@ fn parse_state(code: &str) -> Result<RecipientState> {
         .ok_or_else(|| QueueError::corrupt("st", format!("state {code:?}")))
 }
 
-fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Delivered => "delivered",
-        EventKind::Deferred => "deferred",
-        EventKind::Bounced => "bounced",
-        EventKind::Expired => "expired",
-        EventKind::Suppressed => "suppressed",
-    }
+/// A number field of a stored hash; a missing or unreadable one is corruption, never 0.
+fn num<T: std::str::FromStr>(
+    m: &HashMap<String, String>,
+    k: &str,
+    table: &'static str,
+) -> Result<T> {
+    m.get(k)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| QueueError::corrupt(table, format!("field {k:?} is {:?}", m.get(k))))
 }
 
-fn num<T: std::str::FromStr + Default>(m: &HashMap<String, String>, k: &str) -> T {
-    m.get(k).and_then(|v| v.parse().ok()).unwrap_or_default()
+/// A number in a script's answer.
+fn parse_num<T: std::str::FromStr>(bytes: &[u8], what: &str) -> Result<T> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            let shown = String::from_utf8_lossy(bytes);
+            QueueError::corrupt("redis", format!("{what} is {shown:?}"))
+        })
 }
 
 /// A job's status from its hash; `None` when the hash is absent (empty).
@@ -274,21 +282,21 @@ fn job_status(id: JobId, m: &HashMap<String, String>) -> Result<Option<JobStatus
     if m.is_empty() {
         return Ok(None);
     }
-    let kind = JobKind::from_code(num(m, "kind"))
-        .ok_or_else(|| QueueError::corrupt("job", "unknown kind"))?;
+    let kind = JobKind::from_code(num(m, "kind", "job")?)
+        .ok_or_else(|| QueueError::corrupt("job", format!("{id}: unknown kind")))?;
     let counts = Counts {
-        total: num(m, "total"),
-        queued: num(m, "queued"),
-        delivered: num(m, "delivered"),
-        deferred: num(m, "deferred"),
-        bounced: num(m, "bounced"),
-        expired: num(m, "expired"),
-        suppressed: num(m, "suppressed"),
+        total: num(m, "total", "job")?,
+        queued: num(m, "queued", "job")?,
+        delivered: num(m, "delivered", "job")?,
+        deferred: num(m, "deferred", "job")?,
+        bounced: num(m, "bounced", "job")?,
+        expired: num(m, "expired", "job")?,
+        suppressed: num(m, "suppressed", "job")?,
     };
     Ok(Some(JobStatus {
         id,
         kind,
-        created: from_ms(num(m, "created")),
+        created: from_ms(num(m, "created", "job")?),
         state: counts.state(),
         counts,
     }))
@@ -365,9 +373,9 @@ impl Queue for RedisQueue {
                         .map_err(|_| QueueError::corrupt("ready", text(&c[0])))?,
                     to: text(&c[1]),
                     vars: c[2].clone(),
-                    attempts: text(&c[3]).parse().unwrap_or(0),
-                    created: from_ms(text(&c[4]).parse().unwrap_or(0)),
-                    queued_at: from_ms(text(&c[5]).parse().unwrap_or(0)),
+                    attempts: parse_num(&c[3], "attempts")?,
+                    created: from_ms(parse_num(&c[4], "created")?),
+                    queued_at: from_ms(parse_num(&c[5], "due")?),
                 })
             })
             .collect()
@@ -394,7 +402,7 @@ impl Queue for RedisQueue {
                 _ => 0,
             };
             inv.arg(id.to_string())
-                .arg(kind_name(kind))
+                .arg(kind.as_str())
                 .arg(at)
                 .arg(u8::from(reply.is_some()))
                 .arg(reply.unwrap_or(""));
@@ -487,14 +495,15 @@ impl Queue for RedisQueue {
             pipe.query_async(&mut self.conn.clone()).await?;
         let mut out = Vec::with_capacity(indexes.len());
         for ((index, r), s) in indexes.into_iter().zip(rcpt).zip(st) {
-            let r = r.unwrap_or_default();
+            let r =
+                r.ok_or_else(|| QueueError::corrupt("rcpt", format!("{id}:{index} missing")))?;
             let to = r.split(|&b| b == b'\n').next().unwrap_or_default();
             let (state, attempts, last_reply) = match s {
                 None => (RecipientState::Queued, 0, None),
                 Some(s) => {
                     let mut p = s.splitn(5, '|');
                     let state = parse_state(p.next().unwrap_or_default())?;
-                    let attempts = p.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+                    let attempts = parse_num(p.next().unwrap_or_default().as_bytes(), "attempts")?;
                     let reply = p
                         .nth(2)
                         .and_then(|r| r.strip_prefix('+'))
@@ -532,18 +541,18 @@ impl Queue for RedisQueue {
                     .next()
                     .and_then(|c| c.parse().ok())
                     .ok_or_else(bad)?;
-                let kind = EventKind::ALL
-                    .into_iter()
-                    .find(|k| Some(kind_name(*k)) == f.get("kind").map(String::as_str))
+                let kind = f
+                    .get("kind")
+                    .and_then(|k| EventKind::from_name(k))
                     .ok_or_else(bad)?;
                 Ok(Event {
                     cursor,
                     job: f.get("job").and_then(|j| j.parse().ok()).ok_or_else(bad)?,
-                    index: num(&f, "index"),
-                    to: f.get("to").cloned().unwrap_or_default(),
+                    index: num(&f, "index", "events")?,
+                    to: f.get("to").cloned().ok_or_else(bad)?,
                     kind,
                     reply: f.get("reply").cloned(),
-                    at: from_ms(num(&f, "at")),
+                    at: from_ms(num(&f, "at", "events")?),
                 })
             })
             .collect()

@@ -1,19 +1,30 @@
-//! From a stored job and one recipient to the bytes on the wire: render the template
-//! (or take the given content), build the MIME message, add List-Unsubscribe to
-//! campaign messages, sign with DKIM, and check the size.
+//! Composition: from a stored job and one recipient to the bytes on the wire. Render
+//! the template (or take the given content), build the MIME message, add
+//! List-Unsubscribe to campaign messages, sign with DKIM, and check the size.
+//!
+//! - [`spec`]: the stored job ([`JobSpec`]) and recipient variables, as the queue keeps
+//!   them.
+//! - [`Composer`]: builds one recipient's message from them.
+//!
+//! It knows templates and messages, nothing of the network, the engine or HTTP.
+
+mod spec;
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::job::{Invalid, JobSpec, StoredMailbox, merge};
+pub use self::spec::{
+    JobSpec, StoredAttachment, StoredMailbox, merge, vars_from_bytes, vars_to_bytes,
+};
+
+use crate::address::Address;
 use crate::message::{
     Attachment, DkimSigner, ListUnsubscribe, Mailbox, MessageError, MessageSpec, UnsubscribeConfig,
     UnsubscribeTokens, build_message,
 };
 use crate::queue::JobKind;
-use crate::smtp::Address;
 use crate::template::{TemplateError, Templates};
 
 /// Why a message could not be built.
@@ -25,9 +36,10 @@ pub enum ComposeError {
     /// The message could not be built or signed.
     #[error(transparent)]
     Message(#[from] MessageError),
-    /// A stored mailbox no longer parses (the payload was altered).
-    #[error("stored address {0:?} is invalid")]
-    Address(String),
+    /// A stored field no longer decodes (an address, an attachment, variables): the
+    /// store is damaged or from another version.
+    #[error("the stored job is unreadable: {0}")]
+    Stored(String),
     /// Bigger than `[message] max_size`.
     #[error("the message is {size} octets; the limit is {limit}")]
     TooBig {
@@ -39,32 +51,13 @@ pub enum ComposeError {
 }
 
 impl ComposeError {
-    /// As a field error for the API, pointing at the recipient when known.
-    pub fn into_invalid(self, recipient: Option<usize>) -> Invalid {
-        let field = match (&self, recipient) {
-            (Self::Template(_), Some(i)) => format!("recipients[{i}].vars"),
-            (Self::Template(_), None) => "vars".to_owned(),
-            (Self::TooBig { .. }, _) => "size".to_owned(),
-            (
-                Self::Message(
-                    MessageError::HeaderName { .. }
-                    | MessageError::HeaderValue { .. }
-                    | MessageError::ReservedHeader { .. },
-                ),
-                _,
-            ) => "headers".to_owned(),
-            (Self::Message(MessageError::LineBreak { field, .. }), _) => field.to_string(),
-            _ => "message".to_owned(),
-        };
-        Invalid {
-            field,
-            message: self.to_string(),
-        }
-    }
-
-    /// Whether it is the submitter's fault (as opposed to the server's keys or files).
-    pub fn is_permanent(&self) -> bool {
-        !matches!(self, Self::Message(MessageError::DkimKeyRead { .. }))
+    /// Whether it is the submitter's fault (the content cannot be built), as opposed
+    /// to ours: the server's keys or files, or a stored job that no longer decodes.
+    pub fn is_submitters_fault(&self) -> bool {
+        !matches!(
+            self,
+            Self::Message(MessageError::DkimKeyRead { .. }) | Self::Stored(_)
+        )
     }
 }
 
@@ -165,15 +158,18 @@ impl Composer {
         let attachments = spec
             .attachments
             .iter()
-            .map(|a| Attachment {
-                filename: a.filename.clone(),
-                content_type: a.content_type.clone(),
-                // Validated at submission.
-                content: base64::engine::general_purpose::STANDARD
+            .enumerate()
+            .map(|(i, a)| {
+                let content = base64::engine::general_purpose::STANDARD
                     .decode(a.content.trim())
-                    .unwrap_or_default(),
+                    .map_err(|e| ComposeError::Stored(format!("attachments[{i}]: {e}")))?;
+                Ok(Attachment {
+                    filename: a.filename.clone(),
+                    content_type: a.content_type.clone(),
+                    content,
+                })
             })
-            .collect();
+            .collect::<Result<_, ComposeError>>()?;
         let from = mailbox(&spec.from)?;
         let message = MessageSpec {
             from: from.clone(),
@@ -203,8 +199,8 @@ impl Composer {
 }
 
 fn mailbox(m: &StoredMailbox) -> Result<Mailbox, ComposeError> {
-    let address =
-        Address::parse(&m.address).map_err(|_| ComposeError::Address(m.address.clone()))?;
+    let address = Address::parse(&m.address)
+        .map_err(|e| ComposeError::Stored(format!("address {:?}: {e}", m.address)))?;
     Ok(Mailbox {
         name: m.name.clone(),
         address,

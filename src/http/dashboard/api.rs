@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::history::{HISTOGRAM_STAGE, History, Latency, Snapshot};
+use crate::event::EventKind;
 use crate::http::{ApiError, ApiState};
-use crate::metrics::{Counted, SiteCounters};
-use crate::queue::{JobStatus, Queue};
+use crate::metrics::SiteCounters;
+use crate::metrics::history::{HISTOGRAM_STAGE, Latency};
+use crate::queue::Queue;
+use crate::time::unix_ms;
 
 /// `?since=MS`: only the points taken after that time.
 #[derive(Debug, Deserialize)]
@@ -25,11 +27,6 @@ pub(super) struct StatsQuery {
 #[derive(Debug, Deserialize)]
 pub(super) struct JobsQuery {
     limit: Option<usize>,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn site_json(site: &str, c: &SiteCounters, rate: f64, now_ms: u64) -> Value {
@@ -52,15 +49,11 @@ fn site_json(site: &str, c: &SiteCounters, rate: f64, now_ms: u64) -> Value {
 /// `GET /v1/dashboard/stats?since=MS`.
 pub(super) async fn stats(
     State(state): State<ApiState>,
-    history: Option<Extension<Arc<History>>>,
     Query(query): Query<StatsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let now = SystemTime::now();
     let depth = state.queue.depth(now).await?;
-    let snapshot = match &history {
-        Some(Extension(h)) => h.snapshot(query.since.unwrap_or(0)),
-        None => Snapshot::default(),
-    };
+    let snapshot = state.history.snapshot(query.since.unwrap_or(0));
     // Before the sampler's first tick (or without one), read the histograms here.
     let latency = match snapshot.latency {
         Some(latency) => latency,
@@ -83,29 +76,16 @@ pub(super) async fn stats(
         .collect();
     Ok(Json(json!({
         "now": now_ms,
-        "totals": {
-            "delivered": m.counted(Counted::Delivered),
-            "deferred": m.counted(Counted::Deferred),
-            "bounced": m.counted(Counted::Bounced),
-            "expired": m.counted(Counted::Expired),
-            "suppressed": m.counted(Counted::Suppressed),
-        },
+        "totals": EventKind::ALL
+            .iter()
+            .map(|&k| (k.as_str().to_owned(), Value::from(m.counted(k))))
+            .collect::<serde_json::Map<_, _>>(),
         "series": snapshot.points,
         "depth": depth,
         "sites": sites,
         "stages": latency.stages,
         "histogram": {"stage": HISTOGRAM_STAGE.name(), "buckets": latency.buckets},
     })))
-}
-
-fn job_json(job: &JobStatus) -> Value {
-    json!({
-        "id": job.id.to_string(),
-        "kind": job.kind,
-        "state": job.state,
-        "created": crate::webhooks::rfc3339(job.created),
-        "counts": job.counts,
-    })
 }
 
 /// `GET /v1/dashboard/jobs?limit=N`: the newest jobs first.
@@ -115,6 +95,5 @@ pub(super) async fn jobs(
 ) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(20).clamp(1, 200);
     let jobs = state.queue.recent_jobs(limit).await?;
-    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     Ok(Json(json!({ "jobs": jobs })))
 }

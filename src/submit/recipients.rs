@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::job::RecipientInput;
+use super::request::RecipientInput;
 
 /// A recipient list that cannot be read.
 #[derive(Debug, thiserror::Error)]

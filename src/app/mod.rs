@@ -1,5 +1,14 @@
-//! Wiring: from a [`Config`] to a running volley — queue, templates, composer,
-//! router, engine, dispatcher, HTTP API and webhooks — and a graceful stop.
+//! The wiring: from a [`Config`] to a running volley — queue, templates, composer,
+//! router, engine, dispatcher, HTTP API, webhooks and the metrics sampler — and a
+//! graceful stop. Everything else is built from what this module hands it.
+//!
+//! - [`config`]: `volley.toml`, every section assembled.
+//! - [`send`]: `volley send`, a campaign delivered from the command line.
+//! - `webhooks`: the event log fed to the webhook sender.
+
+pub mod config;
+pub mod send;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +16,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use self::config::Config;
 use crate::compose::Composer;
-use crate::config::Config;
 use crate::dispatch::{Dispatch, DispatchDeps};
 use crate::engine::{Engine, EngineConfig};
 use crate::http::{ApiState, router};
 use crate::message::DkimSigner;
 use crate::metrics::Metrics;
+use crate::metrics::history::{History, start_sampler};
 use crate::queue::AnyQueue;
 use crate::route::Router;
 use crate::template::Templates;
@@ -125,12 +135,13 @@ impl App {
         Ok(Dispatch::start(deps, shutdown))
     }
 
-    /// The HTTP API's state.
-    pub fn api_state(&self) -> ApiState {
+    /// The HTTP API's state, reading the sampler's `history`.
+    pub fn api_state(&self, history: Arc<History>) -> ApiState {
         ApiState {
             queue: Arc::clone(&self.queue),
             composer: Arc::clone(&self.composer),
             metrics: Arc::clone(&self.metrics),
+            history,
             api_keys: Arc::new(self.config.server.api_keys.clone()),
             max_body: self.config.server.max_body,
             submitted: Arc::clone(&self.wake),
@@ -157,10 +168,15 @@ impl App {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let webhooks = crate::webhooks_wiring::start(&self, shutdown_rx.clone())?;
+        let webhooks = webhooks::start(
+            &self.config.webhooks,
+            Arc::clone(&self.queue),
+            &self.config.queue.path,
+            shutdown_rx.clone(),
+        )?;
         let dispatch = self.start_delivery(shutdown_rx.clone())?;
-        let history = Arc::new(crate::dashboard::History::default());
-        let sampler = crate::dashboard::start_sampler(
+        let history = Arc::new(History::default());
+        let sampler = start_sampler(
             Arc::clone(&history),
             Arc::clone(&self.metrics),
             Arc::clone(&self.queue),
@@ -168,8 +184,7 @@ impl App {
         );
         let local = listener.local_addr().ok();
         tracing::info!(listen = ?local, "volley is serving");
-        // The dashboard's handlers find the sampler's history as a request extension.
-        let app = router(self.api_state()).layer(axum::Extension(history));
+        let app = router(self.api_state(history));
         let mut http_shutdown = shutdown_rx.clone();
         let server = tokio::spawn(async move {
             let graceful = async move {

@@ -23,13 +23,13 @@ use tokio::time::Instant;
 pub use pool::{PooledSession, SessionManager};
 pub use throttle::Throttle;
 
-use crate::metrics::{Counted, Metrics, SiteCounters, Stage};
-use crate::outcome::{Disposition, Outcome, classify};
+use crate::address::Address;
+use crate::event::EventKind;
+use crate::metrics::{Metrics, SiteCounters, Stage};
+use crate::outcome::{Disposition, Outcome, classify, is_stale_connection};
 use crate::rate::Limiter;
 use crate::route::Site;
-use crate::smtp::{
-    Address, Phase, RecipientResult, SessionConfig, SmtpError, TlsPolicy, Transaction,
-};
+use crate::smtp::{Phase, RecipientResult, SessionConfig, SmtpError, TlsPolicy, Transaction};
 
 /// One message for one recipient, handed to the engine.
 #[derive(Debug)]
@@ -353,12 +353,9 @@ async fn send<K: Sync>(session: &mut PooledSession, batch: &[Job<K>]) -> Vec<Rec
         .collect()
 }
 
-/// Every result is a transport failure before the first reply.
+/// Every result says the pooled connection had gone stale.
 fn all_stale(results: &[RecipientResult]) -> bool {
-    results.iter().all(|r| {
-        matches!(r, Err(SmtpError::Closed { phase } | SmtpError::Io { phase, .. })
-            if matches!(phase, Phase::Mail | Phase::DataBlock))
-    })
+    results.iter().all(is_stale_connection)
 }
 
 /// No session could be opened: every delivery of the batch gets that failure.
@@ -377,9 +374,9 @@ fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Option<Outcom
     if let Some(outcome) = &outcome {
         use std::sync::atomic::Ordering::Relaxed;
         let (counted, site_counter) = match outcome.disposition {
-            Disposition::Delivered => (Counted::Delivered, &ctx.counters.delivered),
-            Disposition::Transient => (Counted::Deferred, &ctx.counters.deferred),
-            Disposition::Permanent => (Counted::Bounced, &ctx.counters.bounced),
+            Disposition::Delivered => (EventKind::Delivered, &ctx.counters.delivered),
+            Disposition::Transient => (EventKind::Deferred, &ctx.counters.deferred),
+            Disposition::Permanent => (EventKind::Bounced, &ctx.counters.bounced),
         };
         ctx.metrics.count(counted);
         site_counter.fetch_add(1, Relaxed);

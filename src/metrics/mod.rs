@@ -1,9 +1,14 @@
 //! Latency histograms for every phase of the send path, counters per outcome and per
 //! site, and their Prometheus text rendering.
 //!
+//! [`history`] keeps the last five minutes of them, one point a second, for the
+//! dashboard.
+//!
 //! Recording takes no global lock: histograms are sharded, and each thread records
 //! into the shard it was given on first use. A shard's mutex is held for the few
 //! nanoseconds of one `record`, and only threads that share the shard contend.
+
+pub mod history;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use crate::event::EventKind;
 
 /// A timed phase of the send path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,41 +66,6 @@ impl Stage {
 
     fn index(self) -> usize {
         self as usize
-    }
-}
-
-/// Outcome counters (also the labels of `volley_deliveries_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counted {
-    /// Delivered.
-    Delivered,
-    /// Transient failure, to be retried.
-    Deferred,
-    /// Permanent failure.
-    Bounced,
-    /// Gave up after the maximum age.
-    Expired,
-    /// Skipped: the address is suppressed.
-    Suppressed,
-}
-
-impl Counted {
-    const ALL: [Counted; 5] = [
-        Counted::Delivered,
-        Counted::Deferred,
-        Counted::Bounced,
-        Counted::Expired,
-        Counted::Suppressed,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Counted::Delivered => "delivered",
-            Counted::Deferred => "deferred",
-            Counted::Bounced => "bounced",
-            Counted::Expired => "expired",
-            Counted::Suppressed => "suppressed",
-        }
     }
 }
 
@@ -163,7 +135,7 @@ impl SiteCounters {
 #[derive(Debug)]
 pub struct Metrics {
     shards: Vec<Mutex<Histograms>>,
-    outcomes: [AtomicU64; 5],
+    outcomes: [AtomicU64; EventKind::ALL.len()],
     // Locked only when a site is first seen and when rendering; never per message.
     sites: Mutex<BTreeMap<Arc<str>, Arc<SiteCounters>>>,
 }
@@ -217,13 +189,18 @@ impl Metrics {
     }
 
     /// Counts one recipient outcome.
-    pub fn count(&self, what: Counted) {
-        self.outcomes[what as usize].fetch_add(1, Relaxed);
+    pub fn count(&self, what: EventKind) {
+        self.outcomes[what.index()].fetch_add(1, Relaxed);
     }
 
     /// The number of outcomes of a kind so far.
-    pub fn counted(&self, what: Counted) -> u64 {
-        self.outcomes[what as usize].load(Relaxed)
+    pub fn counted(&self, what: EventKind) -> u64 {
+        self.outcomes[what.index()].load(Relaxed)
+    }
+
+    /// Every outcome counter, in [`EventKind::ALL`] order.
+    pub fn outcome_totals(&self) -> [u64; EventKind::ALL.len()] {
+        EventKind::ALL.map(|k| self.counted(k))
     }
 
     /// The counters of a site, created on first use.
@@ -302,11 +279,11 @@ impl Metrics {
         }
         out.push_str("# HELP volley_deliveries_total Recipient outcomes.\n");
         out.push_str("# TYPE volley_deliveries_total counter\n");
-        for what in Counted::ALL {
+        for what in EventKind::ALL {
             let _ = writeln!(
                 out,
                 "volley_deliveries_total{{outcome=\"{}\"}} {}",
-                what.name(),
+                what.as_str(),
                 self.counted(what)
             );
         }
@@ -314,12 +291,12 @@ impl Metrics {
         out.push_str("# TYPE volley_site_deliveries_total counter\n");
         for (site, c) in &sites {
             let site = escape_label(site);
-            for (name, v) in [
-                ("delivered", &c.delivered),
-                ("deferred", &c.deferred),
-                ("bounced", &c.bounced),
+            for (kind, v) in [
+                (EventKind::Delivered, &c.delivered),
+                (EventKind::Deferred, &c.deferred),
+                (EventKind::Bounced, &c.bounced),
             ] {
-                let v = v.load(Relaxed);
+                let (name, v) = (kind.as_str(), v.load(Relaxed));
                 let _ = writeln!(
                     out,
                     "volley_site_deliveries_total{{site=\"{site}\",outcome=\"{name}\"}} {v}"
@@ -391,7 +368,7 @@ mod tests {
         assert_eq!(p.count, 4000);
         assert!((4.9..=5.1).contains(&p.p50), "{p:?}");
         assert!((9.8..=10.1).contains(&p.p999), "{p:?}");
-        metrics.count(Counted::Delivered);
+        metrics.count(EventKind::Delivered);
         metrics
             .site(&Arc::from("mx.example"))
             .connections_opened

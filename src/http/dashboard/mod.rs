@@ -7,33 +7,28 @@
 //! - `GET /v1/dashboard/stats` (behind the key): outcome totals, one point per second over
 //!   the last five minutes, queue depth, sites, latency percentiles and a histogram.
 //! - `GET /v1/dashboard/jobs` (behind the key): the newest jobs with their counts.
-//! - A sampler task, started by `app`, turns the cumulative counters and the queue's depth
-//!   into those per-second points ([`History`]); the handlers reach it as a request
-//!   extension and answer without a series when it is absent.
+//! - The per-second points come from the sampler of [`crate::metrics::history`], whose
+//!   [`History`](crate::metrics::history::History) is part of the API's state.
 //!
-//! It reads `metrics` and `queue` and is routed by `http`; it knows nothing of SMTP.
+//! It reads `metrics` and `queue`; it knows nothing of SMTP.
 
 mod api;
-mod history;
 mod page;
 
 use axum::Router;
 use axum::routing::get;
 
-pub use self::history::{
-    HISTOGRAM_STAGE, History, Latency, POINTS, Point, Snapshot, StageRow, start_sampler,
-};
-use crate::http::ApiState;
+use super::ApiState;
 
-/// The JSON endpoints; `http` puts them behind the API key.
-pub fn api_routes() -> Router<ApiState> {
+/// The JSON endpoints, behind the API key.
+pub(super) fn api_routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/dashboard/stats", get(api::stats))
         .route("/v1/dashboard/jobs", get(api::jobs))
 }
 
 /// The page and its assets, which hold no data and need no key.
-pub fn page_routes() -> Router<ApiState> {
+pub(super) fn page_routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(page::index))
         .route(page::SCRIPT_PATH, get(page::script))

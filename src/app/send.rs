@@ -10,10 +10,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::app::{App, StartError};
-use crate::job::{CampaignRequest, Invalid, MailboxInput, RecipientInput, prepare_campaign};
+use super::{App, StartError};
+use crate::event::EventKind;
 use crate::metrics::Stage;
-use crate::queue::{Counts, JobId, Queue, QueueError, RecipientState, SubmitOutcome};
+use crate::queue::{Counts, JobId, Queue, QueueError, SubmitOutcome};
+use crate::submit::{CampaignRequest, Invalid, MailboxInput, RecipientInput, prepare_campaign};
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -183,15 +184,8 @@ async fn write_report(app: &App, id: &JobId, path: &PathBuf) -> Result<(), SendE
     loop {
         let page = app.queue.recipients(id, after, 1000).await?;
         for r in &page {
-            let outcome = match r.state {
-                RecipientState::Delivered => "delivered",
-                RecipientState::Bounced => "bounced",
-                RecipientState::Expired => "expired",
-                RecipientState::Suppressed => "suppressed",
-                RecipientState::Queued | RecipientState::Leased | RecipientState::Deferred => {
-                    "deferred"
-                }
-            };
+            // Not final yet: still queued for `volley serve`, which counts as deferred.
+            let outcome = r.state.final_kind().unwrap_or(EventKind::Deferred);
             let line = serde_json::json!({"to": r.to, "outcome": outcome, "reply": r.last_reply});
             writeln!(out, "{line}").map_err(error)?;
         }

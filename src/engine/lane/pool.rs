@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{Metrics, SiteCounters, Stage};
+use crate::outcome::{ConnectFailure, classify_connect};
 use crate::route::Site;
 use crate::smtp::{Phase, Session, SessionConfig, SmtpError};
 
@@ -77,36 +78,6 @@ pub struct SessionManager {
     pub(super) counters: Arc<SiteCounters>,
 }
 
-/// Whether a failure to open a session means "try the next address": the host is
-/// unreachable, silent, refuses service outright, or fails TLS that we require.
-/// A 4xx greeting defers the whole site instead (the server is there and busy).
-fn try_next_host(err: &SmtpError) -> bool {
-    match err {
-        SmtpError::Timeout { phase }
-        | SmtpError::Io { phase, .. }
-        | SmtpError::Closed { phase } => {
-            matches!(phase, Phase::Connect | Phase::Greeting | Phase::StartTls)
-        }
-        SmtpError::Reply {
-            phase: Phase::Greeting,
-            reply,
-        } => reply.code().is_permanent(),
-        SmtpError::Tls(_) => true,
-        _ => false,
-    }
-}
-
-/// Whether opening the session failed in the TLS handshake (or right around it).
-fn tls_failed(err: &SmtpError) -> bool {
-    match err {
-        SmtpError::Tls(_) => true,
-        SmtpError::Timeout { phase }
-        | SmtpError::Io { phase, .. }
-        | SmtpError::Closed { phase } => *phase == Phase::StartTls,
-        _ => false,
-    }
-}
-
 impl managed::Manager for SessionManager {
     type Type = PooledSession;
     type Error = SmtpError;
@@ -123,7 +94,7 @@ impl managed::Manager for SessionManager {
                 Session::connect(addr, host, Arc::clone(&self.config)).await,
                 &self.plain,
             ) {
-                (Err(e), Some(plain)) if tls_failed(&e) => {
+                (Err(e), Some(plain)) if classify_connect(&e) == ConnectFailure::Tls => {
                     tracing::info!(site = %site.key, host, %addr, error = %e, "TLS failed; sending in clear text (opportunistic TLS)");
                     Session::connect(addr, host, Arc::clone(plain)).await
                 }
@@ -146,7 +117,7 @@ impl managed::Manager for SessionManager {
                         slot,
                     });
                 }
-                Err(e) if try_next_host(&e) => {
+                Err(e) if classify_connect(&e) != ConnectFailure::Stop => {
                     tracing::debug!(site = %site.key, host, %addr, error = %e, "trying the next MX address");
                     last = Some(e);
                 }
@@ -170,45 +141,5 @@ impl managed::Manager for SessionManager {
         } else {
             Err(RecycleError::message("session spent or broken"))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::smtp::ReplyParser;
-
-    #[test]
-    fn which_failures_move_on_to_the_next_host() {
-        let reply = |w: &str| {
-            ReplyParser::parse_slice(format!("{w}\r\n").as_bytes())
-                .unwrap()
-                .unwrap()
-        };
-        let refused = SmtpError::Io {
-            phase: Phase::Connect,
-            kind: std::io::ErrorKind::ConnectionRefused,
-            message: String::new(),
-        };
-        assert!(try_next_host(&refused));
-        assert!(try_next_host(&SmtpError::Timeout {
-            phase: Phase::Connect
-        }));
-        assert!(try_next_host(&SmtpError::Timeout {
-            phase: Phase::Greeting
-        }));
-        assert!(try_next_host(&SmtpError::Reply {
-            phase: Phase::Greeting,
-            reply: reply("554 no service")
-        }));
-        assert!(!try_next_host(&SmtpError::Reply {
-            phase: Phase::Greeting,
-            reply: reply("421 busy")
-        }));
-        assert!(try_next_host(&SmtpError::Tls("handshake".into())));
-        assert!(!try_next_host(&SmtpError::Reply {
-            phase: Phase::Auth,
-            reply: reply("535 no")
-        }));
     }
 }

@@ -1,18 +1,20 @@
-//! The dashboard's memory: a ring of one point per second (outcome deltas and queue depth),
-//! each site's recent rate and the latest latency summary, filled by a sampler task and
-//! copied out by the handlers.
+//! The last five minutes of the metrics: a ring of one point per second (outcome deltas
+//! and queue depth), each site's recent rate and the latest latency summary, filled by a
+//! sampler task and copied out by the dashboard's handlers.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::metrics::{Counted, Metrics, Percentiles, Stage};
+use super::{Metrics, Percentiles, Stage};
+use crate::event::EventKind;
 use crate::queue::{AnyQueue, Depth, Queue};
+use crate::time::unix_ms;
 
 /// Points kept: five minutes at one a second.
 pub const POINTS: usize = 300;
@@ -20,15 +22,6 @@ pub const POINTS: usize = 300;
 const RATE_WINDOW: usize = 10;
 /// The stage whose distribution the dashboard draws.
 pub const HISTOGRAM_STAGE: Stage = Stage::Delivery;
-
-/// The outcome counters, in the order of [`Point`]'s fields.
-const OUTCOMES: [Counted; 5] = [
-    Counted::Delivered,
-    Counted::Deferred,
-    Counted::Bounced,
-    Counted::Expired,
-    Counted::Suppressed,
-];
 
 /// One second of activity: outcomes counted during it, and the queue's depth at its end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -171,11 +164,11 @@ impl Sampler {
         self.previous = totals;
         let point = Point {
             t,
-            delivered: d[0],
-            deferred: d[1],
-            bounced: d[2],
-            expired: d[3],
-            suppressed: d[4],
+            delivered: d[EventKind::Delivered.index()],
+            deferred: d[EventKind::Deferred.index()],
+            bounced: d[EventKind::Bounced.index()],
+            expired: d[EventKind::Expired.index()],
+            suppressed: d[EventKind::Suppressed.index()],
             ready: depth.ready,
             scheduled: depth.scheduled,
             leased: depth.leased,
@@ -200,12 +193,7 @@ impl Sampler {
 }
 
 fn totals(metrics: &Metrics) -> [u64; 5] {
-    OUTCOMES.map(|c| metrics.counted(c))
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    metrics.outcome_totals()
 }
 
 /// Starts the sampler: once a second it reads the counters and the queue's depth and

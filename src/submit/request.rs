@@ -1,0 +1,238 @@
+//! The shapes of a submission as the API and the command line receive it, before
+//! validation: mailboxes, attachments, send times, messages, campaigns and their
+//! recipients.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Invalid, invalid};
+use crate::address::Address;
+
+/// A mailbox as given: `"a@example.com"`, `"Alice <a@example.com>"` or
+/// `{"name": "Alice", "address": "a@example.com"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MailboxInput {
+    /// A string.
+    Text(String),
+    /// An object.
+    Parts {
+        /// Display name.
+        #[serde(default)]
+        name: Option<String>,
+        /// Address.
+        address: String,
+    },
+}
+
+impl MailboxInput {
+    /// Validates into a display name and an address.
+    pub fn parse(&self, field: &str) -> Result<(Option<String>, Address), Invalid> {
+        let (name, address) = match self {
+            Self::Parts { name, address } => (name.clone(), address.trim().to_owned()),
+            Self::Text(text) => split_mailbox(text),
+        };
+        if let Some(name) = &name
+            && name.contains(['\r', '\n', '\0'])
+        {
+            return Err(invalid(field, "the display name contains CR, LF or NUL"));
+        }
+        let address = Address::parse(&address).map_err(|e| invalid(field, e))?;
+        Ok((name.filter(|n| !n.trim().is_empty()), address))
+    }
+}
+
+/// `Name <addr>` or `addr`.
+fn split_mailbox(text: &str) -> (Option<String>, String) {
+    let text = text.trim();
+    match (text.rfind('<'), text.strip_suffix('>')) {
+        (Some(open), Some(_)) => {
+            let name = text[..open].trim().trim_matches('"').trim();
+            let address = &text[open + 1..text.len() - 1];
+            (
+                (!name.is_empty()).then(|| name.to_owned()),
+                address.trim().to_owned(),
+            )
+        }
+        _ => (None, text.to_owned()),
+    }
+}
+
+/// An attachment as given (content in base64).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentInput {
+    /// File name.
+    pub filename: String,
+    /// MIME type. Default `application/octet-stream`.
+    #[serde(default = "octet_stream")]
+    pub content_type: String,
+    /// The content, base64.
+    pub content: String,
+}
+
+fn octet_stream() -> String {
+    "application/octet-stream".into()
+}
+
+/// When to send: RFC 3339 text or Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SendAt {
+    /// Unix seconds.
+    Unix(u64),
+    /// RFC 3339, e.g. `2026-12-01T09:00:00Z`.
+    Text(String),
+}
+
+impl SendAt {
+    /// The time it names.
+    pub fn parse(&self) -> Result<SystemTime, Invalid> {
+        match self {
+            Self::Unix(s) => Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(*s)),
+            Self::Text(t) => humantime::parse_rfc3339_weak(t)
+                .map_err(|e| invalid("send_at", format!("{t:?}: {e}"))),
+        }
+    }
+}
+
+/// `POST /v1/messages`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRequest {
+    /// Sender.
+    pub from: Option<MailboxInput>,
+    /// Recipients shown in To.
+    #[serde(default)]
+    pub to: Vec<MailboxInput>,
+    /// Recipients shown in Cc.
+    #[serde(default)]
+    pub cc: Vec<MailboxInput>,
+    /// Hidden recipients.
+    #[serde(default)]
+    pub bcc: Vec<MailboxInput>,
+    /// Reply-To.
+    pub reply_to: Option<MailboxInput>,
+    /// Subject (overrides the template's).
+    pub subject: Option<String>,
+    /// Text part.
+    pub text: Option<String>,
+    /// HTML part.
+    pub html: Option<String>,
+    /// Template name, instead of subject/text/html.
+    pub template: Option<String>,
+    /// Template variables.
+    #[serde(default)]
+    pub vars: Map<String, Value>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Attachments.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentInput>,
+    /// Labels for the caller.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Not before.
+    pub send_at: Option<SendAt>,
+}
+
+/// One campaign recipient.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientInput {
+    /// The address.
+    pub to: String,
+    /// Variables for this recipient (over the shared ones).
+    #[serde(default)]
+    pub vars: Map<String, Value>,
+}
+
+/// `POST /v1/campaigns`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRequest {
+    /// Template name.
+    pub template: Option<String>,
+    /// Sender.
+    pub from: Option<MailboxInput>,
+    /// Subject instead of the template's.
+    pub subject: Option<String>,
+    /// Reply-To.
+    pub reply_to: Option<MailboxInput>,
+    /// Variables shared by every recipient.
+    #[serde(default)]
+    pub vars: Map<String, Value>,
+    /// The recipients.
+    #[serde(default)]
+    pub recipients: Vec<RecipientInput>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Labels for the caller.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Not before.
+    pub send_at: Option<SendAt>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_forms() {
+        let table = [
+            (
+                MailboxInput::Text("a@example.com".into()),
+                None,
+                "a@example.com",
+            ),
+            (
+                MailboxInput::Text("Alice <a@example.com>".into()),
+                Some("Alice"),
+                "a@example.com",
+            ),
+            (
+                MailboxInput::Text("\"Bob, Jr\" <b@example.com>".into()),
+                Some("Bob, Jr"),
+                "b@example.com",
+            ),
+            (
+                MailboxInput::Parts {
+                    name: Some("Zoë".into()),
+                    address: "z@example.com".into(),
+                },
+                Some("Zoë"),
+                "z@example.com",
+            ),
+        ];
+        for (input, name, address) in table {
+            let (n, a) = input.parse("from").unwrap();
+            assert_eq!((n.as_deref(), a.as_str()), (name, address));
+        }
+        let bad = MailboxInput::Text("Eve\r\nBcc: x@y <e@example.com>".into());
+        assert_eq!(bad.parse("from").unwrap_err().field, "from");
+        assert!(
+            MailboxInput::Text("not an address".into())
+                .parse("to[0]")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn send_at_forms() {
+        assert_eq!(
+            SendAt::Unix(60).parse().unwrap(),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(60)
+        );
+        assert!(SendAt::Text("2026-12-01T09:00:00Z".into()).parse().is_ok());
+        assert_eq!(
+            SendAt::Text("tomorrow".into()).parse().unwrap_err().field,
+            "send_at"
+        );
+    }
+}
