@@ -6,6 +6,9 @@
 //! Run with `cargo bench --bench engine`; `VOLLEY_BENCH_MESSAGES` sets the count
 //! (default 20,000). Loopback only, bounded in count.
 
+// A benchmark or tool reports its figures on the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -123,7 +126,8 @@ async fn run(messages: usize) {
     let (sink, port) = start_sink();
     let mut records = DnsRecords::new();
     for i in 0..SITES {
-        let ip = Ipv4Addr::new(127, 0, 0, 10 + (i % SINK_ADDRESSES as usize) as u8);
+        let last = u8::try_from(i % usize::from(SINK_ADDRESSES)).expect("few sink addresses");
+        let ip = Ipv4Addr::new(127, 0, 0, 10 + last);
         records = records
             .mx(
                 &format!("d{i}.bench.test"),
@@ -206,7 +210,7 @@ async fn run_engine(dns: &DnsServer, port: u16, messages: usize) -> Measured {
                 from: Some(from.clone()),
                 to,
                 body: Arc::clone(&body),
-                queued_at: std::time::Instant::now(),
+                queued_at: Instant::now(),
             };
             if engine.submit(delivery).await.is_err() {
                 break;
@@ -260,7 +264,7 @@ async fn run_blast(target: SocketAddr, messages: u64, naive: bool) -> Measured {
     };
     let report = blast(&config).await.expect("blast run");
     Measured {
-        messages: report.messages as usize,
+        messages: usize::try_from(report.messages).expect("a bounded count"),
         elapsed: report.elapsed_s,
         cpu: report.cpu_seconds,
     }

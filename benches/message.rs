@@ -3,6 +3,9 @@
 //! DKIM signing with rsa-sha256 (2048-bit) and ed25519-sha256. Keys are the test-only
 //! keys of tests/data.
 
+// A benchmark or tool reports its figures on the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::hint::black_box;
 use std::path::Path;
 

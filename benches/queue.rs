@@ -9,6 +9,9 @@
 //! `VOLLEY_QUEUE_BENCH_RECIPIENTS=N` changes the campaign size (e.g. 1000000 to watch
 //! memory: peak RSS is printed).
 
+// A benchmark or tool reports its figures on the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::time::{Duration, Instant, SystemTime};
 
 use volley::queue::{

@@ -1,6 +1,9 @@
 //! Throughput of the SMTP codec on the hot path: parsing replies and encoding
 //! message content (CRLF normalisation, dot-stuffing, BDAT framing).
 
+// A benchmark or tool reports its figures on the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -6,68 +6,45 @@
 //! delivered, retry later or bounce.
 //!
 //! # Layout
-//! - [`smtp`]: the SMTP client. A sans-IO core (reply parser, EHLO capabilities,
-//!   command encoding with validated addresses, dot-stuffing and BDAT framing) under
-//!   a session that owns the connection: STARTTLS or implicit TLS, AUTH, PIPELINING,
-//!   CHUNKING, per-phase timeouts.
-//! - [`outcome`]: the one classification of a recipient's result: delivered,
-//!   transient or permanent; recipient-, message- or connection-level; suppress;
-//!   throttle.
-//! - [`route`]: MX resolution with hickory-resolver (preference, implicit and null MX,
-//!   TTL cache, sites shared by domains with equal MX sets, relay mode).
-//! - [`rate`]: rate specs (`"500/s"`) and limiters on tokio's clock.
-//! - [`retry`]: the retry schedule and expiry.
-//! - [`lane`]: one lane per site: a deadpool pool of sessions (fallback across MX
-//!   hosts, a hard connection cap), rate limits, the adaptive throttle, workers that
-//!   send pipelined batches and report classified outcomes.
-//! - [`engine`]: the delivery engine: routes deliveries to lanes, reports outcomes,
-//!   shuts down gracefully.
-//! - [`metrics`]: per-phase latency histograms, outcome and site counters, Prometheus
-//!   text.
-//! - [`template`]: handlebars templates (`templates/NAME/{subject,html,text}.hbs`,
-//!   partials), compiled once, rendered in strict mode; text derived from HTML.
-//! - [`message`]: MIME messages (mail-builder), DKIM signing, List-Unsubscribe with
-//!   one-click tokens, VERP return paths.
-//! - [`queue`]: the durable queue of jobs and deliveries (leases, outcomes, events,
-//!   suppression list), embedded (redb) or on Redis Streams; payloads are opaque to it.
-//! - [`webhooks`]: delivery events pushed to `[webhooks] url` in HMAC-signed batches,
-//!   retried with capped backoff in a task of their own; progress saved by cursor.
+//! The modules follow a delivery from submission to the wire and back:
 //!
-//! - [`config`]: `volley.toml`: every section assembled, unknown keys refused,
-//!   secrets from `VOLLEY_` environment variables.
-//! - [`job`]: submissions (API and CLI shapes), their validation, the stored payload.
-//! - [`compose`]: from a job and a recipient to signed message bytes.
-//! - [`dispatch`]: queue to engine and back: leases, suppression, building, retry
-//!   decisions, group commits.
-//! - [`http`]: the HTTP API (axum) with one JSON error type.
-//! - [`dashboard`]: the operators' live page at `/` (embedded HTML, script and style,
-//!   SVG charts), its JSON endpoints and the sampler that keeps five minutes of
-//!   per-second points.
-//! - [`recipients`]: CSV and JSON Lines recipient lists for `volley send`.
-//! - [`send`]: `volley send`: a campaign delivered from the command line.
-//! - [`app`]: wiring everything into a running volley and stopping it gracefully.
+//! 1. [`submit`]: what users hand volley (API and command-line request shapes, CSV and
+//!    JSON Lines recipient lists), validated before anything is stored.
+//! 2. [`queue`]: the durable queue of jobs and deliveries (leases, outcomes, events,
+//!    suppression list), embedded (redb) or on Redis Streams; payloads are opaque to it.
+//! 3. [`dispatch`]: queue to engine and back: leases, suppression, message building,
+//!    retry decisions, group commits.
+//! 4. [`compose`]: the stored job spec and, from it and one recipient, signed message
+//!    bytes, with [`template`] (handlebars, strict) and [`message`] (MIME, DKIM,
+//!    List-Unsubscribe, VERP).
+//! 5. [`engine`]: routes deliveries to per-site lanes (under it: `engine::lane`, a
+//!    deadpool pool of sessions per site with rate limits and the adaptive throttle),
+//!    with [`route`] beside it (MX resolution, TTL cache, sites, relay mode).
+//! 6. [`smtp`]: the SMTP client. A sans-IO core (reply parser, EHLO capabilities,
+//!    commands, dot-stuffing and BDAT framing) under a session that owns the
+//!    connection: STARTTLS or implicit TLS, AUTH, PIPELINING, CHUNKING, per-phase
+//!    timeouts.
+//! 7. [`outcome`]: the one classification of a result: delivered, transient or
+//!    permanent; recipient-, message- or connection-level; suppress; throttle; and what
+//!    a failure to connect means for the next host.
 //!
-//! Dependencies point one way: `main` → `app` → `http`, `dispatch` → `engine`
-//! (`route`, `lane`), `smtp`, `queue`, `compose` (`template`, `message`), `outcome`,
-//! `metrics`, `config`. `smtp` knows nothing of queues, templates or HTTP; `queue`
-//! knows nothing of SMTP; `template` and `message` know nothing of the network.
+//! Around them: [`http`] (the API with one JSON error type, and the operators'
+//! dashboard), [`webhooks`] (events pushed in signed batches), [`metrics`] (per-phase
+//! histograms, counters, Prometheus text, the last five minutes for the dashboard),
+//! [`rate`] (`"500/s"` specs and limiters), [`retry`] (the schedule and expiry), and
+//! [`app`], the wiring: configuration, the running process, `volley send`.
+//!
+//! Small shared values sit at the bottom: [`address`] (validated RFC 5321 addresses),
+//! [`event`] (the one vocabulary of outcomes) and [`time`] (Unix milliseconds and RFC
+//! 3339).
+//!
+//! Dependencies point one way, and `tests/architecture.rs` holds them: `app` on top;
+//! `http` and `dispatch` under it; `engine` (`route`, `smtp`, `outcome`) and `compose`
+//! (`template`, `message`) below; `queue`, `address`, `event` and `time` at the bottom.
+//! `smtp` knows nothing of queues, templates, messages or HTTP; `queue` knows nothing of
+//! SMTP or the engine; `template` and `message` know nothing of the network or the queue.
 
-#![forbid(unsafe_code)]
-#![deny(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub,
-    unused_qualifications,
-    clippy::dbg_macro,
-    clippy::todo,
-    clippy::unimplemented,
-    clippy::print_stdout,
-    clippy::print_stderr,
-    clippy::mem_forget,
-    clippy::needless_pass_by_ref_mut
-)]
-#![warn(clippy::semicolon_if_nothing_returned, clippy::manual_let_else)]
+// The lint list is the workspace's, in Cargo.toml ([workspace.lints]).
 
 pub mod address;
 pub mod app;

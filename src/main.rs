@@ -1,5 +1,9 @@
 //! The `volley` command: `serve`, `send` and `check`.
 
+// The command line's output is its user interface: summaries on stdout, errors on
+// stderr. The library never prints.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +49,7 @@ enum Command {
         /// Configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Send everything through this smarthost (host:port), overriding [relay] host.
+        /// Send everything through this smarthost (host:port), overriding `[relay] host`.
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
     },
@@ -69,7 +73,7 @@ enum Command {
         /// Configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Send everything through this smarthost (host:port), overriding [relay] host.
+        /// Send everything through this smarthost (host:port), overriding `[relay] host`.
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
         /// Retry deferred recipients for at most this long (e.g. 60s, 5m).

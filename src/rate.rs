@@ -47,7 +47,8 @@ impl Rate {
     pub fn limiter(&self) -> Option<Limiter> {
         let (count, per) = self.limit?;
         let period = per / count.get();
-        let per_second = (Duration::from_secs(1).as_nanos() / period.as_nanos().max(1)) as u32;
+        let per_second = Duration::from_secs(1).as_nanos() / period.as_nanos().max(1);
+        let per_second = u32::try_from(per_second).unwrap_or(u32::MAX);
         let burst = NonZeroU32::new(per_second.clamp(1, count.get())).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)?.allow_burst(burst);
         Some(Limiter(RateLimiter::direct_with_clock(quota, TokioClock)))

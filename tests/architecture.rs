@@ -236,14 +236,3 @@ fn the_reader_finds_paths_in_code_only() {
     .into();
     assert_eq!(cycles(&g), [["a", "b", "a"]]);
 }
-
-#[test]
-fn print_the_graph() {
-    // `cargo test --test architecture -- --nocapture print` shows the picture.
-    for (from, to) in graph() {
-        println!(
-            "{from} -> {}",
-            to.into_iter().collect::<Vec<_>>().join(", ")
-        );
-    }
-}

@@ -535,7 +535,13 @@ async fn shutdown_finishes_in_flight_and_hands_back_the_rest() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shut down once the first messages are through: some are in flight, most wait.
+    let first = tokio::time::timeout(Duration::from_secs(20), async {
+        while sinks[0].stats().messages == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    first.await.expect("the sink receives the first messages");
     engine.shutdown().await;
     let mut delivered = 0;
     let mut unsent = 0;

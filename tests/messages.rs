@@ -134,7 +134,7 @@ fn header_injection_is_refused() {
                     filename: v.into(),
                     content_type: "text/plain".into(),
                     content: b"x".to_vec(),
-                }]
+                }];
             },
             "attachments[0].filename",
         ),
@@ -145,7 +145,7 @@ fn header_injection_is_refused() {
                     filename: "a.txt".into(),
                     content_type: format!("text/plain{v}"),
                     content: b"x".to_vec(),
-                }]
+                }];
             },
             "invalid content type",
         ),

@@ -56,37 +56,77 @@ impl Harness for Redis {
     }
 }
 
-async fn suite<H: Harness>(h: &mut H) {
-    submit_lease_complete(h.fresh().await).await;
-    retry_is_not_leased_early(h.fresh().await).await;
-    lease_expiry_and_release(h.fresh().await).await;
-    idempotency(h.fresh().await).await;
-    recipients_paging(h.fresh().await).await;
-    suppression(h.fresh().await).await;
-    submit_is_atomic(h.fresh().await).await;
-    depth(h.fresh().await).await;
-    recent_jobs_newest_first(h.fresh().await).await;
+impl Redis {
+    async fn cleanup(&self) {
+        for p in &self.0 {
+            redis_cleanup(p).await;
+        }
+    }
+}
+
+/// One test per scenario and backend, so a failure names both. Each scenario runs on
+/// fresh storage.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let mut h = Embedded(Vec::new());
+                    let q = h.fresh().await;
+                    super::$name(q).await;
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if !redis_available().await {
+                        return;
+                    }
+                    let mut h = Redis(Vec::new());
+                    let q = h.fresh().await;
+                    super::$name(q).await;
+                    h.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    submit_lease_complete,
+    retry_is_not_leased_early,
+    lease_expiry_and_release,
+    idempotency,
+    recipients_paging,
+    suppression,
+    submit_is_atomic,
+    depth,
+    recent_jobs_newest_first,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_two_consumers_never_share() {
+    let mut h = Embedded(Vec::new());
     let q = h.fresh().await;
     let other = h.another(&q).await;
     two_consumers_never_share(q, other).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_backend() {
-    let mut h = Embedded(Vec::new());
-    suite(&mut h).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_backend() {
+async fn redis_two_consumers_never_share() {
     if !redis_available().await {
         return;
     }
     let mut h = Redis(Vec::new());
-    suite(&mut h).await;
-    for p in &h.0 {
-        redis_cleanup(p).await;
-    }
+    let q = h.fresh().await;
+    let other = h.another(&q).await;
+    two_consumers_never_share(q, other).await;
+    h.cleanup().await;
 }
 
 fn created(o: SubmitOutcome) -> volley::queue::JobId {

@@ -181,6 +181,21 @@ async fn wait_for(log: &Log, what: &str, done: impl Fn(&[Seen]) -> bool) {
     }
 }
 
+/// Waits until the loop has asked the source for the events after `cursor`.
+async fn wait_for_read(source: &Store, cursor: u64) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !source.reads.lock().unwrap().contains(&cursor) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    if waited.await.is_err() {
+        panic!(
+            "the loop never read after cursor {cursor}: {:?}",
+            source.reads.lock().unwrap()
+        );
+    }
+}
+
 fn posts(log: &Log) -> Vec<(u16, u64, String, Bytes)> {
     log.lock()
         .unwrap()
@@ -348,8 +363,9 @@ async fn a_refused_batch_is_retried_until_acknowledged_and_only_then_saved() {
         l.iter().any(|s| matches!(s, Seen::Saved(3)))
     })
     .await;
-    // Give a wrongly repeated post the time to show up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the loop asks for events after 3 it is done with the batch: any repeated
+    // post would have come before that read.
+    wait_for_read(&source, 3).await;
     stop(task, stopper).await;
 
     let posts = posts(&log);
@@ -389,23 +405,30 @@ async fn a_non_2xx_answer_is_an_error_naming_the_status() {
 }
 
 #[tokio::test]
-async fn an_unreachable_receiver_is_retried_without_blocking_and_shutdown_ends_run() {
-    // A port that was just free: connections to it are refused.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+async fn a_receiver_that_drops_connections_is_retried_without_blocking_and_shutdown_ends_run() {
+    // Every connection is closed at once, before any answer: a transport failure.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let attempts = Arc::new(Mutex::new(0usize));
+    let counted = Arc::clone(&attempts);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+            *counted.lock().unwrap() += 1;
+        }
+    });
     let log = Log::default();
     let source = store(&log, 5);
     let (task, stopper) = start(&config(&format!("http://{addr}/hook"), 10), &source);
 
     // This task, on the same runtime, keeps running while `run` retries.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        !task.is_finished(),
-        "run gave up on an unreachable receiver"
-    );
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while *attempts.lock().unwrap() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    waited.await.expect("run keeps retrying a failing receiver");
+    assert!(!task.is_finished(), "run gave up on a failing receiver");
     assert_eq!(
         *source.reads.lock().unwrap(),
         [0],

@@ -3,6 +3,9 @@
 //! tempfail and 5% permfail. Asserts correctness only — every recipient accounted for,
 //! outcomes as the sink decided, no duplicates — never speed.
 
+// The smoke run prints its report.
+#![allow(clippy::print_stdout)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,5 +1,8 @@
 //! End-to-end tests of the sink over raw TCP (and TLS) on 127.0.0.1.
 
+// The quick run reports its figures on stderr.
+#![allow(clippy::print_stderr)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -925,7 +928,7 @@ fn garbage(seed: u64, len: usize) -> Vec<u8> {
             x ^= x >> 7;
             x ^= x << 17;
             if x.is_multiple_of(3) {
-                (x >> 24) as u8
+                x.to_be_bytes()[4]
             } else {
                 alphabet[(x >> 32) as usize % alphabet.len()]
             }

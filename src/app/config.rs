@@ -18,7 +18,7 @@ use crate::route::{DnsConfig, RelayConfig, SecurityConfig};
 use crate::template::TemplatesConfig;
 use crate::webhooks::WebhooksConfig;
 
-/// The whole configuration.
+/// The whole of `volley.toml`: one field per section, each with its defaults.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {

@@ -43,34 +43,35 @@ pub enum StartError {
     /// The resolver could not be set up.
     #[error("dns: {0}")]
     Dns(String),
-    /// The engine's settings.
+    /// An `[smtp]`, `[relay]` or `[limits]` setting cannot be used.
     #[error("{0}")]
     Engine(#[from] crate::engine::ConfigError),
-    /// The webhook settings.
+    /// A `[webhooks]` setting cannot be used.
     #[error("webhooks: {0}")]
     Webhooks(#[from] crate::webhooks::WebhookError),
-    /// The listener.
+    /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        /// The address.
+        /// The address asked for.
         addr: std::net::SocketAddr,
-        /// Why.
+        /// What the operating system said (in use, not permitted...).
         source: std::io::Error,
     },
 }
 
-/// The opened parts of volley.
+/// The opened parts of volley, before anything runs: what `serve` and `send` share.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// The configuration.
+    /// The validated configuration every part was built from.
     pub config: Arc<Config>,
-    /// The queue.
+    /// The open queue (its store locked, on the embedded backend, by this process).
     pub queue: Arc<AnyQueue>,
-    /// Builds messages.
+    /// The templates, DKIM key and unsubscribe settings, loaded once; checks submissions
+    /// and builds the messages.
     pub composer: Arc<Composer>,
-    /// Metrics.
+    /// The process's histograms and counters, shared by the engine and the API.
     pub metrics: Arc<Metrics>,
-    /// Signals the dispatcher that new work was stored.
+    /// Signals the dispatcher that new work was stored, so it leases at once.
     pub wake: Arc<tokio::sync::Notify>,
 }
 

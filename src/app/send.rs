@@ -16,18 +16,18 @@ use crate::metrics::Stage;
 use crate::queue::{Counts, JobId, Queue, QueueError, SubmitOutcome};
 use crate::submit::{CampaignRequest, Invalid, MailboxInput, RecipientInput, prepare_campaign};
 
-/// What to send.
+/// What `volley send` was asked to send.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
-    /// Template name.
+    /// The template's name (a directory under the templates path).
     pub template: String,
-    /// The recipients.
+    /// The recipients, in the order of the file (its line numbers name errors).
     pub recipients: Vec<RecipientInput>,
-    /// Sender.
+    /// The From mailbox, e.g. `News <news@example.com>`.
     pub from: String,
-    /// Subject instead of the template's.
+    /// A subject that replaces the template's.
     pub subject: Option<String>,
-    /// Shared variables.
+    /// Variables shared by every recipient (`--var KEY=VALUE`), under each one's own.
     pub vars: Map<String, Value>,
     /// How long deferred recipients are retried here.
     pub max_wait: Duration,
@@ -35,29 +35,30 @@ pub struct SendOptions {
     pub report: Option<PathBuf>,
 }
 
-/// Latency percentiles in milliseconds.
+/// Latency percentiles in milliseconds, of the whole delivery (handed to the engine
+/// to the final reply).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Latency {
-    /// Median.
+    /// Half the messages took at most this long.
     pub p50: f64,
-    /// 90th.
+    /// 90 % took at most this long.
     pub p90: f64,
-    /// 99th.
+    /// 99 % took at most this long.
     pub p99: f64,
-    /// 99.9th.
+    /// 99.9 % took at most this long.
     pub p999: f64,
 }
 
 /// The summary printed at the end (`--json` prints exactly this object).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// The job.
+    /// The job's id, for `GET /v1/jobs/{id}` once `volley serve` runs.
     pub job: String,
-    /// Recipients in the list.
+    /// Recipients in the list (duplicates merged).
     pub recipients: u32,
-    /// Delivered.
+    /// Accepted by the receiving servers.
     pub delivered: u32,
-    /// Bounced.
+    /// Refused permanently.
     pub bounced: u32,
     /// Still waiting for a retry (left queued for `volley serve`).
     pub deferred: u32,

@@ -2,7 +2,7 @@
 //! the template (or take the given content), build the MIME message, add
 //! List-Unsubscribe to campaign messages, sign with DKIM, and check the size.
 //!
-//! - [`spec`]: the stored job ([`JobSpec`]) and recipient variables, as the queue keeps
+//! - `spec`: the stored job ([`JobSpec`]) and recipient variables, as the queue keeps
 //!   them.
 //! - [`Composer`]: builds one recipient's message from them.
 //!

@@ -58,14 +58,14 @@ pub struct DispatchDeps {
     pub retry: RetryConfig,
     /// `[message] return_path`: the envelope sender, fixed or VERP.
     pub return_path: Option<ReturnPath>,
-    /// Outcome counters.
+    /// Counts what the dispatcher decides itself (suppressed, expired).
     pub metrics: Arc<Metrics>,
     /// Notified when a submission was stored, so the feeder leases at once
     /// instead of at its next poll.
     pub wake: Arc<Notify>,
 }
 
-/// The running dispatcher.
+/// The running dispatcher: its two tasks, to wait for at shutdown.
 #[derive(Debug)]
 pub struct Dispatch {
     feeder: JoinHandle<()>,

@@ -43,7 +43,8 @@ pub struct EngineConfig {
 #[error("the engine has shut down")]
 pub struct Closed<K>(pub Delivery<K>);
 
-/// A running engine.
+/// A running engine: a handle to submit deliveries and to shut it down. Reports come
+/// on the receiver [`Engine::start`] returned.
 #[derive(Debug)]
 pub struct Engine<K> {
     tx: mpsc::Sender<Job<K>>,

@@ -10,7 +10,8 @@ use serde_json::json;
 use crate::queue::QueueError;
 use crate::submit::Invalid;
 
-/// An API error.
+/// An API error: a status, a stable `code` for programs, a message for people, and
+/// the field at fault when there is one.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -94,7 +95,7 @@ impl ApiError {
         )
     }
 
-    /// The status code.
+    /// The HTTP status it is answered with.
     pub fn status(&self) -> StatusCode {
         self.status
     }

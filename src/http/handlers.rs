@@ -154,7 +154,7 @@ pub(super) async fn job(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let after = page.after.map(|a| a.min(u64::from(u32::MAX)) as u32);
+    let after = page.after.map(|a| u32::try_from(a).unwrap_or(u32::MAX));
     let recipients = state.queue.recipients(&id, after, limit).await?;
     let next = (recipients.len() == limit)
         .then(|| recipients.last().map(|r| r.index))

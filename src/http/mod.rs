@@ -29,7 +29,7 @@ use crate::queue::AnyQueue;
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
-    /// The queue.
+    /// Where submissions are stored and status, events and suppressions are read.
     pub queue: Arc<AnyQueue>,
     /// Builds (and so checks) messages.
     pub composer: Arc<Composer>,

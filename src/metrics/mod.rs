@@ -170,7 +170,7 @@ pub struct Percentiles {
 impl Metrics {
     /// Records one sample of `stage`.
     pub fn record(&self, stage: Stage, elapsed: Duration) {
-        let us = (elapsed.as_micros() as u64).clamp(1, HIGHEST_US);
+        let us = micros(elapsed);
         let shard = SHARD.with(|s| *s);
         // The lock is per shard and held for one record: no global lock on the hot path.
         let mut histograms = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
@@ -182,7 +182,7 @@ impl Metrics {
         if count == 0 {
             return;
         }
-        let us = (elapsed.as_micros() as u64).clamp(1, HIGHEST_US);
+        let us = micros(elapsed);
         let shard = SHARD.with(|s| *s);
         let mut histograms = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         let _ = histograms[stage.index()].record_n(us, count);
@@ -323,6 +323,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A duration in the histograms' unit and range: microseconds, 1 µs to 1 hour.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(HIGHEST_US)
+        .clamp(1, HIGHEST_US)
 }
 
 fn percentiles(h: &Histogram<u64>) -> Percentiles {

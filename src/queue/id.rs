@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rand::Rng;
 
@@ -19,7 +19,7 @@ pub struct JobId(u128);
 impl JobId {
     /// A new id for a job created at `now`.
     pub fn new(now: SystemTime) -> Self {
-        let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) as u64;
+        let ms = crate::time::unix_ms(now);
         let random: u128 = rand::rng().random::<u128>() & ((1u128 << 80) - 1);
         JobId((u128::from(ms & 0xFFFF_FFFF_FFFF) << 80) | random)
     }
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_sorts_by_time() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
         let a = JobId::new(t);
         let b = JobId::new(t + Duration::from_millis(1));
         assert!(a < b);

@@ -152,7 +152,7 @@ pub trait Queue: Send + Sync {
 /// A queue whose backend is chosen by configuration.
 #[derive(Debug, Clone)]
 pub enum AnyQueue {
-    /// The embedded store.
+    /// The embedded store (redb, one process).
     Embedded(EmbeddedQueue),
     /// Redis Streams.
     Redis(RedisQueue),

@@ -260,7 +260,8 @@ impl RecipientState {
     ];
 
     pub(crate) fn code(self) -> u8 {
-        Self::ALL.iter().position(|&s| s == self).unwrap_or(0) as u8
+        // Seven states: the discriminant is the code.
+        self as u8
     }
 
     pub(crate) fn from_code(c: u8) -> Option<Self> {

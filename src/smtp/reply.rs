@@ -36,7 +36,8 @@ impl ReplyCode {
 
     /// The first digit: 2 completion, 3 intermediate, 4 transient, 5 permanent.
     pub fn class(self) -> u8 {
-        (self.0 / 100) as u8
+        // Codes are 200..=599 (checked when parsed): the class is one digit.
+        u8::try_from(self.0 / 100).unwrap_or(u8::MAX)
     }
 
     /// 2xx: the command succeeded.

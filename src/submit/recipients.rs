@@ -96,10 +96,14 @@ pub fn parse_csv(text: &str, path: &str) -> Result<Vec<RecipientInput>, Recipien
     let mut out = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
+            let line = e
+                .position()
+                .map_or(0, |p| usize::try_from(p.line()).unwrap_or(usize::MAX));
             line_error(line, e.to_string())
         })?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let line = record
+            .position()
+            .map_or(0, |p| usize::try_from(p.line()).unwrap_or(usize::MAX));
         let to = record.get(email).unwrap_or_default().to_owned();
         if to.is_empty() {
             return Err(line_error(line, "empty email".into()));

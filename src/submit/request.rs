@@ -103,7 +103,7 @@ impl SendAt {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageRequest {
-    /// Sender.
+    /// The author (`From:`); required.
     pub from: Option<MailboxInput>,
     /// Recipients shown in To.
     #[serde(default)]
@@ -111,32 +111,32 @@ pub struct MessageRequest {
     /// Recipients shown in Cc.
     #[serde(default)]
     pub cc: Vec<MailboxInput>,
-    /// Hidden recipients.
+    /// Recipients in the envelope only: never shown in any header.
     #[serde(default)]
     pub bcc: Vec<MailboxInput>,
-    /// Reply-To.
+    /// Where replies go (`Reply-To:`), when not to the author.
     pub reply_to: Option<MailboxInput>,
-    /// Subject (overrides the template's).
+    /// The subject; required without a template, overrides the template's with one.
     pub subject: Option<String>,
-    /// Text part.
+    /// The plain-text part.
     pub text: Option<String>,
-    /// HTML part.
+    /// The HTML part.
     pub html: Option<String>,
-    /// Template name, instead of subject/text/html.
+    /// A template's name, instead of `text`/`html`.
     pub template: Option<String>,
-    /// Template variables.
+    /// The template's variables.
     #[serde(default)]
     pub vars: Map<String, Value>,
-    /// Extra headers.
+    /// Extra headers (`X-...`, `List-Id`...); volley's own may not be given.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Attachments.
+    /// Files attached to the message.
     #[serde(default)]
     pub attachments: Vec<AttachmentInput>,
-    /// Labels for the caller.
+    /// The caller's labels, for its own bookkeeping.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Not before.
+    /// Not sent before this time.
     pub send_at: Option<SendAt>,
 }
 
@@ -144,7 +144,7 @@ pub struct MessageRequest {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientInput {
-    /// The address.
+    /// The recipient's address (validated: RFC 5321 syntax, no CR/LF).
     pub to: String,
     /// Variables for this recipient (over the shared ones).
     #[serde(default)]
@@ -155,27 +155,27 @@ pub struct RecipientInput {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignRequest {
-    /// Template name.
+    /// The template every recipient's message is rendered from; required.
     pub template: Option<String>,
-    /// Sender.
+    /// The author (`From:`); required.
     pub from: Option<MailboxInput>,
-    /// Subject instead of the template's.
+    /// A subject that replaces the template's.
     pub subject: Option<String>,
-    /// Reply-To.
+    /// Where replies go (`Reply-To:`), when not to the author.
     pub reply_to: Option<MailboxInput>,
     /// Variables shared by every recipient.
     #[serde(default)]
     pub vars: Map<String, Value>,
-    /// The recipients.
+    /// Who receives it, each with its own variables; each recipient is its own `To:`.
     #[serde(default)]
     pub recipients: Vec<RecipientInput>,
-    /// Extra headers.
+    /// Extra headers on every message; volley's own may not be given.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Labels for the caller.
+    /// The caller's labels, for its own bookkeeping.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Not before.
+    /// Not sent before this time.
     pub send_at: Option<SendAt>,
 }
 

@@ -15,12 +15,12 @@ use volley::app::App;
 use volley::app::config::Config;
 
 /// The repository's example templates.
-pub fn templates_dir() -> PathBuf {
+pub(crate) fn templates_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates")
 }
 
 /// A configuration for tests: queue in `data`, example templates, fast retries.
-pub fn test_config(data: &std::path::Path, toml_extra: &str) -> Config {
+pub(crate) fn test_config(data: &std::path::Path, toml_extra: &str) -> Config {
     let text = format!(
         "[queue]\npath = {:?}\n[templates]\npath = {:?}\n[smtp]\nhelo_name = \"volley.test\"\n{toml_extra}",
         data.display().to_string(),
@@ -32,7 +32,7 @@ pub fn test_config(data: &std::path::Path, toml_extra: &str) -> Config {
 }
 
 /// A volley serving on 127.0.0.1:0.
-pub struct Running {
+pub(crate) struct Running {
     /// The API address.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -41,7 +41,7 @@ pub struct Running {
 
 impl Running {
     /// Opens and serves `config`.
-    pub async fn start(config: Config) -> Running {
+    pub(crate) async fn start(config: Config) -> Running {
         let app = App::open(config).await.expect("volley opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -61,7 +61,7 @@ impl Running {
     }
 
     /// Graceful stop (like SIGTERM).
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -69,7 +69,7 @@ impl Running {
     }
 
     /// One HTTP request; returns status, headers (lower-case names) and body.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: &str,
         path: &str,
@@ -80,7 +80,7 @@ impl Running {
     }
 
     /// POST JSON.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         path: &str,
         json: &serde_json::Value,
@@ -93,12 +93,12 @@ impl Running {
     }
 
     /// GET.
-    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+    pub(crate) async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         self.request("GET", path, headers, b"").await
     }
 
     /// Polls a job until `done` says so (or 20 s).
-    pub async fn wait_job(
+    pub(crate) async fn wait_job(
         &self,
         id: &str,
         headers: &[(&str, &str)],
@@ -117,7 +117,7 @@ impl Running {
 
 /// An HTTP response.
 #[derive(Debug)]
-pub struct Response {
+pub(crate) struct Response {
     /// Status code.
     pub status: u16,
     /// Headers, names lower-cased.
@@ -128,18 +128,18 @@ pub struct Response {
 
 impl Response {
     /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The body as text.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// A header.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -148,7 +148,7 @@ impl Response {
 }
 
 /// A minimal HTTP/1.1 client (Connection: close), enough for the API's tests.
-pub async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -1,5 +1,8 @@
 //! Helpers shared by the queue integration tests: backends on fresh storage, a Redis that
 //! must be there under CI, and job builders.
+
+// Reports figures (and skips outside CI) on stderr.
+#![allow(clippy::print_stderr)]
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

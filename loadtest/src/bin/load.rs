@@ -4,6 +4,9 @@
 //! references against the same sink. Prints a table (stdout) and one final JSON line; exits
 //! non-zero when a correctness check fails or the run cannot complete.
 
+// A benchmark or tool reports its figures on the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -31,7 +34,7 @@ struct Args {
     /// Use this template of the repository's templates/ instead of the generated one.
     #[arg(long)]
     template: Option<String>,
-    /// volley's [smtp] max_connections_per_site.
+    /// volley's `[smtp] max_connections_per_site`.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
     /// DKIM signing with the repository's test keys.

@@ -29,7 +29,7 @@ pub(crate) struct SinkProcess {
 impl SinkProcess {
     /// Starts the sink on `127.0.0.10` … `127.0.0.{10+N-1}`, one free port shared by all,
     /// retrying on a collision.
-    pub async fn start(options: &LoadOptions, log: &Path) -> Result<Self, LoadError> {
+    pub(super) async fn start(options: &LoadOptions, log: &Path) -> Result<Self, LoadError> {
         let n = usize::from(options.sink_addresses);
         for _ in 0..START_ATTEMPTS {
             let port = free_port(sink_ip(0, options.sink_addresses))?;
@@ -70,17 +70,17 @@ impl SinkProcess {
     }
 
     /// Its PID.
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.guard.pid()
     }
 
     /// Its addresses (the references use the first).
-    pub fn addrs(&self) -> &[SocketAddr] {
+    pub(super) fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
 
     /// SIGTERM, then its final JSON report.
-    pub async fn stop(mut self) -> Result<serde_json::Value, LoadError> {
+    pub(super) async fn stop(mut self) -> Result<serde_json::Value, LoadError> {
         self.guard.terminate(Duration::from_secs(30)).await;
         let mut report = None;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -146,7 +146,7 @@ pub(crate) struct VolleyProcess {
 impl VolleyProcess {
     /// Writes the configuration `toml(listen)` to `config` and runs `volley serve --config`
     /// until `/healthz` answers, retrying on another port if it cannot bind.
-    pub async fn start(
+    pub(super) async fn start(
         options: &LoadOptions,
         dir: &Path,
         toml: impl Fn(SocketAddr) -> String,
@@ -184,12 +184,12 @@ impl VolleyProcess {
     }
 
     /// Its PID.
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.guard.pid()
     }
 
     /// SIGTERM (in-flight transactions finish, leases are released), then waits.
-    pub async fn stop(self) -> Option<std::process::ExitStatus> {
+    pub(super) async fn stop(self) -> Option<std::process::ExitStatus> {
         self.guard.terminate(Duration::from_secs(30)).await
     }
 }

@@ -20,7 +20,7 @@ pub(crate) struct Response {
 
 impl Response {
     /// The body as JSON.
-    pub fn json(&self) -> Result<serde_json::Value, LoadError> {
+    pub(super) fn json(&self) -> Result<serde_json::Value, LoadError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             LoadError::Api(format!(
                 "not JSON ({e}): {}",
@@ -30,7 +30,7 @@ impl Response {
     }
 
     /// The body as text.
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
@@ -43,17 +43,17 @@ pub(crate) struct Client {
 
 impl Client {
     /// A client of `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
+    pub(super) fn new(addr: SocketAddr) -> Self {
         Self { addr }
     }
 
     /// `GET path`, within `timeout`.
-    pub async fn get(&self, path: &str, timeout: Duration) -> Result<Response, LoadError> {
+    pub(super) async fn get(&self, path: &str, timeout: Duration) -> Result<Response, LoadError> {
         self.request("GET", path, &[], timeout).await
     }
 
     /// `POST path` with a JSON body, within `timeout`.
-    pub async fn post_json(
+    pub(super) async fn post_json(
         &self,
         path: &str,
         body: &[u8],

@@ -44,7 +44,7 @@ impl Scraped {
 }
 
 /// Parses the Prometheus text of `/metrics`; unknown lines are ignored.
-pub fn parse(text: &str) -> Scraped {
+pub(super) fn parse(text: &str) -> Scraped {
     let mut out = Scraped::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {

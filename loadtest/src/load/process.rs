@@ -23,7 +23,7 @@ pub(crate) struct Guarded {
 
 impl Guarded {
     /// Takes ownership of `child`.
-    pub fn new(child: Child, name: &'static str) -> Self {
+    pub(super) fn new(child: Child, name: &'static str) -> Self {
         Self {
             child: Some(child),
             name,
@@ -31,17 +31,17 @@ impl Guarded {
     }
 
     /// Its PID.
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The child itself (e.g. to take its stdout).
-    pub fn child_mut(&mut self) -> Option<&mut Child> {
+    pub(super) fn child_mut(&mut self) -> Option<&mut Child> {
         self.child.as_mut()
     }
 
     /// `Some(status)` once it has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
+    pub(super) fn exited(&mut self) -> Option<ExitStatus> {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
@@ -49,7 +49,7 @@ impl Guarded {
 
     /// Sends SIGTERM and waits up to `grace` for it to exit, then kills it. Returns its exit
     /// status (`None` if it had to be killed).
-    pub async fn terminate(mut self, grace: Duration) -> Option<ExitStatus> {
+    pub(super) async fn terminate(mut self, grace: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);

@@ -19,7 +19,7 @@ pub(crate) struct TempDir {
 
 impl TempDir {
     /// Creates `$TMPDIR/volley-load-<pid>-<nanos>`.
-    pub fn create(keep: bool) -> Result<Self, LoadError> {
+    pub(super) fn create(keep: bool) -> Result<Self, LoadError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -31,7 +31,7 @@ impl TempDir {
     }
 
     /// Its path.
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 }

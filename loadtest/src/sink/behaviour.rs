@@ -43,7 +43,7 @@ pub(crate) struct Behaviours {
 }
 
 impl Behaviours {
-    pub fn new(seed: u64, tempfail_percent: f64, permfail_percent: f64) -> Self {
+    pub(super) fn new(seed: u64, tempfail_percent: f64, permfail_percent: f64) -> Self {
         Self {
             seed,
             tempfail_percent,
@@ -55,7 +55,7 @@ impl Behaviours {
     }
 
     /// Decides the answer to `RCPT TO:<address>`.
-    pub fn decide(&self, address: &str) -> RcptVerdict {
+    pub(super) fn decide(&self, address: &str) -> RcptVerdict {
         let local = local_part(address);
         if let Some(rest) = strip_prefix_ci(local, "tempfail") {
             return self.tempfail_n(address, rest);
@@ -96,7 +96,7 @@ impl Behaviours {
     }
 
     /// Whether VRFY should deny this address (the `permfail*` local parts).
-    pub fn vrfy_denied(&self, address: &str) -> bool {
+    pub(super) fn vrfy_denied(&self, address: &str) -> bool {
         starts_with_ci(local_part(address), "permfail")
     }
 

@@ -47,7 +47,7 @@ pub(crate) struct Path<'a> {
 
 impl<'a> Command<'a> {
     /// Parses one command line.
-    pub fn parse(line: &'a str) -> Result<Self, SyntaxError> {
+    pub(super) fn parse(line: &'a str) -> Result<Self, SyntaxError> {
         // Trailing blanks are a common client sloppiness and carry no meaning.
         let line = line.trim_end_matches([' ', '\t']);
         let (verb, args) = match line.split_once(' ') {

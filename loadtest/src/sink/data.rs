@@ -36,7 +36,7 @@ pub(crate) struct BareScan {
 
 impl BareScan {
     /// Feeds the next piece of content.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub(super) fn feed(&mut self, chunk: &[u8]) {
         let Some(&first) = chunk.first() else {
             return;
         };
@@ -68,7 +68,7 @@ impl BareScan {
     }
 
     /// Whether the content seen so far (taken as complete) had a bare CR or LF.
-    pub fn finish(&self) -> bool {
+    pub(super) fn finish(&self) -> bool {
         self.found || self.last_was_cr
     }
 }
@@ -86,7 +86,7 @@ pub(crate) struct Content {
 }
 
 impl Content {
-    pub fn new(keep: bool, max_size: usize) -> Self {
+    pub(super) fn new(keep: bool, max_size: usize) -> Self {
         Self {
             raw: Vec::new(),
             keep,
@@ -99,7 +99,7 @@ impl Content {
 
     /// Appends a piece of content; past the size limit the content is dropped (to keep memory
     /// bounded) and only the verdict is remembered.
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub(super) fn push(&mut self, chunk: &[u8]) {
         self.size = self.size.saturating_add(chunk.len());
         if self.too_big {
             return;
@@ -116,17 +116,17 @@ impl Content {
     }
 
     /// Whether the content exceeded the size limit.
-    pub fn too_big(&self) -> bool {
+    pub(super) fn too_big(&self) -> bool {
         self.too_big
     }
 
     /// Whether the content had a bare CR or LF.
-    pub fn has_bare_newline(&self) -> bool {
+    pub(super) fn has_bare_newline(&self) -> bool {
         self.bare.finish()
     }
 
     /// The raw content (empty when not kept).
-    pub fn into_raw(self) -> Vec<u8> {
+    pub(super) fn into_raw(self) -> Vec<u8> {
         self.raw
     }
 }

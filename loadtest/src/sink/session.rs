@@ -880,9 +880,7 @@ impl Session {
             return self.reply("503 5.5.1 AUTH not allowed during a mail transaction");
         }
         let creds = Credentials { user, pass };
-        let nonce = mix(shared
-            .nonce
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let nonce = mix(shared.nonce.fetch_add(1, Ordering::Relaxed));
         let step = auth::start(mechanism, initial, &creds, &shared.config.hostname, nonce);
         self.auth_outcome(step);
     }
@@ -908,7 +906,7 @@ impl Session {
                 self.reply("501 5.5.2 cannot decode response");
             }
             auth::Step::Unsupported => {
-                self.reply("504 5.5.4 unrecognized authentication mechanism")
+                self.reply("504 5.5.4 unrecognized authentication mechanism");
             }
         }
     }

@@ -12,12 +12,12 @@ macro_rules! counters {
         /// reporting, so no ordering between them is needed.
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
-            $( pub $name: AtomicU64, )*
+            $( pub(crate) $name: AtomicU64, )*
         }
 
         impl Counters {
             /// Reads every counter.
-            pub fn snapshot(&self) -> Stats {
+            pub(crate) fn snapshot(&self) -> Stats {
                 Stats { $( $name: self.$name.load(Ordering::Relaxed), )* }
             }
         }
@@ -78,13 +78,13 @@ counters! {
 impl Counters {
     /// Adds `n` to one counter.
     #[inline]
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(super) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds one to one counter.
     #[inline]
-    pub fn inc(counter: &AtomicU64) {
+    pub(super) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -44,7 +44,7 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub fn new(capture: bool, track_recipients: bool, spool_dir: Option<PathBuf>) -> Self {
+    pub(super) fn new(capture: bool, track_recipients: bool, spool_dir: Option<PathBuf>) -> Self {
         Self {
             capture,
             track_recipients,
@@ -56,14 +56,14 @@ impl Store {
     }
 
     /// Whether the content of messages must be kept (capture or spool).
-    pub fn needs_content(&self) -> bool {
+    pub(super) fn needs_content(&self) -> bool {
         self.capture || self.spool_dir.is_some()
     }
 
     /// Records an accepted message and returns its sequence number (also its queue id and
     /// spool file name). Fails only when the spool cannot be written; the message then counts
     /// as not accepted.
-    pub async fn accept(&self, message: Received) -> std::io::Result<u64> {
+    pub(super) async fn accept(&self, message: Received) -> std::io::Result<u64> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         if let Some(dir) = &self.spool_dir {
             let mut envelope = String::new();
@@ -87,12 +87,12 @@ impl Store {
     }
 
     /// Captured messages in arrival order.
-    pub fn messages(&self) -> Vec<Received> {
+    pub(super) fn messages(&self) -> Vec<Received> {
         lock(&self.messages).clone()
     }
 
     /// Accepted deliveries per recipient address.
-    pub fn delivery_counts(&self) -> HashMap<String, u64> {
+    pub(super) fn delivery_counts(&self) -> HashMap<String, u64> {
         lock(&self.delivery_counts).clone()
     }
 }

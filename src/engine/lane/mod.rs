@@ -30,6 +30,7 @@ use crate::outcome::{Disposition, Outcome, classify, is_stale_connection};
 use crate::rate::Limiter;
 use crate::route::Site;
 use crate::smtp::{Phase, RecipientResult, SessionConfig, SmtpError, TlsPolicy, Transaction};
+use crate::time::unix_ms;
 
 /// One message for one recipient, handed to the engine.
 #[derive(Debug)]
@@ -221,8 +222,7 @@ async fn run_lane<K: Send + Sync + 'static>(
                     throttle.on_throttle(Instant::now());
                     ctx.counters.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let until = std::time::SystemTime::now() + settings.throttle_pause;
-                    let ms = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                    ctx.counters.paused_until_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+                    ctx.counters.paused_until_ms.store(unix_ms(until), std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(site = %ctx.site_key, "site is throttling us: fewer connections for a while");
                 }
             },

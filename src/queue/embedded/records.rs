@@ -98,12 +98,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// An address's length as stored: addresses are at most 998 bytes, refused above that
+/// at submission ([`crate::queue::types`]' `check_recipient`).
+fn address_len(to: &str) -> u16 {
+    u16::try_from(to.len()).expect("addresses are checked to be at most 998 bytes")
+}
+
 fn put_opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.push(0),
         Some(s) => {
             out.push(1);
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            let len = u32::try_from(s.len()).expect("stored texts are far below 4 GiB");
+            out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(s.as_bytes());
         }
     }
@@ -179,8 +186,7 @@ impl Delivery {
         out.extend_from_slice(&self.attempts.to_be_bytes());
         out.extend_from_slice(&self.due_ms.to_be_bytes());
         out.extend_from_slice(&self.lease_until_ms.to_be_bytes());
-        // Addresses are at most 998 bytes (checked at submission).
-        out.extend_from_slice(&(self.to.len() as u16).to_be_bytes());
+        out.extend_from_slice(&address_len(&self.to).to_be_bytes());
         out.extend_from_slice(self.to.as_bytes());
         put_opt_string(&mut out, self.last_reply.as_deref());
         out.extend_from_slice(&self.vars);
@@ -226,10 +232,9 @@ impl EventRecord {
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.to.len());
         out.extend_from_slice(&self.id.to_bytes());
-        // Kinds are few: their index always fits a byte.
-        out.push(self.kind.index() as u8);
+        out.push(u8::try_from(self.kind.index()).expect("event kinds are few"));
         out.extend_from_slice(&self.at_ms.to_be_bytes());
-        out.extend_from_slice(&(self.to.len() as u16).to_be_bytes());
+        out.extend_from_slice(&address_len(&self.to).to_be_bytes());
         out.extend_from_slice(self.to.as_bytes());
         put_opt_string(&mut out, self.reply.as_deref());
         out

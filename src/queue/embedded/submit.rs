@@ -3,7 +3,7 @@
 //! is listed in [`PENDING`] and `lease` skips its ready entries; a submission that fails or is
 //! abandoned is rolled back, and one cut short by a crash is rolled back at the next open.
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
@@ -34,7 +34,11 @@ pub(super) fn check_idempotency(
         return Ok(None);
     };
     let rec = IdemRecord::decode(v.value())?;
-    if rec.at_ms + IDEMPOTENCY_TTL.as_millis() as u64 <= to_ms(now) {
+    if rec
+        .at_ms
+        .saturating_add(to_ms(UNIX_EPOCH + IDEMPOTENCY_TTL))
+        <= to_ms(now)
+    {
         return Ok(None);
     }
     Ok(Some(if rec.hash == *hash {
@@ -95,7 +99,7 @@ pub(super) fn write_chunk(
             return Ok(Some(answer));
         }
     }
-    let total = chunk.first_index + chunk.recipients.len() as u32;
+    let total = chunk.first_index + chunk_len(&chunk.recipients);
     if chunk.first_index == 0 && tx.open_table(JOBS)?.get(&job.id.to_bytes()[..])?.is_some() {
         return Err(QueueError::invalid(
             "id",
@@ -138,6 +142,11 @@ pub(super) fn write_chunk(
     Ok(None)
 }
 
+/// A chunk's length as an index offset: chunks hold at most [`CHUNK`] recipients.
+fn chunk_len(recipients: &[NewRecipient]) -> u32 {
+    u32::try_from(recipients.len()).expect("a chunk holds at most CHUNK recipients")
+}
+
 fn insert_deliveries(
     tx: &WriteTransaction,
     job: JobId,
@@ -147,11 +156,8 @@ fn insert_deliveries(
 ) -> Result<()> {
     let mut deliveries = tx.open_table(DELIVERIES)?;
     let mut ready = tx.open_table(READY)?;
-    for (i, r) in recipients.into_iter().enumerate() {
-        let id = DeliveryId {
-            job,
-            index: first_index + i as u32,
-        };
+    for (index, r) in (first_index..).zip(recipients) {
+        let id = DeliveryId { job, index };
         let d = Delivery {
             state: RecipientState::Queued,
             attempts: 0,

@@ -359,7 +359,7 @@ impl Queue for RedisQueue {
             .arg(&self.consumer)
             .arg(max.max(1))
             .arg(to_ms(now))
-            .arg(self.lease.as_millis() as u64)
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
             .arg(MAX_TAKEOVERS)
             .arg(reply)
             .invoke_async(&mut self.conn.clone())
@@ -479,7 +479,7 @@ impl Queue for RedisQueue {
         let end = status
             .counts
             .total
-            .min(first.saturating_add(limit.min(u32::MAX as usize) as u32));
+            .min(first.saturating_add(u32::try_from(limit).unwrap_or(u32::MAX)));
         if first >= end {
             return Ok(Vec::new());
         }
