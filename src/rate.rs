@@ -12,6 +12,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// How much of a rate may go at once: 10 ms' worth.
+const BURST_SPAN: Duration = Duration::from_millis(10);
+
 /// A rate: `count` messages per `per`. `"0"` means unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rate {
@@ -42,14 +45,15 @@ impl Rate {
         self.limit.is_some()
     }
 
-    /// The limiter for this rate, `None` when unlimited. The burst is one second's
-    /// worth (at least one message), so `"10000/h"` does not send 10000 at once.
+    /// The limiter for this rate, `None` when unlimited. The burst is 10 ms' worth (at
+    /// least one message): the receiver sees the rate evenly spread, never a second's
+    /// worth at once, while a fast rate still needs no timer finer than tokio's 1 ms.
     pub fn limiter(&self) -> Option<Limiter> {
         let (count, per) = self.limit?;
         let period = per / count.get();
-        let per_second = Duration::from_secs(1).as_nanos() / period.as_nanos().max(1);
-        let per_second = u32::try_from(per_second).unwrap_or(u32::MAX);
-        let burst = NonZeroU32::new(per_second.clamp(1, count.get())).unwrap_or(NonZeroU32::MIN);
+        let burst = BURST_SPAN.as_nanos() / period.as_nanos().max(1);
+        let burst = u32::try_from(burst).unwrap_or(u32::MAX);
+        let burst = NonZeroU32::new(burst.clamp(1, count.get())).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)?.allow_burst(burst);
         Some(Limiter(RateLimiter::direct_with_clock(quota, TokioClock)))
     }
@@ -144,6 +148,74 @@ impl Limiter {
     }
 }
 
+/// One message's way through the limits that apply to it (global, site, domain...):
+/// each limiter's permit is taken once, even when a non-blocking attempt got some of
+/// them and not the others, so nothing is taken twice or lost.
+#[derive(Debug)]
+pub struct Passage<'a> {
+    limiters: Vec<(&'a Limiter, bool)>,
+}
+
+impl<'a> Passage<'a> {
+    /// A passage through `limiters`.
+    pub fn new(limiters: impl IntoIterator<Item = &'a Limiter>) -> Self {
+        Self {
+            limiters: limiters.into_iter().map(|l| (l, false)).collect(),
+        }
+    }
+
+    /// Takes every permit still missing if each is free now; true when all are held.
+    pub fn try_pass(&mut self) -> bool {
+        for (limiter, held) in &mut self.limiters {
+            if !*held {
+                if !limiter.try_acquire() {
+                    return false;
+                }
+                *held = true;
+            }
+        }
+        true
+    }
+
+    /// Waits for every permit still missing.
+    pub async fn pass(&mut self) {
+        for (limiter, held) in &mut self.limiters {
+            if !*held {
+                limiter.acquire().await;
+                *held = true;
+            }
+        }
+    }
+}
+
+/// Takes from the front of `pending` the messages that may go now, one permit per
+/// message: waits for the first, then adds the next ones while their permits are free
+/// at once. A message whose permits are only partly free stays first, with what it got
+/// kept in `held` for the next call. So a connection sends as the rate allows, never a
+/// batch's worth of permits saved up.
+pub async fn next_group<'a, T>(
+    pending: &mut std::collections::VecDeque<T>,
+    held: &mut Option<Passage<'a>>,
+    limits: impl Fn(&T) -> Passage<'a>,
+) -> Vec<T> {
+    let mut group = Vec::new();
+    let Some(first) = pending.front() else {
+        return group;
+    };
+    let mut passage = held.take().unwrap_or_else(|| limits(first));
+    passage.pass().await;
+    group.extend(pending.pop_front());
+    while let Some(next) = pending.front() {
+        let mut passage = limits(next);
+        if !passage.try_pass() {
+            *held = Some(passage);
+            break;
+        }
+        group.extend(pending.pop_front());
+    }
+    group
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,9 +247,9 @@ mod tests {
             limiter.acquire().await;
         }
         let elapsed = start.elapsed();
-        // A burst of 10, then 20 more at 10 per second.
-        assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
-        assert!(elapsed <= Duration::from_millis(2100), "{elapsed:?}");
+        // One at once, then 29 more at 10 per second: no second's worth in a burst.
+        assert!(elapsed >= Duration::from_millis(2850), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(3000), "{elapsed:?}");
         assert!(Rate::UNLIMITED.limiter().is_none());
     }
 
@@ -188,5 +260,71 @@ mod tests {
         assert!(!limiter.try_acquire(), "one per second, burst of one");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(limiter.try_acquire());
+    }
+
+    /// Two connections, each with a pipelined batch of 16, share a 10/s limit: in any
+    /// one-second window the receiver sees at most the rate plus one per connection.
+    #[tokio::test(start_paused = true)]
+    async fn groups_follow_the_rate_in_every_second() {
+        let limiter = std::sync::Arc::new("10/s".parse::<Rate>().unwrap().limiter().unwrap());
+        let start = tokio::time::Instant::now();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections: Vec<_> = (0..2)
+            .map(|_| {
+                let (limiter, sent) = (
+                    std::sync::Arc::clone(&limiter),
+                    std::sync::Arc::clone(&sent),
+                );
+                tokio::spawn(async move {
+                    let mut pending: std::collections::VecDeque<u32> = (0..16).collect();
+                    let mut held = None;
+                    while !pending.is_empty() {
+                        let group = next_group(&mut pending, &mut held, |_| {
+                            Passage::new([limiter.as_ref()])
+                        })
+                        .await;
+                        let at = start.elapsed();
+                        sent.lock().unwrap().extend(group.iter().map(|_| at));
+                        // The pipelined exchange takes a moment.
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                })
+            })
+            .collect();
+        for c in connections {
+            c.await.unwrap();
+        }
+        let times = sent.lock().unwrap().clone();
+        assert_eq!(times.len(), 32);
+        for &from in &times {
+            let window = times
+                .iter()
+                .filter(|&&t| t >= from && t < from + Duration::from_secs(1))
+                .count();
+            assert!(
+                window <= 10 + 2,
+                "{window} messages in the second after {from:?}"
+            );
+        }
+        let last = times.iter().max().unwrap();
+        assert!(
+            *last >= Duration::from_millis(3000),
+            "the rate holds: {last:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partly_free_passage_keeps_what_it_took() {
+        let wide = "1000/s".parse::<Rate>().unwrap().limiter().unwrap();
+        let narrow = "1/s".parse::<Rate>().unwrap().limiter().unwrap();
+        let mut first = Passage::new([&wide, &narrow]);
+        assert!(first.try_pass());
+        let mut second = Passage::new([&wide, &narrow]);
+        assert!(!second.try_pass(), "the narrow limit is spent");
+        // The wide permit it took is kept: passing later takes only the narrow one.
+        let before = tokio::time::Instant::now();
+        second.pass().await;
+        assert!(before.elapsed() >= Duration::from_millis(900));
+        assert!(second.try_pass(), "nothing more to take");
     }
 }

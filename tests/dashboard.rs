@@ -95,13 +95,15 @@ async fn stats_and_jobs_follow_a_campaign() {
         "ready",
         "scheduled",
         "leased",
+        "waiting",
+        "in_flight",
     ] {
         assert!(point[field].is_u64(), "{field} in {point}");
     }
     assert!(before["now"].as_u64().unwrap() >= point["t"].as_u64().unwrap());
     assert_eq!(
         before["depth"],
-        json!({"ready": 0, "scheduled": 0, "leased": 0})
+        json!({"ready": 0, "scheduled": 0, "leased": 0, "waiting": 0, "in_flight": 0})
     );
     assert_eq!(before["sites"], json!([]));
     assert_eq!(stage(&before, "delivery")["count"], 0);
@@ -254,5 +256,37 @@ async fn the_page_is_open_and_its_data_needs_the_key() {
     assert!(html.contains("data-key-required=\"false\""), "{html}");
     assert_eq!(volley.get("/v1/dashboard/stats", &[]).await.status, 200);
     assert_eq!(volley.get("/v1/dashboard/jobs", &[]).await.status, 200);
+    volley.stop().await;
+}
+
+#[tokio::test]
+async fn in_flight_is_shown_apart_from_leased_and_waiting() {
+    let (_sink, volley, _dir) = setup(false).await;
+    // `slow*` recipients get their RCPT reply after 200 ms: at 7 connections, 60 of them
+    // keep a few on connections and the rest waiting in the engine for a while.
+    let recipients: Vec<Value> = (0..60)
+        .map(|i| json!({"to": format!("slow{i}@example.org"), "vars": {"name": "S"}}))
+        .collect();
+    let campaign =
+        json!({"template": "welcome", "from": "news@example.com", "recipients": recipients});
+    let response = volley.post("/v1/campaigns", &campaign, &[]).await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let busy = wait_stats(&volley, &[], |s| s["depth"]["in_flight"].as_u64() > Some(0)).await;
+    let depth = &busy["depth"];
+    let (leased, waiting, in_flight) = (
+        depth["leased"].as_u64().unwrap(),
+        depth["waiting"].as_u64().unwrap(),
+        depth["in_flight"].as_u64().unwrap(),
+    );
+    assert!(in_flight > 0, "{depth}");
+    assert!(
+        in_flight <= 7 * 16,
+        "at most a batch per connection: {depth}"
+    );
+    assert_eq!(waiting, leased.saturating_sub(in_flight), "{depth}");
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    volley.wait_job(&id, &[], |j| j["state"] == "done").await;
+    let idle = wait_stats(&volley, &[], |s| s["depth"]["in_flight"] == 0).await;
+    assert_eq!(idle["depth"]["in_flight"], 0, "{idle}");
     volley.stop().await;
 }

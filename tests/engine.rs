@@ -431,23 +431,27 @@ async fn tempfail_is_retried_then_delivered_and_old_messages_expire() {
 }
 
 #[tokio::test]
-async fn a_site_rate_limit_is_respected() {
+async fn rate_limits_hold_in_every_second_at_the_receiver() {
     let dns = DnsServer::start(records()).await.unwrap();
     let (sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
     let limits = LimitsConfig {
         per_site: "20/s".parse().unwrap(),
+        global: "10/s".parse().unwrap(),
         ..LimitsConfig::default()
     };
+    let mut smtp = smtp(port);
+    smtp.max_connections_per_site = 2;
+    smtp.batch_size = 16;
     let mut h = start(
         &dns,
         EngineConfig {
-            smtp: smtp(port),
+            smtp,
             limits,
             ..EngineConfig::default()
         },
         true,
     );
-    let list: Vec<(u32, String)> = (0..40)
+    let list: Vec<(u32, String)> = (0..35)
         .map(|i| (i, format!("u{i}@implicit.test")))
         .collect();
     let started = Instant::now();
@@ -458,12 +462,20 @@ async fn a_site_rate_limit_is_respected() {
             .values()
             .all(|r| outcome(r).disposition == Disposition::Delivered)
     );
-    // A burst of 20, then 20 more at 20 per second: at least about one second.
+    let stats = sinks[0].stats();
+    assert_eq!(stats.messages, 35);
+    // The tighter limit (10/s, global) rules: the receiver never sees more than the
+    // rate plus one message per connection in any second, however the batches of 16
+    // were cut.
     assert!(
-        elapsed >= Duration::from_millis(900),
-        "40 messages at 20/s took only {elapsed:?}"
+        stats.peak_one_second <= 10 + 2,
+        "{} messages in one second under 10/s",
+        stats.peak_one_second
     );
-    assert_eq!(sinks[0].stats().messages, 40);
+    assert!(
+        elapsed >= Duration::from_millis(3000),
+        "35 messages at 10/s took only {elapsed:?}"
+    );
     h.engine.shutdown().await;
 }
 

@@ -42,8 +42,12 @@ pub struct Point {
     pub ready: u64,
     /// Deliveries due later.
     pub scheduled: u64,
-    /// Deliveries held by workers.
+    /// Deliveries leased by this process's workers (waiting plus in flight).
     pub leased: u64,
+    /// Leased and waiting in the engine: for a connection, a rate permit, a site.
+    pub waiting: u64,
+    /// On a connection: written, their replies awaited.
+    pub in_flight: u64,
 }
 
 /// Percentiles of one stage, named.
@@ -154,6 +158,7 @@ impl Sampler {
         t: u64,
         totals: [u64; 5],
         depth: Depth,
+        in_flight: u64,
         sites: impl IntoIterator<Item = (Arc<str>, u64)>,
     ) -> (Point, BTreeMap<Arc<str>, f64>) {
         let d: Vec<u64> = totals
@@ -172,6 +177,8 @@ impl Sampler {
             ready: depth.ready,
             scheduled: depth.scheduled,
             leased: depth.leased,
+            waiting: depth.leased.saturating_sub(in_flight),
+            in_flight,
         };
         let mut rates = BTreeMap::new();
         for (site, total) in sites {
@@ -229,7 +236,13 @@ pub fn start_sampler(
                 let n = c.delivered.load(Relaxed) + c.deferred.load(Relaxed);
                 (site, n + c.bounced.load(Relaxed))
             });
-            let (point, rates) = sampler.sample(unix_ms(now), totals(&metrics), depth, sites);
+            let (point, rates) = sampler.sample(
+                unix_ms(now),
+                totals(&metrics),
+                depth,
+                metrics.in_flight_now(),
+                sites,
+            );
             history.record(point, rates, latency);
         }
     })
@@ -250,7 +263,7 @@ mod tests {
     #[test]
     fn points_are_per_second_deltas_and_depth_is_a_gauge() {
         let mut s = Sampler::new([10, 0, 0, 0, 0]);
-        let (p, _) = s.sample(1000, [15, 1, 0, 0, 2], depth(7), []);
+        let (p, _) = s.sample(1000, [15, 1, 0, 0, 2], depth(7), 1, []);
         assert_eq!(
             p,
             Point {
@@ -261,10 +274,12 @@ mod tests {
                 ready: 7,
                 scheduled: 1,
                 leased: 2,
+                waiting: 1,
+                in_flight: 1,
                 ..Point::default()
             }
         );
-        let (p, _) = s.sample(2000, [15, 1, 0, 0, 2], depth(3), []);
+        let (p, _) = s.sample(2000, [15, 1, 0, 0, 2], depth(3), 0, []);
         assert_eq!((p.delivered, p.deferred, p.ready), (0, 0, 3));
     }
 
@@ -272,13 +287,14 @@ mod tests {
     fn site_rates_cover_the_last_seconds() {
         let site: Arc<str> = Arc::from("mx.example");
         let mut s = Sampler::default();
-        let (_, r) = s.sample(0, [0; 5], depth(0), [(Arc::clone(&site), 100)]);
+        let (_, r) = s.sample(0, [0; 5], depth(0), 0, [(Arc::clone(&site), 100)]);
         assert_eq!(r[&site], 0.0, "one sample is no rate");
         for i in 1..=30u64 {
             let (_, r) = s.sample(
                 i * 1000,
                 [0; 5],
                 depth(0),
+                0,
                 [(Arc::clone(&site), 100 + i * 50)],
             );
             assert_eq!(r[&site], 50.0, "second {i}");
@@ -287,7 +303,7 @@ mod tests {
         let mut rate = 50.0;
         for i in 31..=42u64 {
             rate = s
-                .sample(i * 1000, [0; 5], depth(0), [(Arc::clone(&site), 1600)])
+                .sample(i * 1000, [0; 5], depth(0), 0, [(Arc::clone(&site), 1600)])
                 .1[&site];
         }
         assert_eq!(rate, 0.0);

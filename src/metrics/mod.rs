@@ -135,6 +135,8 @@ impl SiteCounters {
 #[derive(Debug)]
 pub struct Metrics {
     shards: Vec<Mutex<Histograms>>,
+    /// Deliveries on a connection now: written, their replies awaited.
+    in_flight: AtomicU64,
     outcomes: [AtomicU64; EventKind::ALL.len()],
     // Locked only when a site is first seen and when rendering; never per message.
     sites: Mutex<BTreeMap<Arc<str>, Arc<SiteCounters>>>,
@@ -144,9 +146,23 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(new_histograms())).collect(),
+            in_flight: AtomicU64::new(0),
             outcomes: Default::default(),
             sites: Mutex::default(),
         }
+    }
+}
+
+/// Deliveries counted as in flight while it lives.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    metrics: &'a Metrics,
+    n: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.fetch_sub(self.n, Relaxed);
     }
 }
 
@@ -201,6 +217,19 @@ impl Metrics {
     /// Every outcome counter, in [`EventKind::ALL`] order.
     pub fn outcome_totals(&self) -> [u64; EventKind::ALL.len()] {
         EventKind::ALL.map(|k| self.counted(k))
+    }
+
+    /// Marks `n` deliveries as on a connection until the guard is dropped.
+    pub fn in_flight(&self, n: usize) -> InFlight<'_> {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.in_flight.fetch_add(n, Relaxed);
+        InFlight { metrics: self, n }
+    }
+
+    /// Deliveries on a connection now (written, replies awaited), as opposed to leased
+    /// and waiting in the engine.
+    pub fn in_flight_now(&self) -> u64 {
+        self.in_flight.load(Relaxed)
     }
 
     /// The counters of a site, created on first use.
@@ -277,6 +306,9 @@ impl Metrics {
                 h.len()
             );
         }
+        out.push_str("# HELP volley_in_flight Deliveries on a connection, replies awaited.\n");
+        out.push_str("# TYPE volley_in_flight gauge\n");
+        let _ = writeln!(out, "volley_in_flight {}", self.in_flight_now());
         out.push_str("# HELP volley_deliveries_total Recipient outcomes.\n");
         out.push_str("# TYPE volley_deliveries_total counter\n");
         for what in EventKind::ALL {

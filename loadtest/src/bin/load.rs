@@ -37,6 +37,10 @@ struct Args {
     /// volley's `[smtp] max_connections_per_site`.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// volley's `[limits] global`, in messages per second (default: unlimited); the
+    /// report checks the sink's busiest second against it. The references are skipped.
+    #[arg(long)]
+    rate: Option<u32>,
     /// DKIM signing with the repository's test keys.
     #[arg(long, value_enum, default_value_t = Dkim::None)]
     dkim: Dkim,
@@ -151,6 +155,7 @@ fn options(args: &Args, volley: PathBuf, sink: PathBuf, repo: PathBuf) -> LoadOp
     o.size = args.size;
     o.template = args.template.clone();
     o.concurrency = args.concurrency;
+    o.rate = args.rate;
     o.dkim = match args.dkim {
         Dkim::None => DkimMode::None,
         Dkim::Ed25519 => DkimMode::Ed25519,
@@ -165,7 +170,9 @@ fn options(args: &Args, volley: PathBuf, sink: PathBuf, repo: PathBuf) -> LoadOp
     o.tempfail_percent = args.tempfail_percent;
     o.permfail_percent = args.permfail_percent;
     o.seed = args.seed;
-    o.references = !args.no_references;
+    // The references run unthrottled against the same sink: they would own its busiest
+    // second.
+    o.references = !args.no_references && args.rate.is_none();
     o.queue_only = args.queue_only;
     o.timeout = Duration::from_secs(args.timeout);
     o.progress = !args.json_only;

@@ -619,6 +619,23 @@ fn checks(
             sink.duplicate_deliveries == 0,
             format!("{} duplicates", sink.duplicate_deliveries),
         );
+        if let Some(rate) = options.rate {
+            let peak = sink
+                .raw
+                .get("peak_one_second")
+                .and_then(serde_json::Value::as_u64);
+            let connections =
+                u64::from(options.domains) * u64::try_from(options.concurrency).unwrap_or(u64::MAX);
+            let bound = u64::from(rate) + connections;
+            check(
+                "the rate limit holds in every second",
+                peak.is_some_and(|p| p <= bound),
+                format!(
+                    "busiest second at the sink {} messages; limit {rate}/s (+ one per connection: {bound})",
+                    peak.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+                ),
+            );
+        }
         if let Some(e) = events {
             check(
                 "each recipient ends as the sink decided",
@@ -656,6 +673,11 @@ fn settings(o: &LoadOptions) -> Vec<(&'static str, String)> {
                 .unwrap_or_else(|| "load (generated)".into()),
         ),
         ("concurrency", o.concurrency.to_string()),
+        (
+            "rate",
+            o.rate
+                .map_or_else(|| "unlimited".to_owned(), |r| format!("{r}/s")),
+        ),
         ("dkim", o.dkim.name().into()),
         ("backend", o.backend.name().into()),
         (

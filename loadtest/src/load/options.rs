@@ -70,6 +70,8 @@ pub struct LoadOptions {
     pub template: Option<String>,
     /// `[smtp] max_connections_per_site`. Default 4.
     pub concurrency: usize,
+    /// `[limits] global` in messages per second; `None` (the default) is unlimited.
+    pub rate: Option<u32>,
     /// DKIM signing. Default none.
     pub dkim: DkimMode,
     /// Queue backend. Default embedded.
@@ -110,6 +112,7 @@ impl LoadOptions {
             size: 2048,
             template: None,
             concurrency: 4,
+            rate: None,
             dkim: DkimMode::None,
             backend: QueueBackend::Embedded,
             redis_url: "redis://127.0.0.1:6379".to_owned(),

@@ -339,15 +339,20 @@ impl Report {
             s.cpu_seconds,
             s.cpu_seconds / s.messages.max(1) as f64 * 10_000.0
         );
-        let whole: Vec<String> = ["pipelined_groups", "commands", "peak_connections"]
-            .iter()
-            .filter_map(|k| {
-                s.raw
-                    .get(*k)
-                    .filter(|v| !v.is_null())
-                    .map(|v| format!("{k} {v}"))
-            })
-            .collect();
+        let whole: Vec<String> = [
+            "pipelined_groups",
+            "commands",
+            "peak_connections",
+            "peak_one_second",
+        ]
+        .iter()
+        .filter_map(|k| {
+            s.raw
+                .get(*k)
+                .filter(|v| !v.is_null())
+                .map(|v| format!("{k} {v}"))
+        })
+        .collect();
         if !whole.is_empty() {
             let _ = writeln!(t, "sink whole run (incl. references): {}", whole.join(", "));
         }

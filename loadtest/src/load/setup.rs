@@ -109,6 +109,9 @@ pub(crate) fn volley_toml(options: &LoadOptions, inputs: &ConfigInputs<'_>) -> S
         "[smtp]\nhelo_name = \"volley.load\"\nport = {}\ntls = \"{tls}\"\nmax_connections_per_site = {}\n",
         inputs.sink_port, options.concurrency
     );
+    if let Some(rate) = options.rate {
+        let _ = writeln!(t, "[limits]\nglobal = \"{rate}/s\"\n");
+    }
     let _ = writeln!(t, "[dns]\nnameservers = [\"{}\"]\n", inputs.dns);
     t.push_str("[security]\nallow_loopback_mx = true\n\n");
     t.push_str("[retry]\nschedule = [\"1s\"]\nmax_age = \"10m\"\n");

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use super::behaviour::Behaviours;
 use super::config::SinkConfig;
 use super::session;
-use super::stats::{Counters, Stats};
+use super::stats::{Counters, Pace, Stats};
 use super::store::{Received, Store};
 use crate::tls;
 
@@ -26,6 +26,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Shared {
     pub config: SinkConfig,
     pub counters: Counters,
+    pub pace: Pace,
     pub behaviours: Behaviours,
     pub store: Store,
     pub acceptor: TlsAcceptor,
@@ -79,6 +80,7 @@ impl Sink {
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             counters: Counters::default(),
+            pace: Pace::default(),
             behaviours: Behaviours::new(
                 config.seed,
                 config.tempfail_percent,

@@ -841,6 +841,9 @@ impl Session {
         match self.shared.store.accept(received).await {
             Ok(seq) => {
                 Counters::inc(&self.shared.counters.messages);
+                self.shared
+                    .pace
+                    .accepted(&self.shared.counters.peak_one_second);
                 let _ = write!(self.wbuf, "250 2.0.0 Ok queued as {seq}\r\n");
                 self.pending_replies += 1;
             }

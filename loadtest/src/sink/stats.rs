@@ -73,6 +73,9 @@ counters! {
     open_connections,
     /// Most connections open at the same time.
     peak_connections,
+    /// Most messages accepted within one second (any window of ten consecutive 100 ms
+    /// steps since the sink started): what a rate limit must keep down.
+    peak_one_second,
 }
 
 impl Counters {
@@ -86,6 +89,58 @@ impl Counters {
     #[inline]
     pub(super) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Messages accepted per 100 ms step, in a ring of the last steps, to find the busiest
+/// second. Lock-free: each slot packs its step number (high 32 bits) and its count.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    start: std::time::Instant,
+    slots: [AtomicU64; PACE_SLOTS],
+}
+
+/// Steps per window (ten 100 ms steps: one second) and slots kept (more than a window,
+/// so a step being written never overlaps one being summed).
+const PACE_WINDOW: u64 = 10;
+const PACE_SLOTS: usize = 32;
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Pace {
+    /// Counts one accepted message; raises `peak` to the busiest second seen.
+    pub(crate) fn accepted(&self, peak: &AtomicU64) {
+        let step =
+            u64::try_from(self.start.elapsed().as_millis() / 100).unwrap_or(u64::MAX) & 0xFFFF_FFFF;
+        let slot = &self.slots[usize::try_from(step).unwrap_or(0) % PACE_SLOTS];
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let next = if current >> 32 == step {
+                current + 1
+            } else {
+                (step << 32) | 1
+            };
+            match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        let window: u64 = (0..PACE_WINDOW)
+            .filter_map(|back| step.checked_sub(back))
+            .map(|s| {
+                let v = self.slots[usize::try_from(s).unwrap_or(0) % PACE_SLOTS]
+                    .load(Ordering::Relaxed);
+                if v >> 32 == s { v & 0xFFFF_FFFF } else { 0 }
+            })
+            .sum();
+        peak.fetch_max(window, Ordering::Relaxed);
     }
 }
 
@@ -118,6 +173,16 @@ mod tests {
         assert!(json.starts_with("{\"connections\":0,"));
         assert!(json.contains("\"messages\":1"));
         assert!(json.contains("\"bytes_received\":42"));
-        assert!(json.ends_with("\"peak_connections\":0}"));
+        assert!(json.ends_with("\"peak_one_second\":0}"));
+    }
+
+    #[test]
+    fn pace_counts_the_busiest_second() {
+        let counters = Counters::default();
+        let pace = Pace::default();
+        for _ in 0..7 {
+            pace.accepted(&counters.peak_one_second);
+        }
+        assert_eq!(counters.snapshot().peak_one_second, 7);
     }
 }

@@ -10,12 +10,13 @@
 
 mod pool;
 mod throttle;
+mod worker;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool::managed::{Object, Pool, PoolError};
+use deadpool::managed::Pool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,13 +24,13 @@ use tokio::time::Instant;
 pub use pool::{PooledSession, SessionManager};
 pub use throttle::Throttle;
 
+use self::worker::{Done, report, work};
 use crate::address::Address;
-use crate::event::EventKind;
-use crate::metrics::{Metrics, SiteCounters, Stage};
-use crate::outcome::{Disposition, Outcome, classify, is_stale_connection};
+use crate::metrics::{Metrics, SiteCounters};
+use crate::outcome::Outcome;
 use crate::rate::Limiter;
 use crate::route::Site;
-use crate::smtp::{Phase, RecipientResult, SessionConfig, SmtpError, TlsPolicy, Transaction};
+use crate::smtp::{SessionConfig, TlsPolicy};
 use crate::time::unix_ms;
 
 /// One message for one recipient, handed to the engine.
@@ -174,7 +175,7 @@ async fn run_lane<K: Send + Sync + 'static>(
         settings.throttle_step,
         Instant::now(),
     );
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<bool>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done<K>>();
     let mut active = 0usize;
     let mut shutting_down = false;
     let mut retiring = false;
@@ -195,8 +196,7 @@ async fn run_lane<K: Send + Sync + 'static>(
             let batch: Vec<Job<K>> = queue.drain(..size.min(queue.len())).collect();
             let (ctx, done) = (Arc::clone(&ctx), done_tx.clone());
             tokio::spawn(async move {
-                let throttled = work(&ctx, batch).await;
-                let _ = done.send(throttled);
+                let _ = done.send(work(&ctx, batch).await);
             });
             active += 1;
             last_activity = Instant::now();
@@ -216,9 +216,13 @@ async fn run_lane<K: Send + Sync + 'static>(
                     }
                 }
             },
-            Some(throttled) = done_rx.recv() => {
+            Some(done) = done_rx.recv() => {
                 active -= 1;
-                if throttled {
+                // Not attempted: first in line again, when the site allows.
+                for job in done.unsent.into_iter().rev() {
+                    queue.push_front(job);
+                }
+                if done.throttled {
                     throttle.on_throttle(Instant::now());
                     ctx.counters.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let until = std::time::SystemTime::now() + settings.throttle_pause;
@@ -263,131 +267,4 @@ fn close_idle(pool: &Pool<SessionManager>, idle: Duration) {
             }
         });
     }
-}
-
-/// Sends one batch on one session; returns whether the site throttled us.
-async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> bool {
-    for job in &batch {
-        acquire(ctx, job.delivery.to.domain()).await;
-    }
-    let mut session = match checkout(ctx).await {
-        Ok(session) => session,
-        Err(e) => return fail_all(ctx, batch, &e),
-    };
-    let started = std::time::Instant::now();
-    for job in &batch {
-        ctx.metrics.record(
-            Stage::QueueWait,
-            started.saturating_duration_since(job.delivery.queued_at),
-        );
-    }
-    let reused = session.transactions() > 0;
-    let mut results = send(&mut session, &batch).await;
-    if reused && all_stale(&results) {
-        // The server closed an idle pooled connection before we used it: nothing
-        // was accepted, so the batch goes again on a fresh connection, once.
-        drop(Object::take(session));
-        session = match checkout(ctx).await {
-            Ok(session) => session,
-            Err(e) => return fail_all(ctx, batch, &e),
-        };
-        results = send(&mut session, &batch).await;
-    }
-    // The batch's replies all arrive in one pipelined exchange: one sample per message.
-    ctx.metrics
-        .record_many(Stage::Transaction, started.elapsed(), batch.len() as u64);
-    let mut throttled = false;
-    let n = batch.len();
-    for (i, (job, result)) in batch.into_iter().zip(results).enumerate() {
-        let outcome = classify(&result);
-        throttled |= outcome.throttle;
-        if i + 1 == n {
-            // For operators: the site's latest reply, recorded once per batch.
-            ctx.counters.set_last_reply(&outcome.detail);
-        }
-        report(ctx, job.delivery, Some(outcome));
-    }
-    if !session.is_usable() || session.transactions() >= ctx.max_messages {
-        Object::take(session).quit().await;
-    }
-    throttled
-}
-
-async fn acquire<K: Sync>(ctx: &LaneContext<K>, domain: &str) {
-    if let Some(global) = &ctx.shared_limits.global {
-        global.acquire().await;
-    }
-    if let Some(site) = &ctx.site_limit {
-        site.acquire().await;
-    }
-    if let Some(limit) = ctx.shared_limits.domains.get(&domain.to_ascii_lowercase()) {
-        limit.acquire().await;
-    }
-}
-
-async fn checkout<K>(ctx: &LaneContext<K>) -> Result<Object<SessionManager>, SmtpError> {
-    ctx.pool.get().await.map_err(|e| match e {
-        PoolError::Backend(e) => e,
-        other => SmtpError::Io {
-            phase: Phase::Connect,
-            kind: std::io::ErrorKind::Other,
-            message: other.to_string(),
-        },
-    })
-}
-
-async fn send<K: Sync>(session: &mut PooledSession, batch: &[Job<K>]) -> Vec<RecipientResult> {
-    let txs: Vec<Transaction<'_>> = batch
-        .iter()
-        .map(|job| Transaction {
-            from: job.delivery.from.as_ref(),
-            to: std::slice::from_ref(&job.delivery.to),
-            body: &job.delivery.body,
-        })
-        .collect();
-    session
-        .send(&txs)
-        .await
-        .into_iter()
-        .map(|mut r| r.swap_remove(0))
-        .collect()
-}
-
-/// Every result says the pooled connection had gone stale.
-fn all_stale(results: &[RecipientResult]) -> bool {
-    results.iter().all(is_stale_connection)
-}
-
-/// No session could be opened: every delivery of the batch gets that failure.
-fn fail_all<K>(ctx: &LaneContext<K>, batch: Vec<Job<K>>, err: &SmtpError) -> bool {
-    let outcome = classify(&Err(err.clone()));
-    tracing::debug!(site = %ctx.site_key, error = %err, "could not open a session");
-    let throttled = outcome.throttle;
-    ctx.counters.set_last_reply(&outcome.detail);
-    for job in batch {
-        report(ctx, job.delivery, Some(outcome.clone()));
-    }
-    throttled
-}
-
-fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Option<Outcome>) {
-    if let Some(outcome) = &outcome {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (counted, site_counter) = match outcome.disposition {
-            Disposition::Delivered => (EventKind::Delivered, &ctx.counters.delivered),
-            Disposition::Transient => (EventKind::Deferred, &ctx.counters.deferred),
-            Disposition::Permanent => (EventKind::Bounced, &ctx.counters.bounced),
-        };
-        ctx.metrics.count(counted);
-        site_counter.fetch_add(1, Relaxed);
-        ctx.metrics
-            .record(Stage::Delivery, delivery.queued_at.elapsed());
-    }
-    let Delivery { key, to, .. } = delivery;
-    let _ = ctx.reports.send(Report {
-        key,
-        to,
-        site: Some(Arc::clone(&ctx.site_key)),
-        outcome,
-    });
 }

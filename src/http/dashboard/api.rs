@@ -81,7 +81,13 @@ pub(super) async fn stats(
             .map(|&k| (k.as_str().to_owned(), Value::from(m.counted(k))))
             .collect::<serde_json::Map<_, _>>(),
         "series": snapshot.points,
-        "depth": depth,
+        "depth": {
+            "ready": depth.ready,
+            "scheduled": depth.scheduled,
+            "leased": depth.leased,
+            "waiting": depth.leased.saturating_sub(m.in_flight_now()),
+            "in_flight": m.in_flight_now(),
+        },
         "sites": sites,
         "stages": latency.stages,
         "histogram": {"stage": HISTOGRAM_STAGE.name(), "buckets": latency.buckets},

@@ -10,15 +10,18 @@
   const JOB_PAGE = 50;
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const OUTCOMES = ['delivered', 'deferred', 'bounced', 'expired', 'suppressed'];
-  const DEPTHS = ['ready', 'scheduled', 'leased'];
+  // Leased deliveries are either waiting in the engine (for a connection, a rate
+  // permit, a throttled site) or on a connection with their replies awaited.
+  const DEPTHS = ['ready', 'scheduled', 'waiting', 'in_flight'];
   const LABELS = {
     delivered: 'Delivered', deferred: 'Deferred', bounced: 'Bounced', expired: 'Expired',
-    suppressed: 'Suppressed', ready: 'Ready', scheduled: 'Scheduled', leased: 'Leased',
+    suppressed: 'Suppressed', ready: 'Ready', scheduled: 'Scheduled',
+    waiting: 'Waiting in the engine', in_flight: 'On a connection',
     queue_wait: 'Queue wait', dns: 'DNS', connect: 'Connect', tls: 'TLS', ehlo: 'EHLO',
     transaction: 'Transaction (MAIL to final reply)', delivery: 'Delivery (whole)',
   };
   // Line styles besides colour, so that series stay apart without colour vision.
-  const DASH = { deferred: 'dashed', bounced: 'dotted', scheduled: 'dashed', leased: 'dotted' };
+  const DASH = { deferred: 'dashed', bounced: 'dotted', scheduled: 'dashed', waiting: 'dotted' };
 
   const $ = (id) => document.getElementById(id);
   const int = new Intl.NumberFormat();
@@ -207,6 +210,7 @@
     const plotW = box.width - box.left - box.right;
     const plotH = box.height - box.top - box.bottom;
     const total = buckets.reduce((n, b) => n + b[1], 0);
+    // One unit on the whole axis: seconds once the buckets reach a second.
     if (total === 0) {
       node.append(svg('text', {
         class: 'no-data', x: box.left + plotW / 2, y: box.top + plotH / 2, 'text-anchor': 'middle',
@@ -218,6 +222,8 @@
     const first = Math.max(0, buckets.findIndex((b) => b[1] > 0) - 1);
     const shown = buckets.slice(first);
     const max = Math.max(2, niceCeil(Math.max(...shown.map((b) => b[1]))));
+    const seconds = shown[shown.length - 1][0] >= 1000;
+    const label = (upper) => (seconds ? ms.format(upper / 1000) : ms.format(upper));
     yAxis(node, box, max, (v) => int.format(Math.round(v)));
     const slot = plotW / shown.length;
     const every = Math.ceil(shown.length / Math.max(1, Math.floor(plotW / 44)));
@@ -233,12 +239,13 @@
       if (i % every === 0) {
         node.append(svg('text', {
           x: (bx + slot / 2).toFixed(1), y: box.height - 18, 'text-anchor': 'middle',
-          text: upper >= 1000 ? ms.format(upper / 1000) + 's' : ms.format(upper),
+          text: label(upper),
         }));
       }
     });
     node.append(svg('text', {
-      x: box.left + plotW / 2, y: box.height - 3, 'text-anchor': 'middle', text: 'upper bound (ms)',
+      x: box.left + plotW / 2, y: box.height - 3, 'text-anchor': 'middle',
+      text: seconds ? 'upper bound (s)' : 'upper bound (ms)',
     }));
   }
 

@@ -1,0 +1,190 @@
+//! A lane's worker: sends a batch of deliveries on one pooled session, as fast as the
+//! rate limits allow and no faster, classifies every recipient's result and reports it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use deadpool::managed::{Object, PoolError};
+
+use super::{Delivery, Job, LaneContext, PooledSession, Report, SessionManager};
+use crate::event::EventKind;
+use crate::metrics::Stage;
+use crate::outcome::{Disposition, Outcome, classify, is_stale_connection};
+use crate::rate::{Passage, next_group};
+use crate::smtp::{Phase, RecipientResult, SmtpError, Transaction};
+
+/// How a worker's batch ended.
+#[derive(Debug)]
+pub(super) struct Done<K> {
+    /// The site asked us to slow down.
+    pub(super) throttled: bool,
+    /// Deliveries not attempted because the site throttled us first: back to the
+    /// lane's queue, to go when the site allows.
+    pub(super) unsent: Vec<Job<K>>,
+}
+
+/// Sends `batch` on one session, in groups as the rate limits free permits: each group
+/// is one pipelined exchange. Stops early when the site throttles us.
+pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> Done<K> {
+    let mut pending: VecDeque<Job<K>> = batch.into();
+    let mut held = None;
+    let mut session: Option<Object<SessionManager>> = None;
+    while !pending.is_empty() {
+        let group = next_group(&mut pending, &mut held, |job| passage(ctx, job)).await;
+        let live = match session.take() {
+            Some(s) => s,
+            None => match checkout(ctx).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let throttled = fail_all(ctx, group.into_iter().chain(pending), &e);
+                    return Done {
+                        throttled,
+                        unsent: Vec::new(),
+                    };
+                }
+            },
+        };
+        let (live, throttled) = send_group(ctx, live, group).await;
+        session = live;
+        if throttled {
+            return Done {
+                throttled,
+                unsent: pending.into(),
+            };
+        }
+    }
+    Done {
+        throttled: false,
+        unsent: Vec::new(),
+    }
+}
+
+/// The limits one delivery must pass: global, its site's, its domain's.
+fn passage<'a, K>(ctx: &'a LaneContext<K>, job: &Job<K>) -> Passage<'a> {
+    let domain = job.delivery.to.domain().to_ascii_lowercase();
+    Passage::new(
+        ctx.shared_limits
+            .global
+            .iter()
+            .chain(&ctx.site_limit)
+            .chain(ctx.shared_limits.domains.get(&domain)),
+    )
+}
+
+/// Sends one group in one pipelined exchange and reports every delivery. Returns the
+/// session when it can be used again, and whether the site throttled us.
+async fn send_group<K: Sync>(
+    ctx: &LaneContext<K>,
+    mut session: Object<SessionManager>,
+    group: Vec<Job<K>>,
+) -> (Option<Object<SessionManager>>, bool) {
+    let started = std::time::Instant::now();
+    for job in &group {
+        ctx.metrics.record(
+            Stage::QueueWait,
+            started.saturating_duration_since(job.delivery.queued_at),
+        );
+    }
+    let n = group.len();
+    let _in_flight = ctx.metrics.in_flight(n);
+    let reused = session.transactions() > 0;
+    let mut results = send(&mut session, &group).await;
+    if reused && results.iter().all(is_stale_connection) {
+        // The server closed an idle pooled connection before we used it: nothing
+        // was accepted, so the group goes again on a fresh connection, once.
+        drop(Object::take(session));
+        session = match checkout(ctx).await {
+            Ok(session) => session,
+            Err(e) => return (None, fail_all(ctx, group, &e)),
+        };
+        results = send(&mut session, &group).await;
+    }
+    // The group's replies all arrive in one pipelined exchange: one sample per message.
+    ctx.metrics.record_many(
+        Stage::Transaction,
+        started.elapsed(),
+        u64::try_from(n).unwrap_or(u64::MAX),
+    );
+    let mut throttled = false;
+    for (i, (job, result)) in group.into_iter().zip(results).enumerate() {
+        let outcome = classify(&result);
+        throttled |= outcome.throttle;
+        if i + 1 == n {
+            // For operators: the site's latest reply, recorded once per group.
+            ctx.counters.set_last_reply(&outcome.detail);
+        }
+        report(ctx, job.delivery, Some(outcome));
+    }
+    if !session.is_usable() || session.transactions() >= ctx.max_messages {
+        Object::take(session).quit().await;
+        return (None, throttled);
+    }
+    (Some(session), throttled)
+}
+
+async fn checkout<K>(ctx: &LaneContext<K>) -> Result<Object<SessionManager>, SmtpError> {
+    ctx.pool.get().await.map_err(|e| match e {
+        PoolError::Backend(e) => e,
+        other => SmtpError::Io {
+            phase: Phase::Connect,
+            kind: std::io::ErrorKind::Other,
+            message: other.to_string(),
+        },
+    })
+}
+
+async fn send<K: Sync>(session: &mut PooledSession, batch: &[Job<K>]) -> Vec<RecipientResult> {
+    let txs: Vec<Transaction<'_>> = batch
+        .iter()
+        .map(|job| Transaction {
+            from: job.delivery.from.as_ref(),
+            to: std::slice::from_ref(&job.delivery.to),
+            body: &job.delivery.body,
+        })
+        .collect();
+    session
+        .send(&txs)
+        .await
+        .into_iter()
+        .map(|mut r| r.swap_remove(0))
+        .collect()
+}
+
+/// No session could be opened: every delivery of the batch gets that failure.
+fn fail_all<K>(
+    ctx: &LaneContext<K>,
+    batch: impl IntoIterator<Item = Job<K>>,
+    err: &SmtpError,
+) -> bool {
+    let outcome = classify(&Err(err.clone()));
+    tracing::debug!(site = %ctx.site_key, error = %err, "could not open a session");
+    let throttled = outcome.throttle;
+    ctx.counters.set_last_reply(&outcome.detail);
+    for job in batch {
+        report(ctx, job.delivery, Some(outcome.clone()));
+    }
+    throttled
+}
+
+/// Reports one delivery to the engine's caller, counting its outcome.
+pub(super) fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Option<Outcome>) {
+    if let Some(outcome) = &outcome {
+        let (counted, site_counter) = match outcome.disposition {
+            Disposition::Delivered => (EventKind::Delivered, &ctx.counters.delivered),
+            Disposition::Transient => (EventKind::Deferred, &ctx.counters.deferred),
+            Disposition::Permanent => (EventKind::Bounced, &ctx.counters.bounced),
+        };
+        ctx.metrics.count(counted);
+        site_counter.fetch_add(1, Relaxed);
+        ctx.metrics
+            .record(Stage::Delivery, delivery.queued_at.elapsed());
+    }
+    let Delivery { key, to, .. } = delivery;
+    let _ = ctx.reports.send(Report {
+        key,
+        to,
+        site: Some(Arc::clone(&ctx.site_key)),
+        outcome,
+    });
+}
