@@ -46,9 +46,12 @@ enum Command {
     /// HTTP API and delivery workers (defaults: 127.0.0.1:8025, queue in ./volley-data,
     /// templates from ./templates).
     Serve {
-        /// Configuration file.
+        /// Configuration file (default: ./volley.toml when it exists).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Listen on this address instead of `[server] listen` (also VOLLEY_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
         /// Send everything through this smarthost (host:port), overriding `[relay] host`.
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
@@ -70,7 +73,7 @@ enum Command {
         /// A variable shared by every recipient (repeatable).
         #[arg(long = "var", value_name = "KEY=VALUE")]
         vars: Vec<String>,
-        /// Configuration file.
+        /// Configuration file (default: ./volley.toml when it exists).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Send everything through this smarthost (host:port), overriding `[relay] host`.
@@ -88,7 +91,7 @@ enum Command {
     },
     /// Validate the configuration and compile every template.
     Check {
-        /// Configuration file.
+        /// Configuration file (default: ./volley.toml when it exists).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -111,18 +114,37 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("volley: {e:#}");
+            eprintln!("volley: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line, each said once: our errors often repeat their
+/// cause in their own message already.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 fn init_logs(format: LogFormat, quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VOLLEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal, never into a log file. A log pipe that
+    // closes must not stop delivery: by default tracing-subscriber reports its failed
+    // write with `eprintln!`, which panics on that same closed stderr.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -140,9 +162,17 @@ fn load(path: Option<&PathBuf>, relay: Option<String>) -> anyhow::Result<Config>
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config, relay } => {
+        Command::Serve {
+            config,
+            listen,
+            relay,
+        } => {
             let stop = shutdown_signal();
-            let config = load(config.as_ref(), relay)?;
+            let mut config = load(config.as_ref(), relay)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+                config.validate()?;
+            }
             let app = App::open(config).await?;
             app.serve(stop).await?;
             Ok(())
@@ -150,6 +180,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => {
             let config = load(config.as_ref(), None)?;
             let templates = volley::template::Templates::load(&config.templates.path)?;
+            let file = config.file.as_ref().map_or_else(
+                || "built-in defaults".to_owned(),
+                |f| f.display().to_string(),
+            );
             config.smtp.session_configs(&config.relay)?;
             if let Some(dkim) = &config.dkim {
                 volley::message::DkimSigner::from_config(dkim)?;
@@ -159,7 +193,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 volley::webhooks::WebhookClient::new(&config.webhooks).context("webhooks")?;
             }
             println!(
-                "configuration ok; templates: {}",
+                "configuration ok ({file}); templates: {}",
                 templates.names().join(", ")
             );
             Ok(())
@@ -178,6 +212,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = load(config.as_ref(), relay)?;
             let list = volley::submit::recipients::read(&recipients)?;
+            let total = list.recipients.len();
             let vars = parse_vars(&vars)?;
             let app = App::open(config).await?;
             let options = SendOptions {
@@ -189,12 +224,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_wait,
                 report,
             };
-            let bar = progress_bar(options.recipients.len() as u64);
+            let bar = progress_bar(u64::try_from(total).unwrap_or(u64::MAX));
+            let started = std::time::Instant::now();
             let summary = volley::app::send::run(&app, options, |counts| {
                 if let Some(bar) = &bar {
-                    bar.set_position(u64::from(counts.total - counts.queued - counts.deferred));
+                    let done = counts.total - counts.queued - counts.deferred;
+                    let rate = f64::from(done) / started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_position(u64::from(done));
                     bar.set_message(format!(
-                        "delivered {} bounced {} deferred {}",
+                        "{rate:.0}/s  delivered {} bounced {} deferred {}",
                         counts.delivered, counts.bounced, counts.deferred
                     ));
                 }
@@ -225,9 +263,7 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}") {
         bar.set_style(style);
     }
     Some(bar)

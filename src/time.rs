@@ -28,6 +28,17 @@ pub fn serialize_rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S
     s.serialize_str(&rfc3339(*t))
 }
 
+/// Serde: an optional `SystemTime` field written as [`rfc3339`] text or `null`.
+pub fn serialize_rfc3339_opt<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

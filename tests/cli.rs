@@ -84,6 +84,8 @@ async fn send_from_csv_and_json_lines() {
         (Some(2), Some(1)),
         "{summary}"
     );
+    assert_eq!(summary["recipients"], 3, "{summary}");
+    assert_eq!(summary["job"].as_str().map(str::len), Some(26), "{summary}");
     for key in [
         "deferred",
         "expired",
@@ -144,7 +146,10 @@ async fn send_refuses_bad_input_before_storing_anything() {
     let out = send(&csv, &config, "news@example.com", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("recipients[1].to"), "{err}");
+    // The file's line (the header is line 1) and column, said once, on one line.
+    assert!(err.contains("bad.csv:3: email: "), "{err}");
+    assert_eq!(err.matches("not-an-address").count(), 1, "said once: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     let missing = write(dir.path(), "missing.csv", "email\nann@example.org\n");
     let out = send(&missing, &config, "news@example.com", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -215,4 +220,133 @@ fn check_accepts_good_and_names_problems() {
         !out.status.success() && err.contains("promo") && err.contains("subject.hbs"),
         "{err}"
     );
+}
+
+#[test]
+fn errors_are_said_once_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = volley()
+        .args(["check", "--config"])
+        .arg(dir.path().join("nowhere.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("volley: cannot read "), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "said once: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn check_reads_volley_toml_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    config(dir.path(), "127.0.0.1:25".parse().unwrap());
+    let out = volley()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("(volley.toml)"),
+        "names the file it read: {said}"
+    );
+
+    // A typo in ./volley.toml is found without --config.
+    write(
+        dir.path(),
+        "volley.toml",
+        "[smtp]
+helo_nmae = \"x.test\"\n",
+    );
+    let out = volley()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("helo_nmae"), "{err}");
+}
+
+/// Starts `volley serve` in `dir`, waits for its start line on stderr, and returns it
+/// with the child (stopped by the caller, by PID). Its stderr is closed after that
+/// line, as when a log pipe goes away: volley must go on and stop cleanly.
+fn serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = volley()
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(line) if line.contains("volley is serving") => return (child, line),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("volley serve never said it was serving: {e}");
+            }
+        }
+    }
+}
+
+fn stop(mut child: std::process::Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "volley serve exits cleanly on SIGTERM: {status}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_listens_where_told_and_says_which_file_it_read() {
+    let dir = tempfile::tempdir().unwrap();
+    config(dir.path(), "127.0.0.1:25".parse().unwrap());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (child, line) = serve(dir.path(), &["--listen", &listen], &[]);
+    assert!(line.contains(&format!("listen={listen}")), "{line}");
+    assert!(line.contains("config=volley.toml"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no colour codes into a pipe: {line:?}"
+    );
+    assert!(std::net::TcpStream::connect(&listen).is_ok());
+    stop(child);
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (child, line) = serve(dir.path(), &[], &[("VOLLEY_LISTEN", &listen)]);
+    assert!(line.contains(&format!("listen={listen}")), "{line}");
+    stop(child);
 }

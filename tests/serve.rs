@@ -246,6 +246,32 @@ async fn bad_requests_get_exact_status_codes() {
         404
     );
     assert_eq!(volley.get("/v1/jobs/garbage", &h).await.status, 404);
+    // Query strings: the documented JSON error naming the parameter; no silent clamp.
+    for (path, field) in [
+        ("/v1/events?limit=abc", "limit"),
+        ("/v1/events?after=-1", "after"),
+        ("/v1/events?limit=0", "limit"),
+        ("/v1/events?limit=1001", "limit"),
+        ("/v1/dashboard/jobs?limit=201", "limit"),
+        ("/v1/dashboard/stats?since=yesterday", "since"),
+    ] {
+        let response = volley.get(path, &h).await;
+        assert_eq!(response.status, 422, "{path}: {}", response.text());
+        assert!(
+            response
+                .header("content-type")
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+        let error = &response.json()["error"];
+        assert_eq!(
+            (error["code"].as_str(), error["field"].as_str()),
+            (Some("invalid"), Some(field)),
+            "{path}: {error}"
+        );
+    }
+    assert_eq!(volley.get("/v1/events?limit=1000", &h).await.status, 200);
     // Nothing of the refused requests was stored.
     let events = volley.get("/v1/events?after=0", &h).await.json();
     assert_eq!(events["events"].as_array().unwrap().len(), 0);
@@ -487,5 +513,51 @@ async fn webhooks_deliver_signed_events() {
         kinds.contains(&"delivered") && kinds.contains(&"bounced"),
         "{events:?}"
     );
+    volley.stop().await;
+}
+
+#[tokio::test]
+async fn an_html_only_message_gets_a_text_part_and_the_job_shows_send_at() {
+    let (sink, volley, _dir) = relay_setup("").await;
+    let h = auth();
+    let h = headers(&h);
+    let body = json!({
+        "from": "a@example.com",
+        "to": ["b@example.org"],
+        "subject": "Only HTML",
+        "html": "<h1>Spring sale</h1><p>Everything <b>half</b> price.</p>"
+    });
+    let response = volley.post("/v1/messages", &body, &h).await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    let job = volley.wait_job(&id, &h, |j| j["state"] == "done").await;
+    assert!(job["send_at"].is_null(), "no send_at asked: {job}");
+    let messages = sink.messages();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&messages[0].data)
+        .unwrap();
+    assert_eq!(parsed.text_body.len(), 1, "one text part");
+    let text = parsed.body_text(0).unwrap();
+    assert!(
+        text.contains("Spring sale") && text.contains("half price"),
+        "{text}"
+    );
+    assert!(!text.contains('<'), "no markup in the text part: {text}");
+    assert!(parsed.body_html(0).unwrap().contains("<b>half</b>"));
+
+    // A job scheduled for later shows when.
+    let at = volley::time::rfc3339(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(30 * 86_400),
+    );
+    let later = json!({
+        "from": "a@example.com", "to": ["c@example.org"], "subject": "Later", "text": "t",
+        "send_at": at
+    });
+    let response = volley.post("/v1/messages", &later, &h).await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    let job = volley.get(&format!("/v1/jobs/{id}"), &h).await.json();
+    assert_eq!(job["send_at"], at.as_str(), "{job}");
+    assert_eq!(job["state"], "queued", "{job}");
     volley.stop().await;
 }

@@ -48,7 +48,13 @@ pub struct Config {
     pub security: SecurityConfig,
     /// `[message]`: envelope sender and size limit.
     pub message: MessageConfig,
+    /// The file this was read from; `None` for the built-in defaults.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
+
+/// The file read when no `--config` is given, if it exists in the working directory.
+pub const DEFAULT_FILE: &str = "volley.toml";
 
 /// `[server]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -124,8 +130,11 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path` (or the defaults when `None`), then the environment overrides.
+    /// Reads `path`; without one, `./volley.toml` when it exists, else the defaults.
+    /// Then the environment overrides. [`Config::file`] says which file was read.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let default = Path::new(DEFAULT_FILE);
+        let path = path.or_else(|| default.is_file().then_some(default));
         let mut config = match path {
             Some(path) => {
                 let shown = path.display().to_string();
@@ -140,7 +149,8 @@ impl Config {
             }
             None => Self::default(),
         };
-        config.apply_env(|key| std::env::var(key).ok());
+        config.file = path.map(Path::to_path_buf);
+        config.apply_env(|key| std::env::var(key).ok())?;
         config.validate()?;
         Ok(config)
     }
@@ -153,8 +163,14 @@ impl Config {
     /// Secrets (and a few deployment keys) from the environment:
     /// `VOLLEY_API_KEYS` (comma-separated), `VOLLEY_RELAY_PASSWORD`,
     /// `VOLLEY_RELAY_USERNAME`, `VOLLEY_UNSUBSCRIBE_SECRET`, `VOLLEY_WEBHOOKS_SECRET`,
-    /// `VOLLEY_REDIS_URL`, `VOLLEY_DKIM_KEY_FILE`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    /// `VOLLEY_REDIS_URL`, `VOLLEY_DKIM_KEY_FILE`, `VOLLEY_LISTEN`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(listen) = get("VOLLEY_LISTEN") {
+            self.server.listen = listen.trim().parse().map_err(|_| ConfigError::Invalid {
+                field: "VOLLEY_LISTEN",
+                message: format!("{listen:?} is not an address like 127.0.0.1:8025"),
+            })?;
+        }
         if let Some(keys) = get("VOLLEY_API_KEYS") {
             self.server.api_keys = keys
                 .split(',')
@@ -181,6 +197,7 @@ impl Config {
         if let (Some(v), Some(dkim)) = (get("VOLLEY_DKIM_KEY_FILE"), self.dkim.as_mut()) {
             dkim.key_file = PathBuf::from(v);
         }
+        Ok(())
     }
 
     /// Checks what serde cannot: a listener beyond loopback needs API keys.
@@ -348,13 +365,21 @@ allow_loopback_mx = false
     fn environment_overrides_secrets() {
         let mut config =
             Config::parse("[relay]\nhost = \"smtp.example.com\"\npassword = \"file\"\n").unwrap();
-        config.apply_env(|k| match k {
-            "VOLLEY_RELAY_PASSWORD" => Some("from-env".into()),
-            "VOLLEY_API_KEYS" => Some("aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbb".into()),
-            _ => None,
-        });
+        config
+            .apply_env(|k| match k {
+                "VOLLEY_RELAY_PASSWORD" => Some("from-env".into()),
+                "VOLLEY_API_KEYS" => Some("aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbb".into()),
+                "VOLLEY_LISTEN" => Some("127.0.0.1:9025".into()),
+                _ => None,
+            })
+            .unwrap();
         assert_eq!(config.relay.password, "from-env");
         assert_eq!(config.server.api_keys.len(), 2);
+        assert_eq!(config.server.listen, "127.0.0.1:9025".parse().unwrap());
+        let err = config
+            .apply_env(|k| (k == "VOLLEY_LISTEN").then(|| "port 80".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("VOLLEY_LISTEN"), "{err}");
     }
 
     #[test]

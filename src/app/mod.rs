@@ -183,8 +183,14 @@ impl App {
             Arc::clone(&self.queue),
             shutdown_rx.clone(),
         );
-        let local = listener.local_addr().ok();
-        tracing::info!(listen = ?local, "volley is serving");
+        let listen = listener
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+        let config = self.config.file.as_ref().map_or_else(
+            || "built-in defaults".to_owned(),
+            |f| f.display().to_string(),
+        );
+        tracing::info!(%listen, %config, "volley is serving");
         let app = router(self.api_state(history));
         let mut http_shutdown = shutdown_rx.clone();
         let server = tokio::spawn(async move {

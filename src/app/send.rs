@@ -14,15 +14,16 @@ use super::{App, StartError};
 use crate::event::EventKind;
 use crate::metrics::Stage;
 use crate::queue::{Counts, JobId, Queue, QueueError, SubmitOutcome};
-use crate::submit::{CampaignRequest, Invalid, MailboxInput, RecipientInput, prepare_campaign};
+use crate::submit::recipients::RecipientList;
+use crate::submit::{CampaignRequest, Invalid, MailboxInput, prepare_campaign};
 
 /// What `volley send` was asked to send.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
     /// The template's name (a directory under the templates path).
     pub template: String,
-    /// The recipients, in the order of the file (its line numbers name errors).
-    pub recipients: Vec<RecipientInput>,
+    /// The recipients, with the file's line of each (they name refusals).
+    pub recipients: RecipientList,
     /// The From mailbox, e.g. `News <news@example.com>`.
     pub from: String,
     /// A subject that replaces the template's.
@@ -80,9 +81,17 @@ pub enum SendError {
     /// Starting the engine.
     #[error(transparent)]
     Start(#[from] StartError),
-    /// The campaign is invalid.
+    /// The campaign is invalid (not a recipient's fault: the template, the sender...).
     #[error("invalid campaign: {0}")]
-    Invalid(#[from] Invalid),
+    Invalid(Invalid),
+    /// A recipient of the list is refused; `place` is `FILE:LINE: COLUMN`.
+    #[error("{place}: {message}")]
+    Recipient {
+        /// Where in the recipient file.
+        place: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The queue failed.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
@@ -103,12 +112,13 @@ pub async fn run(
     options: SendOptions,
     mut progress: impl FnMut(&Counts),
 ) -> Result<Summary, SendError> {
+    let list = options.recipients;
     let request = CampaignRequest {
         template: Some(options.template.clone()),
         from: Some(MailboxInput::Text(options.from.clone())),
         subject: options.subject.clone(),
         vars: options.vars.clone(),
-        recipients: options.recipients,
+        recipients: list.recipients.clone(),
         ..CampaignRequest::default()
     };
     let composer = std::sync::Arc::clone(&app.composer);
@@ -116,10 +126,19 @@ pub async fn run(
         prepare_campaign(request, &composer, None, SystemTime::now())
     })
     .await
-    .map_err(|e| Invalid {
-        field: String::new(),
-        message: e.to_string(),
-    })??;
+    .map_err(|e| {
+        SendError::Invalid(Invalid {
+            field: String::new(),
+            message: e.to_string(),
+        })
+    })?
+    .map_err(|invalid| match list.locate(&invalid.field) {
+        Some(place) => SendError::Recipient {
+            place,
+            message: invalid.message,
+        },
+        None => SendError::Invalid(invalid),
+    })?;
     let (job, recipients) = prepared.into_parts();
     let started = Instant::now();
     let (id, total) = match app.queue.submit(job, recipients, SystemTime::now()).await? {

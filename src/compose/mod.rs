@@ -25,7 +25,7 @@ use crate::message::{
     UnsubscribeTokens, build_message,
 };
 use crate::queue::JobKind;
-use crate::template::{TemplateError, Templates};
+use crate::template::{TemplateError, Templates, html_to_text};
 
 /// Why a message could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -133,9 +133,14 @@ impl Composer {
                     rendered.html,
                 )
             }
+            // An HTML-only message gets a text part derived from its HTML, as a
+            // template without `text.hbs` does: mailbox providers score HTML-only
+            // mail worse, and some readers show only text.
             None => (
                 spec.subject.clone().unwrap_or_default(),
-                spec.text.clone(),
+                spec.text
+                    .clone()
+                    .or_else(|| spec.html.as_deref().map(html_to_text)),
                 spec.html.clone(),
             ),
         };

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::query::{Query, limit};
 use super::{ApiError, ApiState};
 use crate::queue::{JobId, JobStatus, Queue, RecipientStatus, SubmitOutcome};
 use crate::submit::{CampaignRequest, MessageRequest, Prepared, prepare_campaign, prepare_message};
@@ -153,7 +154,7 @@ pub(super) async fn job(
         .job(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = limit(page.limit, 100, 1000)?;
     let after = page.after.map(|a| u32::try_from(a).unwrap_or(u32::MAX));
     let recipients = state.queue.recipients(&id, after, limit).await?;
     let next = (recipients.len() == limit)
@@ -171,7 +172,7 @@ pub(super) async fn events(
     State(state): State<ApiState>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = limit(page.limit, 100, 1000)?;
     let events = state.queue.events(page.after.unwrap_or(0), limit).await?;
     let next = events.last().map(|e| e.cursor).or(page.after).unwrap_or(0);
     Ok(Json(json!({"events": events, "next": next})))

@@ -9,6 +9,7 @@
 mod dashboard;
 mod error;
 mod handlers;
+mod query;
 
 use std::sync::Arc;
 

@@ -190,7 +190,7 @@ impl Counts {
 }
 
 /// A job's status, serialised as the API and the dashboard show it:
-/// `{"id", "kind", "created", "state", "counts"}`.
+/// `{"id", "kind", "created", "send_at", "state", "counts"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JobStatus {
     /// Its id.
@@ -200,6 +200,9 @@ pub struct JobStatus {
     /// When it was accepted (RFC 3339).
     #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub created: SystemTime,
+    /// Not sent before this time, when the submission said so (RFC 3339 or `null`).
+    #[serde(serialize_with = "crate::time::serialize_rfc3339_opt")]
+    pub send_at: Option<SystemTime>,
     /// Queued, sending or done.
     pub state: JobState,
     /// Deliveries by state.

@@ -34,9 +34,39 @@ pub enum RecipientsError {
     Empty(String),
 }
 
+/// A recipient list read from a file, with where each recipient came from, so that a
+/// refusal of recipient `i` names the file's line.
+#[derive(Debug, Clone)]
+pub struct RecipientList {
+    /// The file, as given.
+    pub path: String,
+    /// The recipients, in file order.
+    pub recipients: Vec<RecipientInput>,
+    /// The 1-based line of each recipient.
+    pub lines: Vec<usize>,
+    /// The column (CSV) or key (JSON Lines) holding the address.
+    pub address_column: &'static str,
+}
+
+impl RecipientList {
+    /// Where a submission field such as `recipients[3].to` is in the file:
+    /// `list.csv:5: email`, or `None` when the field is not a recipient's.
+    pub fn locate(&self, field: &str) -> Option<String> {
+        let rest = field.strip_prefix("recipients[")?;
+        let (index, part) = rest.split_once(']')?;
+        let line = self.lines.get(index.parse::<usize>().ok()?)?;
+        let column = match part.trim_start_matches('.') {
+            "to" => self.address_column,
+            "vars" | "" => return Some(format!("{}:{line}", self.path)),
+            other => return Some(format!("{}:{line}: {other}", self.path)),
+        };
+        Some(format!("{}:{line}: {column}", self.path))
+    }
+}
+
 /// Reads a CSV or JSON Lines file (by extension: `.jsonl`, `.ndjson` and `.json` are
 /// JSON Lines; anything else is CSV).
-pub fn read(path: &Path) -> Result<Vec<RecipientInput>, RecipientsError> {
+pub fn read(path: &Path) -> Result<RecipientList, RecipientsError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| RecipientsError::Read {
         path: shown.clone(),
@@ -46,19 +76,28 @@ pub fn read(path: &Path) -> Result<Vec<RecipientInput>, RecipientsError> {
         path.extension().and_then(|e| e.to_str()),
         Some("jsonl" | "ndjson" | "json")
     );
-    let list = if json {
-        parse_jsonl(&text, &shown)?
+    let (entries, address_column) = if json {
+        (parse_jsonl(&text, &shown)?, "to")
     } else {
-        parse_csv(&text, &shown)?
+        (parse_csv(&text, &shown)?, "email")
     };
-    if list.is_empty() {
+    if entries.is_empty() {
         return Err(RecipientsError::Empty(shown));
     }
-    Ok(list)
+    let (lines, recipients) = entries.into_iter().unzip();
+    Ok(RecipientList {
+        path: shown,
+        recipients,
+        lines,
+        address_column,
+    })
 }
 
-/// JSON Lines: one object per line, blank lines skipped.
-pub fn parse_jsonl(text: &str, path: &str) -> Result<Vec<RecipientInput>, RecipientsError> {
+/// JSON Lines: one object per line, blank lines skipped; each with its line number.
+pub fn parse_jsonl(
+    text: &str,
+    path: &str,
+) -> Result<Vec<(usize, RecipientInput)>, RecipientsError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -70,13 +109,14 @@ pub fn parse_jsonl(text: &str, path: &str) -> Result<Vec<RecipientInput>, Recipi
                 line: i + 1,
                 message: format!("expected {{\"to\": \"...\", \"vars\": {{...}}}}: {e}"),
             })?;
-        out.push(recipient);
+        out.push((i + 1, recipient));
     }
     Ok(out)
 }
 
-/// CSV with a header row; the `email` column is the address.
-pub fn parse_csv(text: &str, path: &str) -> Result<Vec<RecipientInput>, RecipientsError> {
+/// CSV with a header row; the `email` column is the address. Each recipient comes with
+/// the line its record starts on.
+pub fn parse_csv(text: &str, path: &str) -> Result<Vec<(usize, RecipientInput)>, RecipientsError> {
     let line_error = |line: usize, message: String| RecipientsError::Line {
         path: path.to_owned(),
         line,
@@ -114,7 +154,7 @@ pub fn parse_csv(text: &str, path: &str) -> Result<Vec<RecipientInput>, Recipien
                 vars.insert(name.to_owned(), Value::String(value.to_owned()));
             }
         }
-        out.push(RecipientInput { to, vars });
+        out.push((line, RecipientInput { to, vars }));
     }
     Ok(out)
 }
@@ -131,9 +171,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(list.len(), 2);
-        assert_eq!(list[1].to, "b@example.com");
-        assert_eq!(list[1].vars["name"], "Bo, Jr");
-        assert!(!list[0].vars.contains_key("email"));
+        assert_eq!(list[1].1.to, "b@example.com");
+        assert_eq!(list[1].1.vars["name"], "Bo, Jr");
+        assert!(!list[0].1.vars.contains_key("email"));
+        assert_eq!((list[0].0, list[1].0), (2, 3), "line numbers");
     }
 
     #[test]
@@ -155,8 +196,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].vars["n"], 1);
+        assert_eq!(list[0].1.vars["n"], 1);
+        assert_eq!(
+            (list[0].0, list[1].0),
+            (1, 3),
+            "blank lines keep the numbering"
+        );
         let err = parse_jsonl("{\"to\": \"a@example.com\"}\n{bad\n", "r.jsonl").unwrap_err();
         assert!(err.to_string().starts_with("r.jsonl:2"), "{err}");
+    }
+
+    #[test]
+    fn fields_are_located_in_the_file() {
+        let list = RecipientList {
+            path: "list.csv".into(),
+            recipients: Vec::new(),
+            lines: vec![2, 3, 5],
+            address_column: "email",
+        };
+        assert_eq!(
+            list.locate("recipients[2].to").as_deref(),
+            Some("list.csv:5: email")
+        );
+        assert_eq!(
+            list.locate("recipients[0].vars").as_deref(),
+            Some("list.csv:2")
+        );
+        assert_eq!(list.locate("recipients[9].to"), None);
+        assert_eq!(list.locate("subject"), None);
     }
 }

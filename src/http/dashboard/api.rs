@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::event::EventKind;
+use crate::http::query::{Query, limit};
 use crate::http::{ApiError, ApiState};
 use crate::metrics::SiteCounters;
 use crate::metrics::history::{HISTOGRAM_STAGE, Latency};
@@ -99,7 +100,7 @@ pub(super) async fn jobs(
     State(state): State<ApiState>,
     Query(query): Query<JobsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(20).clamp(1, 200);
+    let limit = limit(query.limit, 20, 200)?;
     let jobs = state.queue.recent_jobs(limit).await?;
     Ok(Json(json!({ "jobs": jobs })))
 }

@@ -29,6 +29,7 @@ fn status(id: JobId, rec: JobRecord) -> JobStatus {
         id,
         kind: rec.kind,
         created: from_ms(rec.created_ms),
+        send_at: (rec.send_at_ms > 0).then(|| from_ms(rec.send_at_ms)),
         state: rec.counts.state(),
         counts: rec.counts,
     }

@@ -122,12 +122,14 @@ pub(super) struct JobRecord {
     pub(super) kind: JobKind,
     pub(super) created_ms: u64,
     pub(super) counts: Counts,
+    /// The `send_at` the submission asked for; 0 when it asked for none.
+    pub(super) send_at_ms: u64,
 }
 
 impl JobRecord {
     pub(super) fn encode(&self) -> Vec<u8> {
         let c = &self.counts;
-        let mut out = Vec::with_capacity(37);
+        let mut out = Vec::with_capacity(45);
         out.push(self.kind.code());
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         for n in [
@@ -141,6 +143,7 @@ impl JobRecord {
         ] {
             out.extend_from_slice(&n.to_be_bytes());
         }
+        out.extend_from_slice(&self.send_at_ms.to_be_bytes());
         out
     }
 
@@ -158,10 +161,13 @@ impl JobRecord {
             expired: r.u32()?,
             suppressed: r.u32()?,
         };
+        // Records written before `send_at` was kept end here.
+        let send_at_ms = if r.buf.is_empty() { 0 } else { r.u64()? };
         Ok(JobRecord {
             kind,
             created_ms,
             counts,
+            send_at_ms,
         })
     }
 }

@@ -120,6 +120,7 @@ pub(super) fn write_chunk(
                 queued: total,
                 ..Counts::default()
             },
+            send_at_ms: job.send_at.map_or(0, to_ms),
         };
         let key = job.id.to_bytes();
         tx.open_table(JOBS)?

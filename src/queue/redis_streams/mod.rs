@@ -297,6 +297,13 @@ fn job_status(id: JobId, m: &HashMap<String, String>) -> Result<Option<JobStatus
         id,
         kind,
         created: from_ms(num(m, "created", "job")?),
+        // Jobs written before `send_at` was kept have none.
+        send_at: match m.get("send_at") {
+            None => None,
+            Some(_) => Some(num::<u64>(m, "send_at", "job")?)
+                .filter(|&ms| ms > 0)
+                .map(from_ms),
+        },
         state: counts.state(),
         counts,
     }))
@@ -335,6 +342,7 @@ impl Queue for RedisQueue {
             .arg(&job.payload[..])
             .arg(idem_key)
             .arg(idem_value)
+            .arg(job.send_at.map_or(0, to_ms))
             .invoke_async(&mut self.conn.clone())
             .await?;
         if committed != 1 {

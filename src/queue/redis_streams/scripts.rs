@@ -64,14 +64,14 @@ end
 "#;
 
 /// ARGV: prefix, job, kind, created ms, due ms, total, payload, idempotency key or '',
-/// idempotency value. Makes a staged job visible: job hash, payload, one schedule range, its
+/// idempotency value, send_at ms (0 for none). Makes a staged job visible: job hash, payload, one schedule range, its
 /// place in the list of jobs.
 const COMMIT: &str = r#"
 local job = ARGV[2]
 if redis.call('EXISTS', K .. 'job:' .. job) == 1 then return 0 end
 redis.call('HSET', K .. 'job:' .. job, 'kind', ARGV[3], 'created', ARGV[4], 'due', ARGV[5],
   'total', ARGV[6], 'queued', ARGV[6], 'delivered', 0, 'deferred', 0, 'bounced', 0,
-  'expired', 0, 'suppressed', 0)
+  'expired', 0, 'suppressed', 0, 'send_at', ARGV[10])
 redis.call('SET', K .. 'payload:' .. job, ARGV[7])
 redis.call('PERSIST', K .. 'rcpt:' .. job)
 redis.call('ZADD', K .. 'sched', ARGV[5], job .. ':0:' .. ARGV[6])
