@@ -211,6 +211,7 @@ async fn run_engine(dns: &DnsServer, port: u16, messages: usize) -> Measured {
                 to,
                 body: Arc::clone(&body),
                 queued_at: Instant::now(),
+                cancelled: Default::default(),
             };
             if engine.submit(delivery).await.is_err() {
                 break;

@@ -45,8 +45,12 @@ fn newsletter(
     let to = Address::parse("alice@example.org").unwrap();
     let spec = MessageSpec {
         from: Mailbox::named("Example News", Address::parse("news@example.com").unwrap()),
-        list_unsubscribe: ListUnsubscribe::for_recipient(unsubscribe, tokens, "job-1", to.as_str())
-            .unwrap(),
+        list_unsubscribe: ListUnsubscribe::for_recipient(
+            unsubscribe,
+            tokens,
+            token_for("job-1", to.as_str()),
+        )
+        .unwrap(),
         to: vec![Mailbox::named("Alice Example", to)],
         cc: vec![],
         reply_to: None,
@@ -66,9 +70,10 @@ fn render_and_build(c: &mut Criterion) {
         url: Some("https://example.com/unsubscribe/{token}".into()),
         mailto: None,
         one_click: true,
-        secret: "benchmark secret, 16+ bytes".into(),
+        secret: "benchmark secret, thirty-two bytes+".into(),
+        previous_secrets: Vec::new(),
     };
-    let tokens = UnsubscribeTokens::new(&unsubscribe.secret);
+    let tokens = UnsubscribeTokens::new(&unsubscribe.secret, &[]);
     let size = newsletter(&templates, &vars, &unsubscribe, &tokens).len();
     assert!((1500..4000).contains(&size), "newsletter is {size} bytes");
 
@@ -98,3 +103,13 @@ fn render_and_build(c: &mut Criterion) {
 
 criterion_group!(benches, render_and_build);
 criterion_main!(benches);
+
+/// The unsubscribe token's subject: `address` of job `job`, leaving the default list.
+fn token_for<'a>(job: &'a str, address: &'a str) -> volley::message::TokenFor<'a> {
+    volley::message::TokenFor {
+        job,
+        list: "default",
+        address,
+        issued: std::time::SystemTime::now(),
+    }
+}

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use volley::queue::{
-    EmbeddedQueue, JobId, JobKind, NewJob, NewRecipient, Queue, RedisQueue, Resolution,
+    Completion, EmbeddedQueue, JobId, JobKind, NewJob, NewRecipient, Queue, RedisQueue, Resolution,
 };
 
 const BATCH: usize = 256;
@@ -67,13 +67,12 @@ async fn run<Q: Queue>(name: &str, q: &Q, n: u32) {
         done += got.len();
         let batch = got
             .into_iter()
-            .map(|l| {
-                (
-                    l.id,
-                    Resolution::Delivered {
-                        reply: "250 2.0.0 ok".into(),
-                    },
-                )
+            .map(|l| Completion {
+                id: l.id,
+                token: l.token,
+                resolution: Resolution::Delivered {
+                    reply: "250 2.0.0 ok".into(),
+                },
             })
             .collect();
         q.complete(batch, SystemTime::now())

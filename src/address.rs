@@ -203,6 +203,24 @@ pub(crate) fn valid_domain(domain: &str) -> bool {
         })
 }
 
+/// The one form an address takes as a suppression key, whatever form it arrived in (a
+/// submission, a bounce, an unsubscribe, an import, the API): trimmed, the domain in
+/// lower-case A-labels (IDNA), the local part lower-cased.
+///
+/// RFC 5321 lets a server treat local parts as case-sensitive; mailbox providers do not,
+/// and a suppression list must err on the side of not sending: `Bob@x` and `bob@x` are
+/// one key. A text that is not an address is lower-cased whole (it matches nothing).
+pub fn suppression_key(address: &str) -> String {
+    let a = address.trim();
+    match a.rsplit_once('@') {
+        Some((local, domain)) => {
+            let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase());
+            format!("{}@{domain}", local.to_lowercase())
+        }
+        None => a.to_lowercase(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +338,23 @@ mod tests {
         assert_eq!((a.local_part(), a.domain()), ("\"a@b\"", "example.com"));
         assert!(!a.needs_smtputf8());
         assert!(Address::parse("josé@example.com").unwrap().needs_smtputf8());
+    }
+
+    #[test]
+    fn suppression_keys_are_one_form_of_an_address() {
+        for (given, key) in [
+            ("Bob@Example.COM", "bob@example.com"),
+            (" a@B.c ", "a@b.c"),
+            ("permfail@bücher.example", "permfail@xn--bcher-kva.example"),
+            (
+                "permfail@xn--bcher-kva.example",
+                "permfail@xn--bcher-kva.example",
+            ),
+            ("Permfail@BÜCHER.example", "permfail@xn--bcher-kva.example"),
+            ("\"x@y\"@Z.org", "\"x@y\"@z.org"),
+            ("nodomain", "nodomain"),
+        ] {
+            assert_eq!(suppression_key(given), key, "{given}");
+        }
     }
 }

@@ -35,6 +35,21 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum SuppressAction {
+    /// Adds every entry of a CSV file (checked whole first: a bad line stores nothing).
+    Import {
+        /// CSV with a header row: `address` required; `scope` (`all` or `list:NAME`),
+        /// `reason`, `at` (RFC 3339) optional.
+        file: PathBuf,
+    },
+    /// Writes every entry to a CSV file.
+    Export {
+        /// The file to write.
+        file: PathBuf,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -70,6 +85,10 @@ enum Command {
         /// Subject instead of the template's.
         #[arg(long)]
         subject: Option<String>,
+        /// The list the campaign belongs to (what its unsubscribe links leave).
+        /// Default: "default".
+        #[arg(long)]
+        list: Option<String>,
         /// A variable shared by every recipient (repeatable).
         #[arg(long = "var", value_name = "KEY=VALUE")]
         vars: Vec<String>,
@@ -89,6 +108,14 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// The suppression list as CSV (address,scope,reason,at).
+    Suppress {
+        #[command(subcommand)]
+        action: SuppressAction,
+        /// Configuration file (default: ./volley.toml when it exists).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Validate the configuration and compile every template.
     Check {
         /// Configuration file (default: ./volley.toml when it exists).
@@ -99,7 +126,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Send { .. } | Command::Check { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Send { .. } | Command::Check { .. } | Command::Suppress { .. }
+    );
     init_logs(cli.log_format, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -198,11 +228,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Suppress { action, config } => {
+            let config = load(config.as_ref(), None)?;
+            let queue = volley::queue::AnyQueue::open(&config.queue).await?;
+            match action {
+                SuppressAction::Import { file } => {
+                    let n = volley::app::suppress::import(&queue, &file).await?;
+                    println!("imported {n} suppression entries from {}", file.display());
+                }
+                SuppressAction::Export { file } => {
+                    let n = volley::app::suppress::export(&queue, &file).await?;
+                    println!("exported {n} suppression entries to {}", file.display());
+                }
+            }
+            Ok(())
+        }
         Command::Send {
             template,
             recipients,
             from,
             subject,
+            list: campaign_list,
             vars,
             config,
             relay,
@@ -221,6 +267,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 from,
                 subject,
                 vars,
+                list: campaign_list,
                 max_wait,
                 report,
             };

@@ -50,6 +50,8 @@ pub struct Outcome {
     pub code: Option<u16>,
     /// The enhanced code, when the server sent one.
     pub enhanced: Option<EnhancedCode>,
+    /// The command the reply answered, when known.
+    pub phase: Option<Phase>,
     /// The reply or error, for logs, reports and events.
     pub detail: String,
 }
@@ -64,6 +66,7 @@ impl Outcome {
             too_many_recipients: false,
             code: None,
             enhanced: None,
+            phase: None,
             detail,
         }
     }
@@ -84,8 +87,32 @@ impl Outcome {
     }
 }
 
-/// Classifies one recipient's result from [`crate::smtp::Session::send`].
+/// Classifies one recipient's result from [`crate::smtp::Session::send`], in a
+/// transaction of one recipient (volley's own).
 pub fn classify(result: &Result<Reply, SmtpError>) -> Outcome {
+    classify_in(result, 1)
+}
+
+/// Classifies one recipient's result in a transaction of `recipients` recipients.
+///
+/// Whether the address is suppressed depends on whom the refusal is about: a "no such
+/// user" given to RCPT is about that recipient; given to the end of the data, only when
+/// the transaction had one recipient; given to MAIL FROM, the greeting or the connection,
+/// it is about the sender or the server and never suppresses anyone.
+pub fn classify_in(result: &Result<Reply, SmtpError>, recipients: usize) -> Outcome {
+    let mut outcome = classify_result(result);
+    if outcome.suppress {
+        let about_recipient = match outcome.phase {
+            Some(Phase::Rcpt) => true,
+            Some(Phase::Data | Phase::DataEnd | Phase::DataBlock) => recipients == 1,
+            _ => false,
+        };
+        outcome.suppress = about_recipient;
+    }
+    outcome
+}
+
+fn classify_result(result: &Result<Reply, SmtpError>) -> Outcome {
     match result {
         Ok(reply) if reply.is_positive() => {
             let mut outcome =
@@ -124,7 +151,9 @@ pub fn classify_route(err: &RouteError) -> Outcome {
     };
     let mut outcome = Outcome::new(disposition, scope, format!("{enhanced} {err}"));
     outcome.enhanced = Some(enhanced);
-    outcome.suppress = matches!(err, RouteError::NullMx(_) | RouteError::NoSuchDomain(_));
+    // A domain that does not exist (or takes no mail) bounces the message but suppresses
+    // no one: one lookup can be a registrar's or a resolver's passing mistake, and the
+    // next send asks again.
     outcome
 }
 
@@ -137,8 +166,11 @@ fn classify_reply(phase: Option<Phase>, reply: &Reply) -> Outcome {
         Some(phase) => format!("{phase}: {reply}"),
         None => reply.to_string(),
     };
+    // A 3xx where a final reply was due (the end of the data, RCPT...) is the server
+    // breaking the protocol: nobody's fault here, try again later.
+    let intermediate = reply.code().is_intermediate();
     let scope = match phase {
-        _ if code == 421 => Scope::Connection,
+        _ if code == 421 || intermediate => Scope::Connection,
         Some(Phase::Greeting | Phase::Ehlo | Phase::Helo | Phase::StartTls | Phase::Auth) => {
             Scope::Connection
         }
@@ -161,6 +193,7 @@ fn classify_reply(phase: Option<Phase>, reply: &Reply) -> Outcome {
     let mut outcome = Outcome::new(disposition, scope, detail);
     outcome.code = Some(code);
     outcome.enhanced = enhanced;
+    outcome.phase = phase;
     outcome.too_many_recipients = too_many;
     outcome.throttle = is_throttle(code, enhanced, &text);
     outcome.suppress = disposition == Disposition::Permanent
@@ -579,6 +612,8 @@ mod tests {
         }
     }
 
+    /// Routing failures bounce or defer the message; none suppresses the address (a
+    /// domain missing once may be a registrar's or a resolver's passing mistake).
     #[test]
     fn routing_failures() {
         let table = [
@@ -586,13 +621,13 @@ mod tests {
                 RouteError::NullMx("x.test".into()),
                 Disposition::Permanent,
                 "5.1.10",
-                true,
+                false,
             ),
             (
                 RouteError::NoSuchDomain("x.test".into()),
                 Disposition::Permanent,
                 "5.1.2",
-                true,
+                false,
             ),
             (
                 RouteError::NoMailHost("x.test".into()),

@@ -18,9 +18,15 @@ pub fn from_unix_ms(ms: u64) -> SystemTime {
 
 /// `t` as RFC 3339 in UTC to the second, e.g. `2026-11-30T12:34:56Z` (humantime's
 /// formatter). Sub-second parts are dropped; a time before 1970 (a clock gone badly
-/// wrong) is written as the epoch rather than failing.
+/// wrong) is written as the epoch, and one after 9999 as its last second, rather than
+/// failing: RFC 3339 has four-digit years.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t.max(UNIX_EPOCH)).to_string()
+    humantime::format_rfc3339_seconds(t.clamp(UNIX_EPOCH, last_rfc3339_second())).to_string()
+}
+
+/// 9999-12-31T23:59:59Z.
+fn last_rfc3339_second() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(253_402_300_799)
 }
 
 /// Serde: a `SystemTime` field written as [`rfc3339`] text.
@@ -64,6 +70,8 @@ mod tests {
             (1_796_042_096, "2026-11-30T12:34:56Z"),
             (4_107_542_400, "2100-03-01T00:00:00Z"),
             (-1, "1970-01-01T00:00:00Z"),
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+            (i64::from(u32::MAX) * 1000, "9999-12-31T23:59:59Z"),
         ];
         for (secs, want) in table {
             assert_eq!(rfc3339(at(secs)), want, "{secs} s since the epoch");

@@ -107,6 +107,7 @@ fn delivery(key: u32, to: &str) -> Delivery<u32> {
         to: Address::parse(to).unwrap(),
         body: Arc::from(&b"Subject: test\r\n\r\nhello\r\n"[..]),
         queued_at: Instant::now(),
+        cancelled: Default::default(),
     }
 }
 

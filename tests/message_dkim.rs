@@ -95,14 +95,19 @@ fn message() -> Vec<u8> {
         url: Some("https://example.com/u/{token}".into()),
         mailto: Some("unsubscribe@example.com".into()),
         one_click: true,
-        secret: "0123456789abcdef0123".into(),
+        secret: "0123456789abcdef0123456789abcdef".into(),
+        previous_secrets: Vec::new(),
     };
-    let tokens = UnsubscribeTokens::new(&cfg.secret);
+    let tokens = UnsubscribeTokens::new(&cfg.secret, &[]);
     let to = Address::parse("alice@example.org").unwrap();
     let spec = MessageSpec {
         from: Mailbox::named("Exämple News", Address::parse("news@example.com").unwrap()),
-        list_unsubscribe: ListUnsubscribe::for_recipient(&cfg, &tokens, "job-1", to.as_str())
-            .unwrap(),
+        list_unsubscribe: ListUnsubscribe::for_recipient(
+            &cfg,
+            &tokens,
+            token_for("job-1", to.as_str()),
+        )
+        .unwrap(),
         to: vec![Mailbox::named("Alice", to)],
         cc: vec![],
         reply_to: None,
@@ -311,4 +316,14 @@ fn unusable_keys_are_clear_errors() {
 fn signer_is_shareable() {
     fn assert_shared<T: Send + Sync + std::fmt::Debug>() {}
     assert_shared::<DkimSigner>();
+}
+
+/// The unsubscribe token's subject: `address` of job `job`, leaving the default list.
+fn token_for<'a>(job: &'a str, address: &'a str) -> volley::message::TokenFor<'a> {
+    volley::message::TokenFor {
+        job,
+        list: "default",
+        address,
+        issued: std::time::SystemTime::now(),
+    }
 }

@@ -199,9 +199,10 @@ fn exactly_one_of_each_header() {
         url: Some("https://example.com/unsubscribe/{token}".into()),
         mailto: Some("unsubscribe@example.com".into()),
         one_click: true,
-        secret: "a secret of at least 16 bytes".into(),
+        secret: "a secret of at least thirty-two bytes".into(),
+        previous_secrets: Vec::new(),
     };
-    let tokens = UnsubscribeTokens::new(&cfg.secret);
+    let tokens = UnsubscribeTokens::new(&cfg.secret, &[]);
     let mut s = spec();
     s.cc = vec![Mailbox::new(addr("carol@example.org"))];
     s.reply_to = Some(Mailbox::new(addr("replies@example.com")));
@@ -211,7 +212,8 @@ fn exactly_one_of_each_header() {
         ("Precedence".into(), "bulk".into()),
     ];
     s.list_unsubscribe =
-        ListUnsubscribe::for_recipient(&cfg, &tokens, "job-7", "alice@example.org").unwrap();
+        ListUnsubscribe::for_recipient(&cfg, &tokens, token_for("job-7", "alice@example.org"))
+            .unwrap();
     let built = build_message(&s, DOMAIN).unwrap();
     let h = headers(&built);
     for name in [
@@ -254,9 +256,10 @@ fn exactly_one_of_each_header() {
         .and_then(|(_, rest)| rest.split_once('>'))
         .map(|(token, _)| token)
         .unwrap();
+    let who = tokens.verify(token).expect("a genuine token");
     assert_eq!(
-        tokens.verify(token),
-        Some(("job-7".to_owned(), "alice@example.org".to_owned()))
+        (who.job.as_str(), who.list.as_str(), who.address.as_str()),
+        ("job-7", "default", "alice@example.org")
     );
     assert!(
         unsubscribe.ends_with(", <mailto:unsubscribe@example.com>"),
@@ -279,14 +282,14 @@ fn no_one_click_without_https() {
             url: url.map(String::from),
             mailto: Some("u@example.com".into()),
             one_click,
-            secret: "a secret of at least 16 bytes".into(),
+            secret: "a secret of at least thirty-two bytes".into(),
+            previous_secrets: Vec::new(),
         };
         let mut s = spec();
         s.list_unsubscribe = ListUnsubscribe::for_recipient(
             &cfg,
-            &UnsubscribeTokens::new(&cfg.secret),
-            "j",
-            "a@b.c",
+            &UnsubscribeTokens::new(&cfg.secret, &[]),
+            token_for("j", "a@b.c"),
         )
         .unwrap();
         let h = headers(&build_message(&s, DOMAIN).unwrap());
@@ -362,12 +365,24 @@ fn mime_structure() {
         build_message(&s, DOMAIN),
         Err(MessageError::NoBody)
     ));
-    s = spec();
+}
+
+#[test]
+fn only_hidden_recipients_show_an_empty_group() {
+    let mut s = spec();
     s.to.clear();
-    assert!(matches!(
-        build_message(&s, DOMAIN),
-        Err(MessageError::NoRecipients)
-    ));
+    s.cc.clear();
+    let built = String::from_utf8(build_message(&s, DOMAIN).unwrap()).unwrap();
+    let h = headers(built.as_bytes());
+    assert_eq!(count(&h, "To"), 1, "{built}");
+    assert!(
+        built.contains("To: undisclosed-recipients:;\r\n"),
+        "{built}"
+    );
+    assert!(
+        !built.contains("@example.org"),
+        "no recipient shown: {built}"
+    );
 }
 
 #[test]
@@ -603,5 +618,15 @@ fn missing_variables_are_refused_at_check() {
             message.contains(name) && message.contains(file) && message.contains(variable),
             "{message}"
         );
+    }
+}
+
+/// The unsubscribe token's subject: `address` of job `job`, leaving the default list.
+fn token_for<'a>(job: &'a str, address: &'a str) -> volley::message::TokenFor<'a> {
+    volley::message::TokenFor {
+        job,
+        list: "default",
+        address,
+        issued: std::time::SystemTime::now(),
     }
 }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use queue_common::*;
 use volley::queue::{
-    DeliveryId, JobId, JobKind, NewJob, Queue, RecipientState, Resolution, SubmitOutcome,
+    Completion, DeliveryId, JobId, JobKind, NewJob, Queue, RecipientState, Resolution,
+    SubmitOutcome,
 };
 
 const WORKER_ENV: &str = "VOLLEY_QUEUE_CRASH_WORKER";
@@ -103,13 +104,12 @@ async fn work<Q: Queue>(q: Q, dir: &Path) {
             append(&dir.join("delivered.log"), &log);
             let batch = got
                 .iter()
-                .map(|l| {
-                    (
-                        l.id,
-                        Resolution::Delivered {
-                            reply: "250 ok".into(),
-                        },
-                    )
+                .map(|l| Completion {
+                    id: l.id,
+                    token: l.token,
+                    resolution: Resolution::Delivered {
+                        reply: "250 ok".into(),
+                    },
                 })
                 .collect();
             q.complete(batch, SystemTime::now())
@@ -158,13 +158,12 @@ async fn verify<Q: Queue>(q: &Q, dir: &Path) -> (usize, usize) {
         append(&dir.join("delivered.log"), &log);
         let batch = got
             .iter()
-            .map(|l| {
-                (
-                    l.id,
-                    Resolution::Delivered {
-                        reply: "250 ok".into(),
-                    },
-                )
+            .map(|l| Completion {
+                id: l.id,
+                token: l.token,
+                resolution: Resolution::Delivered {
+                    reply: "250 ok".into(),
+                },
             })
             .collect();
         q.complete(batch, SystemTime::now())

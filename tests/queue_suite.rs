@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use queue_common::*;
 use volley::queue::{
-    DeliveryId, EventKind, JobState, NewRecipient, Queue, RecipientState, Resolution, SubmitOutcome,
+    Completion, DeliveryId, EventKind, JobState, Leased, NewRecipient, Queue, RecipientState,
+    Resolution, RetentionConfig, SubmitOutcome, Suppression, SuppressionScope,
 };
 
 /// Short, so that lease expiry can be shown with a real sleep (Redis measures idle time on
@@ -104,6 +105,10 @@ scenarios!(
     idempotency,
     recipients_paging,
     suppression,
+    a_hard_bounce_suppresses_in_the_same_write,
+    stale_leases_cannot_complete_renew_or_release,
+    a_release_can_postpone,
+    retention_removes_old_events_and_finished_jobs,
     submit_is_atomic,
     depth,
     recent_jobs_newest_first,
@@ -127,6 +132,21 @@ async fn redis_two_consumers_never_share() {
     let other = h.another(&q).await;
     two_consumers_never_share(q, other).await;
     h.cleanup().await;
+}
+
+/// A completion of `lease` with `resolution`, under the lease's token.
+fn done(lease: &Leased, resolution: Resolution) -> Completion {
+    Completion {
+        id: lease.id,
+        token: lease.token,
+        resolution,
+    }
+}
+
+fn delivered() -> Resolution {
+    Resolution::Delivered {
+        reply: "250 ok".into(),
+    }
 }
 
 fn created(o: SubmitOutcome) -> volley::queue::JobId {
@@ -166,38 +186,32 @@ async fn submit_lease_complete<Q: Queue>(q: Q) {
     );
 
     let later = t + Duration::from_secs(1);
-    q.complete(
-        vec![
-            (
-                got[0].id,
-                Resolution::Delivered {
-                    reply: "250 ok".into(),
-                },
-            ),
-            (
-                got[1].id,
-                Resolution::Bounced {
-                    reply: "550 no such user".into(),
-                },
-            ),
-            (got[2].id, Resolution::Suppressed),
-        ],
-        later,
-    )
-    .await
-    .expect("complete");
-    // A repeated outcome is ignored, not counted twice.
-    q.complete(
-        vec![(
-            got[0].id,
-            Resolution::Delivered {
-                reply: "250 again".into(),
-            },
-        )],
-        later,
-    )
-    .await
-    .expect("complete again");
+    let stale = q
+        .complete(
+            vec![
+                done(&got[0], delivered()),
+                done(
+                    &got[1],
+                    Resolution::Bounced {
+                        reply: "550 no such user".into(),
+                        suppress: false,
+                    },
+                ),
+                done(&got[2], Resolution::Suppressed),
+            ],
+            later,
+        )
+        .await
+        .expect("complete");
+    assert_eq!(stale, 0);
+    // A repeated outcome is refused and counted, never recorded twice.
+    let again = done(
+        &got[0],
+        Resolution::Delivered {
+            reply: "250 again".into(),
+        },
+    );
+    assert_eq!(q.complete(vec![again], later).await.expect("complete"), 1);
     let st = q.job(&id).await.expect("job").expect("exists");
     assert_eq!(st.state, JobState::Done);
     let c = st.counts;
@@ -239,7 +253,7 @@ async fn retry_is_not_leased_early<Q: Queue>(q: Q) {
     let l = q.lease(1, t).await.expect("lease");
     let at = t + Duration::from_secs(60);
     let reply = "451 4.7.1 try later".to_string();
-    q.complete(vec![(l[0].id, Resolution::Retry { at, reply })], t)
+    q.complete(vec![done(&l[0], Resolution::Retry { at, reply })], t)
         .await
         .expect("complete");
     let st = q.job(&id).await.expect("job").expect("exists");
@@ -253,12 +267,18 @@ async fn retry_is_not_leased_early<Q: Queue>(q: Q) {
     let again = q.lease(5, at).await.expect("lease");
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].attempts, again[0].queued_at), (1, at));
+    assert_eq!(
+        again[0].first_attempt,
+        Some(t),
+        "the first attempt's time is kept"
+    );
+    assert!(again[0].token > l[0].token, "every lease gets a new token");
     let r = q.recipients(&id, None, 10).await.expect("recipients");
     assert_eq!((r[0].state, r[0].attempts), (RecipientState::Leased, 1));
     assert_eq!(r[0].last_reply.as_deref(), Some("451 4.7.1 try later"));
     q.complete(
-        vec![(
-            again[0].id,
+        vec![done(
+            &again[0],
             Resolution::Expired {
                 reply: "gave up".into(),
             },
@@ -291,7 +311,9 @@ async fn lease_expiry_and_release<Q: Queue>(q: Q) {
     let second = q.lease(5, t).await.expect("lease");
     assert_eq!(second.len(), 1);
     assert_ne!(first[0].id, second[0].id);
-    q.release(vec![second[0].id]).await.expect("release");
+    q.release(vec![(second[0].id, second[0].token)], None, t)
+        .await
+        .expect("release");
     let back = q.lease(5, t).await.expect("lease");
     assert_eq!(
         back.iter().map(|l| l.id).collect::<Vec<_>>(),
@@ -374,22 +396,40 @@ async fn recipients_paging<Q: Queue>(q: Q) {
     assert!(q.job(&unknown).await.expect("job").is_none());
 }
 
+fn entry(address: &str, scope: SuppressionScope) -> Suppression {
+    Suppression {
+        address: address.into(),
+        scope,
+        reason: "test".into(),
+        at: t0(),
+    }
+}
+
 async fn suppression<Q: Queue>(q: Q) {
-    q.suppress("Bob@Example.COM", "550 5.1.1 no such user")
+    let news = || SuppressionScope::List("news".into());
+    q.suppress(entry("Bob@Example.COM", SuppressionScope::All))
         .await
         .expect("suppress");
-    assert!(q.is_suppressed("Bob@example.com").await.expect("check"));
-    assert!(q.is_suppressed(" Bob@EXAMPLE.com ").await.expect("check"));
-    // The local part is case-sensitive (RFC 5321).
-    assert!(!q.is_suppressed("bob@example.com").await.expect("check"));
-    let batch = vec![
-        "x@example.com".to_string(),
-        "Bob@EXAMPLE.com".to_string(),
-        "bob@example.com".to_string(),
-    ];
+    q.suppress(entry("Ann@Bücher.example", news()))
+        .await
+        .expect("suppress");
+    // One normalisation: however the address arrives, it matches.
+    let among = |a: &str, list: Option<&str>| (a.to_owned(), list.map(str::to_owned));
+    let flags = q
+        .suppressed_among(vec![
+            among("bob@example.com", None),
+            among(" BOB@EXAMPLE.com ", Some("news")),
+            among("x@example.com", None),
+            among("ann@xn--bcher-kva.example", Some("news")),
+            among("ann@bücher.example", Some("other")),
+            among("ann@bücher.example", None),
+        ])
+        .await
+        .expect("batch check");
     assert_eq!(
-        q.suppressed_among(batch).await.expect("batch check"),
-        [false, true, false]
+        flags,
+        [true, true, false, true, false, false],
+        "all-mail entries stop everything; a list's entries only that list"
     );
     assert!(
         q.suppressed_among(Vec::new())
@@ -397,9 +437,238 @@ async fn suppression<Q: Queue>(q: Q) {
             .expect("empty batch")
             .is_empty()
     );
-    assert!(q.unsuppress("bob@EXAMPLE.com").await.is_ok_and(|was| !was));
-    assert!(q.unsuppress("Bob@example.com").await.expect("unsuppress"));
-    assert!(!q.is_suppressed("Bob@example.com").await.expect("check"));
+    let of_ann = q.suppressions_of("ANN@bücher.example").await.expect("of");
+    assert_eq!(of_ann.len(), 1);
+    assert_eq!(
+        (of_ann[0].address.as_str(), &of_ann[0].scope),
+        ("ann@xn--bcher-kva.example", &news())
+    );
+    q.suppress(entry("bob@example.com", news()))
+        .await
+        .expect("suppress");
+    let all = q.suppressions(None, 10).await.expect("list");
+    let listed: Vec<_> = all
+        .iter()
+        .map(|e| (e.address.as_str(), e.scope.as_text()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("ann@xn--bcher-kva.example", "list:news".to_owned()),
+            ("bob@example.com", "all".to_owned()),
+            ("bob@example.com", "list:news".to_owned()),
+        ],
+        "in address order"
+    );
+    let after = q
+        .suppressions(Some("ann@bücher.example".into()), 10)
+        .await
+        .expect("page");
+    assert_eq!(after.len(), 2, "paged after an address: {after:?}");
+    assert_eq!(q.suppressions(None, 1).await.expect("page").len(), 1);
+    assert_eq!(
+        q.unsuppress("BOB@example.com", Some(SuppressionScope::All))
+            .await
+            .expect("unsuppress"),
+        1
+    );
+    assert_eq!(
+        q.suppressed_among(vec![among("bob@example.com", None)])
+            .await
+            .expect("check"),
+        [false]
+    );
+    assert_eq!(
+        q.unsuppress("bob@example.com", None)
+            .await
+            .expect("all scopes"),
+        1
+    );
+    assert_eq!(
+        q.unsuppress("bob@example.com", None)
+            .await
+            .expect("none left"),
+        0
+    );
+}
+
+async fn a_hard_bounce_suppresses_in_the_same_write<Q: Queue>(q: Q) {
+    let t = t0();
+    let rs = ["Permfail@BÜCHER.example", "kept@example.com"].map(|to| NewRecipient {
+        to: to.into(),
+        vars: Vec::new(),
+    });
+    created(q.submit(job(t), rs.into_iter(), t).await.expect("submit"));
+    let mut got = q.lease(2, t).await.expect("lease");
+    got.sort_by_key(|l| l.id.index);
+    let bounce = |suppress| Resolution::Bounced {
+        reply: "550 5.1.1 no such user".into(),
+        suppress,
+    };
+    q.complete(
+        vec![done(&got[0], bounce(true)), done(&got[1], bounce(false))],
+        t,
+    )
+    .await
+    .expect("complete");
+    let flags = q
+        .suppressed_among(vec![
+            ("permfail@bücher.example".into(), None),
+            ("kept@example.com".into(), None),
+        ])
+        .await
+        .expect("check");
+    assert_eq!(flags, [true, false]);
+    let e = q
+        .suppressions_of("permfail@xn--bcher-kva.example")
+        .await
+        .expect("of");
+    assert_eq!(
+        (e[0].scope.clone(), e[0].reason.as_str()),
+        (SuppressionScope::All, "550 5.1.1 no such user")
+    );
+}
+
+async fn stale_leases_cannot_complete_renew_or_release<Q: Queue>(q: Q) {
+    let t = t0();
+    let id = created(q.submit(job(t), recipients(2), t).await.expect("submit"));
+    let mut first = q.lease(2, t).await.expect("lease");
+    first.sort_by_key(|l| l.id.index);
+    // Renewal keeps a held lease: past the old end, nobody else may take it.
+    let lost = q
+        .renew(first.iter().map(|l| (l.id, l.token)).collect(), t)
+        .await
+        .expect("renew");
+    assert!(lost.is_empty());
+    // Released and leased again: the old token is stale from now on.
+    q.release(vec![(first[0].id, first[0].token)], None, t)
+        .await
+        .expect("release");
+    let second = q.lease(1, t).await.expect("lease").remove(0);
+    assert_eq!(second.id, first[0].id);
+    assert!(second.token > first[0].token);
+    let lost = q
+        .renew(
+            vec![(first[0].id, first[0].token), (first[1].id, first[1].token)],
+            t,
+        )
+        .await
+        .expect("renew");
+    assert_eq!(lost, [first[0].id], "the stale lease is reported lost");
+    assert_eq!(
+        q.complete(vec![done(&first[0], delivered())], t)
+            .await
+            .expect("complete"),
+        1,
+        "a completion under a stale token is refused"
+    );
+    q.release(vec![(first[0].id, first[0].token)], None, t)
+        .await
+        .expect("stale release");
+    let st = q.recipients(&id, None, 10).await.expect("recipients");
+    assert_eq!(
+        st[0].state,
+        RecipientState::Leased,
+        "the stale release did nothing"
+    );
+    assert_eq!(
+        q.complete(vec![done(&second, delivered())], t)
+            .await
+            .expect("complete"),
+        0
+    );
+    let st = q.job(&id).await.expect("job").expect("exists");
+    assert_eq!((st.counts.delivered, st.counts.queued), (1, 1));
+}
+
+async fn a_release_can_postpone<Q: Queue>(q: Q) {
+    let t = t0();
+    let id = created(q.submit(job(t), recipients(1), t).await.expect("submit"));
+    let l = q.lease(1, t).await.expect("lease").remove(0);
+    let later = t + Duration::from_secs(30);
+    q.release(vec![(l.id, l.token)], Some(later), t)
+        .await
+        .expect("release");
+    let d = q.depth(t).await.expect("depth");
+    assert_eq!((d.ready, d.scheduled, d.leased), (0, 1, 0));
+    assert!(
+        q.lease(1, later - Duration::from_millis(1))
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let back = q.lease(1, later).await.expect("lease");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].attempts, 0, "a postponement is no attempt");
+    assert!(
+        q.events(0, 10).await.expect("events").is_empty(),
+        "and no event"
+    );
+    let st = q.job(&id).await.expect("job").expect("exists");
+    assert_eq!(st.counts.queued, 1);
+}
+
+async fn retention_removes_old_events_and_finished_jobs<Q: Queue>(q: Q) {
+    let t = t0();
+    let old = created(q.submit(job(t), recipients(2), t).await.expect("submit"));
+    let got = q.lease(2, t).await.expect("lease");
+    q.complete(got.iter().map(|l| done(l, delivered())).collect(), t)
+        .await
+        .expect("complete");
+    let day = Duration::from_secs(86_400);
+    let later = t + 40 * day;
+    let new = created(
+        q.submit(job(later), recipients(1), later)
+            .await
+            .expect("submit"),
+    );
+    let fresh = q.lease(1, later).await.expect("lease");
+    q.complete(vec![done(&fresh[0], delivered())], later)
+        .await
+        .expect("complete");
+    q.suppress(entry("kept@example.com", SuppressionScope::All))
+        .await
+        .expect("suppress");
+    let retention = RetentionConfig {
+        events: 30 * day,
+        jobs: 30 * day,
+    };
+    let mut pruned = volley::queue::Pruned::default();
+    loop {
+        let p = q.prune(later, retention).await.expect("prune");
+        if p.events + p.jobs == 0 {
+            break;
+        }
+        pruned.events += p.events;
+        pruned.jobs += p.jobs;
+    }
+    assert_eq!((pruned.events, pruned.jobs), (2, 1), "{pruned:?}");
+    assert!(
+        q.job(&old).await.expect("job").is_none(),
+        "the old job is gone"
+    );
+    assert!(q.job_payload(&old).await.expect("payload").is_none());
+    assert!(
+        q.recipients(&old, None, 10)
+            .await
+            .expect("recipients")
+            .is_empty()
+    );
+    assert!(
+        q.job(&new).await.expect("job").is_some(),
+        "the recent job stays"
+    );
+    let events = q.events(0, 10).await.expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].job, new);
+    assert_eq!(
+        q.suppressions_of("kept@example.com")
+            .await
+            .expect("of")
+            .len(),
+        1,
+        "suppressions are kept until deleted"
+    );
 }
 
 async fn submit_is_atomic<Q: Queue>(q: Q) {
@@ -465,10 +734,7 @@ async fn recent_jobs_newest_first<Q: Queue>(q: Q) {
         ));
     }
     let first = q.lease(1, t).await.expect("lease").remove(0);
-    let delivered = Resolution::Delivered {
-        reply: "250".into(),
-    };
-    q.complete(vec![(first.id, delivered)], t)
+    q.complete(vec![done(&first, delivered())], t)
         .await
         .expect("complete");
     let recent = q.recent_jobs(3).await.expect("recent");
@@ -504,17 +770,7 @@ async fn two_consumers_never_share<Q: Queue + Clone + 'static>(a: Q, b: Q) {
                 if got.is_empty() {
                     return mine;
                 }
-                let batch = got
-                    .iter()
-                    .map(|l| {
-                        (
-                            l.id,
-                            Resolution::Delivered {
-                                reply: "250".into(),
-                            },
-                        )
-                    })
-                    .collect();
+                let batch = got.iter().map(|l| done(l, delivered())).collect();
                 mine.extend(got.iter().map(|l| l.id));
                 q.complete(batch, t).await.expect("complete");
             }

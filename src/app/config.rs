@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::engine::{LimitsConfig, SmtpConfig};
 use crate::message::{DkimConfig, ReturnPath, UnsubscribeConfig};
-use crate::queue::QueueConfig;
+use crate::queue::{QueueConfig, RetentionConfig};
 use crate::retry::RetryConfig;
 use crate::route::{DnsConfig, RelayConfig, SecurityConfig};
 use crate::template::TemplatesConfig;
@@ -48,6 +48,10 @@ pub struct Config {
     pub security: SecurityConfig,
     /// `[message]`: envelope sender and size limit.
     pub message: MessageConfig,
+    /// `[retention]`: how long events and finished jobs are kept.
+    pub retention: RetentionConfig,
+    /// `[dispatch]`: what the dispatcher keeps in memory.
+    pub dispatch: DispatchConfig,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -67,6 +71,14 @@ pub struct ServerConfig {
     /// Largest request body. Default `"16MiB"`.
     #[serde(deserialize_with = "byte_size")]
     pub max_body: usize,
+    /// Most recipients of one campaign. Default 1,000,000.
+    pub max_recipients: usize,
+    /// Above this many deliveries waiting (ready and scheduled), submissions get 429 with
+    /// `Retry-After`. Default 0: no limit.
+    pub max_queue_depth: u64,
+    /// How long a graceful stop may take to store the last outcomes. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +87,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
             api_keys: Vec::new(),
             max_body: 16 << 20,
+            max_recipients: 1_000_000,
+            max_queue_depth: 0,
+            shutdown_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +112,22 @@ impl Default for MessageConfig {
             return_path: None,
             max_size: 25 << 20,
         }
+    }
+}
+
+/// `[dispatch]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Memory for the jobs' specs and one-off messages' bodies the dispatcher keeps
+    /// while it sends them. Default `"64MiB"`.
+    #[serde(deserialize_with = "byte_size")]
+    pub cache: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self { cache: 64 << 20 }
     }
 }
 

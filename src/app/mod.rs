@@ -4,10 +4,12 @@
 //!
 //! - [`config`]: `volley.toml`, every section assembled.
 //! - [`send`]: `volley send`, a campaign delivered from the command line.
+//! - [`suppress`]: `volley suppress import|export`, the suppression list as CSV.
 //! - `webhooks`: the event log fed to the webhook sender.
 
 pub mod config;
 pub mod send;
+pub mod suppress;
 mod webhooks;
 
 use std::sync::Arc;
@@ -49,6 +51,11 @@ pub enum StartError {
     /// A `[webhooks]` setting cannot be used.
     #[error("webhooks: {0}")]
     Webhooks(#[from] crate::webhooks::WebhookError),
+    /// At a graceful stop, outcomes could not be stored before the shutdown timeout.
+    #[error(
+        "{0} outcomes could not be stored before the shutdown timeout; their leases run out and the deliveries are tried again"
+    )]
+    Unstored(usize),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -128,10 +135,13 @@ impl App {
             engine,
             reports,
             capacity: BACKLOG,
+            lease: c.queue.lease,
             retry: c.retry.clone(),
             return_path: c.message.return_path.clone(),
             metrics: Arc::clone(&self.metrics),
             wake: Arc::clone(&self.wake),
+            cache_bytes: c.dispatch.cache,
+            shutdown_timeout: c.server.shutdown_timeout,
         };
         Ok(Dispatch::start(deps, shutdown))
     }
@@ -145,6 +155,8 @@ impl App {
             history,
             api_keys: Arc::new(self.config.server.api_keys.clone()),
             max_body: self.config.server.max_body,
+            max_recipients: self.config.server.max_recipients,
+            max_queue_depth: self.config.server.max_queue_depth,
             submitted: Arc::clone(&self.wake),
         }
     }
@@ -176,6 +188,11 @@ impl App {
             shutdown_rx.clone(),
         )?;
         let dispatch = self.start_delivery(shutdown_rx.clone())?;
+        let pruner = tokio::spawn(prune(
+            Arc::clone(&self.queue),
+            self.config.retention,
+            shutdown_rx.clone(),
+        ));
         let history = Arc::new(History::default());
         let sampler = start_sampler(
             Arc::clone(&history),
@@ -205,13 +222,56 @@ impl App {
         tracing::info!("stopping: no new requests; finishing deliveries in flight");
         let _ = shutdown_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        dispatch.join().await;
+        let unstored = dispatch.join().await;
         let _ = sampler.await;
+        let _ = pruner.await;
         if let Some(webhooks) = webhooks {
             let _ = webhooks.await;
         }
+        if unstored.outcomes > 0 {
+            return Err(StartError::Unstored(unstored.outcomes));
+        }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Removes old events and finished jobs in the background: every minute, as long as each
+/// call still finds something, until `shutdown` turns true.
+async fn prune(
+    queue: Arc<AnyQueue>,
+    retention: crate::queue::RetentionConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::queue::Queue as _;
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        loop {
+            match queue.prune(std::time::SystemTime::now(), retention).await {
+                Ok(p) if p.events + p.jobs == 0 => break,
+                Ok(p) => {
+                    tracing::info!(
+                        events = p.events,
+                        jobs = p.jobs,
+                        "retention: removed old events and jobs"
+                    );
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: pruning failed; trying again later");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::event::EventKind;
 use crate::metrics::Stage;
 use crate::queue::{Counts, JobId, Queue, QueueError, SubmitOutcome};
 use crate::submit::recipients::RecipientList;
-use crate::submit::{CampaignRequest, Invalid, MailboxInput, prepare_campaign};
+use crate::submit::{CampaignRequest, Context, Invalid, MailboxInput, prepare_campaign};
 
 /// What `volley send` was asked to send.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct SendOptions {
     pub subject: Option<String>,
     /// Variables shared by every recipient (`--var KEY=VALUE`), under each one's own.
     pub vars: Map<String, Value>,
+    /// The list the campaign belongs to (`--list`; `"default"` when `None`).
+    pub list: Option<String>,
     /// How long deferred recipients are retried here.
     pub max_wait: Duration,
     /// One JSON line per recipient is written here.
@@ -55,8 +57,10 @@ pub struct Latency {
 pub struct Summary {
     /// The job's id, for `GET /v1/jobs/{id}` once `volley serve` runs.
     pub job: String,
-    /// Recipients in the list (duplicates merged).
+    /// Recipients in the list, duplicates merged.
     pub recipients: u32,
+    /// Entries of the list that named a recipient already listed.
+    pub merged: usize,
     /// Accepted by the receiving servers.
     pub delivered: u32,
     /// Refused permanently.
@@ -95,6 +99,9 @@ pub enum SendError {
     /// The queue failed.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
+    /// Outcomes could not be stored before the shutdown timeout.
+    #[error("{0} outcomes could not be stored; their deliveries are tried again by `volley serve`")]
+    Unstored(usize),
     /// The report file.
     #[error("report {path}: {source}")]
     Report {
@@ -119,33 +126,38 @@ pub async fn run(
         subject: options.subject.clone(),
         vars: options.vars.clone(),
         recipients: list.recipients.clone(),
+        list: options.list.clone(),
         ..CampaignRequest::default()
     };
     let composer = std::sync::Arc::clone(&app.composer);
-    let prepared = tokio::task::spawn_blocking(move || {
-        prepare_campaign(request, &composer, None, SystemTime::now())
-    })
-    .await
-    .map_err(|e| {
-        SendError::Invalid(Invalid {
-            field: String::new(),
-            message: e.to_string(),
-        })
-    })?
-    .map_err(|invalid| match list.locate(&invalid.field) {
-        Some(place) => SendError::Recipient {
-            place,
-            message: invalid.message,
-        },
-        None => SendError::Invalid(invalid),
-    })?;
+    let mut ctx = Context::at(SystemTime::now());
+    ctx.max_recipients = app.config.server.max_recipients;
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare_campaign(request, &composer, None, &ctx))
+            .await
+            .map_err(|e| {
+                SendError::Invalid(Invalid {
+                    field: String::new(),
+                    message: e.to_string(),
+                })
+            })?
+            .map_err(|invalid| match list.locate(&invalid.field) {
+                Some(place) => SendError::Recipient {
+                    place,
+                    message: invalid.message,
+                },
+                None => SendError::Invalid(invalid),
+            })?;
+    let requested = prepared.requested;
     let (job, recipients) = prepared.into_parts();
     let started = Instant::now();
     let (id, total) = match app.queue.submit(job, recipients, SystemTime::now()).await? {
         SubmitOutcome::Created { id, recipients } | SubmitOutcome::Existing { id, recipients } => {
             (id, recipients)
         }
-        SubmitOutcome::IdempotencyConflict => unreachable!("no idempotency key was given"),
+        SubmitOutcome::IdempotencyConflict | SubmitOutcome::IdempotencyInProgress => {
+            unreachable!("no idempotency key was given")
+        }
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatch = app.start_delivery(stop_rx)?;
@@ -164,7 +176,10 @@ pub async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
-    dispatch.join().await;
+    let unstored = dispatch.join().await;
+    if unstored.outcomes > 0 {
+        return Err(SendError::Unstored(unstored.outcomes));
+    }
     if let Some(status) = app.queue.job(&id).await? {
         counts = status.counts;
         progress(&counts);
@@ -176,6 +191,7 @@ pub async fn run(
     Ok(Summary {
         job: id.to_string(),
         recipients: total,
+        merged: requested.saturating_sub(usize::try_from(total).unwrap_or(usize::MAX)),
         delivered: counts.delivered,
         bounced: counts.bounced,
         deferred: counts.deferred + counts.queued,

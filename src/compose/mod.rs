@@ -21,8 +21,8 @@ pub use self::spec::{
 
 use crate::address::Address;
 use crate::message::{
-    Attachment, DkimSigner, ListUnsubscribe, Mailbox, MessageError, MessageSpec, UnsubscribeConfig,
-    UnsubscribeTokens, build_message,
+    Attachment, DkimSigner, ListUnsubscribe, Mailbox, MessageError, MessageSpec, TokenFor,
+    UnsubscribeConfig, UnsubscribeTokens, Unsubscription, build_message,
 };
 use crate::queue::JobKind;
 use crate::template::{TemplateError, Templates, html_to_text};
@@ -93,7 +93,7 @@ impl Composer {
             unsubscribe.validate()?;
             Some((
                 unsubscribe.clone(),
-                UnsubscribeTokens::new(&unsubscribe.secret),
+                UnsubscribeTokens::new(&unsubscribe.secret, &unsubscribe.previous_secrets),
             ))
         } else {
             None
@@ -106,13 +106,20 @@ impl Composer {
         })
     }
 
+    /// Whether a job's messages differ from one recipient to the next (campaigns; list
+    /// mail with an unsubscribe token): then they are never built once for all.
+    pub fn per_recipient(&self, spec: &JobSpec) -> bool {
+        spec.kind == JobKind::Campaign
+            || (self.unsubscribe.is_some() && spec.unsubscribe_list().is_some())
+    }
+
     /// The templates.
     pub fn templates(&self) -> &Templates {
         &self.templates
     }
 
-    /// Verifies an unsubscribe token: `(job, address)` when genuine.
-    pub fn verify_unsubscribe(&self, token: &str) -> Option<(String, String)> {
+    /// Verifies an unsubscribe token: what it says when genuine.
+    pub fn verify_unsubscribe(&self, token: &str) -> Option<Unsubscription> {
         self.unsubscribe.as_ref()?.1.verify(token)
     }
 
@@ -144,19 +151,21 @@ impl Composer {
                 spec.html.clone(),
             ),
         };
+        // A message shows its own To and Cc, the same in every copy (with only Bcc
+        // recipients, `undisclosed-recipients:;`); a campaign's recipient is its To.
         let (to, cc) = match spec.kind {
             JobKind::Message => (mailboxes(&spec.to)?, mailboxes(&spec.cc)?),
-            // Bcc-only messages and campaigns: the recipient is the To.
             JobKind::Campaign => (vec![Mailbox::new(recipient.clone())], Vec::new()),
         };
-        let to = if to.is_empty() && cc.is_empty() {
-            vec![Mailbox::new(recipient.clone())]
-        } else {
-            to
-        };
-        let list_unsubscribe = match (&self.unsubscribe, spec.kind) {
-            (Some((cfg, tokens)), JobKind::Campaign) => {
-                ListUnsubscribe::for_recipient(cfg, tokens, job_id, recipient.as_str())?
+        let list_unsubscribe = match (&self.unsubscribe, spec.unsubscribe_list()) {
+            (Some((cfg, tokens)), Some(list)) => {
+                let token_for = TokenFor {
+                    job: job_id,
+                    list,
+                    address: recipient.as_str(),
+                    issued: std::time::SystemTime::now(),
+                };
+                ListUnsubscribe::for_recipient(cfg, tokens, token_for)?
             }
             _ => None,
         };

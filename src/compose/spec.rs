@@ -62,9 +62,23 @@ pub struct JobSpec {
     /// The caller's labels, kept for status listings.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The list its mail belongs to: what an unsubscribe leaves, and what a list's
+    /// suppressions stop. `None` on a message is transactional mail.
+    #[serde(default)]
+    pub list: Option<String>,
 }
 
 impl JobSpec {
+    /// The list whose unsubscribes stop this job's mail: a campaign's (`"default"` unless
+    /// it named one); a message's only when it named one.
+    pub fn unsubscribe_list(&self) -> Option<&str> {
+        match (self.kind, &self.list) {
+            (_, Some(list)) => Some(list),
+            (JobKind::Campaign, None) => Some(crate::queue::SuppressionScope::DEFAULT_LIST),
+            (JobKind::Message, None) => None,
+        }
+    }
+
     /// The spec as the queue stores it.
     pub fn to_payload(&self) -> Vec<u8> {
         // A `JobSpec` is strings, lists and JSON values: serialising it cannot fail.

@@ -1,47 +1,62 @@
 //! The completer: turns the engine's reports (and the feeder's own resolutions) into
-//! queue resolutions and commits them in groups, one durable write per batch.
+//! queue completions under each lease's fencing token, and commits them in groups, one
+//! durable write per batch. At shutdown it tries for at most the shutdown timeout.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::DeliveryKey;
 use super::decide::after_attempt;
 use super::feeder::Direct;
+use super::ledger::Ledger;
 use crate::engine::Report;
 use crate::event::EventKind;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::outcome::Outcome;
-use crate::queue::{AnyQueue, DeliveryId, Queue, Resolution};
+use crate::queue::{AnyQueue, Completion, DeliveryId, Queue, Resolution};
 use crate::retry::RetryConfig;
 
 /// Resolutions committed at once (or after [`COMMIT_EVERY`]).
 const COMMIT_BATCH: usize = 512;
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
 
+/// What the completer ends with.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unstored {
+    /// Outcomes that could not be stored before the shutdown timeout: their leases run
+    /// out and the deliveries are tried again.
+    pub outcomes: usize,
+}
+
 pub(super) struct Completer {
     pub(super) queue: Arc<AnyQueue>,
     pub(super) retry: RetryConfig,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) inflight: Arc<AtomicUsize>,
+    pub(super) ledger: Arc<Mutex<Ledger>>,
+    pub(super) shutdown_timeout: Duration,
 }
 
 impl Completer {
+    fn take(&self, id: &DeliveryId, attempted: bool) -> Option<crate::queue::LeaseToken> {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        ledger.take(id, attempted, Instant::now())
+    }
+
     pub(super) async fn run(
         self,
         mut reports: mpsc::UnboundedReceiver<Report<DeliveryKey>>,
         mut direct: mpsc::UnboundedReceiver<Direct>,
-    ) {
-        let mut batch: Vec<(DeliveryId, Resolution)> = Vec::with_capacity(COMMIT_BATCH);
+    ) -> Unstored {
+        let mut batch: Vec<Completion> = Vec::with_capacity(COMMIT_BATCH);
         let mut open = (true, true);
         let mut tick = tokio::time::interval(COMMIT_EVERY);
         while open.0 || open.1 {
             tokio::select! {
                 report = reports.recv(), if open.0 => match report {
                     Some(report) => {
-                        self.inflight.fetch_sub(1, Ordering::Relaxed);
                         if let Some(done) = self.resolve(report).await {
                             batch.push(done);
                         }
@@ -54,66 +69,90 @@ impl Completer {
                         if resolution == Resolution::Suppressed {
                             self.metrics.count(EventKind::Suppressed);
                         }
-                        batch.push((id, resolution));
+                        let attempted = resolution.is_attempt();
+                        if let Some(token) = self.take(&id, attempted) {
+                            batch.push(Completion { id, token, resolution });
+                        }
                     }
                     None => open.1 = false,
                 },
-                _ = tick.tick() => self.commit(&mut batch).await,
+                _ = tick.tick() => self.commit(&mut batch, None).await,
             }
             if batch.len() >= COMMIT_BATCH {
-                self.commit(&mut batch).await;
+                self.commit(&mut batch, None).await;
             }
         }
-        self.commit(&mut batch).await;
+        // Everything is reported: the last commit may keep trying only so long.
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.commit(&mut batch, Some(deadline)).await;
+        Unstored {
+            outcomes: batch.len(),
+        }
     }
 
-    /// The resolution of one report; `None` when it was never attempted and was
-    /// released instead.
-    async fn resolve(&self, report: Report<DeliveryKey>) -> Option<(DeliveryId, Resolution)> {
+    /// The completion of one report; `None` when it was never attempted (released
+    /// instead) or its lease was lost (the new holder decides).
+    async fn resolve(&self, report: Report<DeliveryKey>) -> Option<Completion> {
         let Report {
             key, to, outcome, ..
         } = report;
         let Some(outcome) = outcome else {
-            if let Err(e) = self.queue.release(vec![key.id]).await {
-                tracing::warn!(error = %e, "cannot release a lease; it will return when it expires");
+            let token = self.take(&key.id, false)?;
+            let release = self
+                .queue
+                .release(vec![(key.id, token)], None, SystemTime::now());
+            if let Err(e) = release.await {
+                self.metrics.add(Counter::QueueErrors, 1);
+                tracing::warn!(error = %e, "cannot release a lease; it will return when it runs out");
             }
+            return None;
+        };
+        let Some(token) = self.take(&key.id, true) else {
+            tracing::warn!(job = %key.id.job, index = key.id.index, to = to.as_str(), event = %outcome.detail, "an outcome after the lease was lost is not recorded");
             return None;
         };
         let verdict = after_attempt(
             &outcome,
             key.attempts + 1,
-            key.created,
+            key.first_attempt,
             &self.retry,
             SystemTime::now(),
         );
-        if verdict.suppress
-            && let Err(e) = self.queue.suppress(to.as_str(), &outcome.detail).await
-        {
-            tracing::warn!(error = %e, "cannot add to the suppression list");
-        }
-        if matches!(verdict.resolution, Resolution::Expired { .. }) {
+        if matches!(verdict, Resolution::Expired { .. }) {
             self.metrics.count(EventKind::Expired);
         }
-        let resolution = verdict.resolution;
-        log_outcome(&key.id, to.as_str(), &outcome, &resolution);
-        Some((key.id, resolution))
+        log_outcome(&key.id, to.as_str(), &outcome, &verdict);
+        Some(Completion {
+            id: key.id,
+            token,
+            resolution: verdict,
+        })
     }
 
     /// One durable write for the batch; on failure, keep it and try again later:
-    /// nothing is acknowledged before it is stored.
-    async fn commit(&self, batch: &mut Vec<(DeliveryId, Resolution)>) {
+    /// nothing is acknowledged before it is stored. With a deadline (shutdown), gives up
+    /// when it passes, leaving the batch unstored.
+    async fn commit(&self, batch: &mut Vec<Completion>, deadline: Option<Instant>) {
         if batch.is_empty() {
             return;
         }
         let mut delay = Duration::from_millis(100);
         loop {
             match self.queue.complete(batch.clone(), SystemTime::now()).await {
-                Ok(()) => {
+                Ok(stale) => {
+                    if stale > 0 {
+                        self.metrics.add(Counter::StaleCompletions, stale as u64);
+                        tracing::warn!(stale, "outcomes refused: their leases had been taken over");
+                    }
                     batch.clear();
                     return;
                 }
                 Err(e) => {
+                    self.metrics.add(Counter::QueueErrors, 1);
                     tracing::error!(error = %e, pending = batch.len(), "cannot record outcomes; retrying");
+                    if deadline.is_some_and(|d| Instant::now() + delay > d) {
+                        return;
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }

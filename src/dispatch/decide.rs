@@ -27,6 +27,7 @@ pub(super) fn before_build(to: &str, suppressed: bool) -> Result<Address, Resolu
         .map(|a| a.with_ascii_domain())
         .map_err(|e| Resolution::Bounced {
             reply: format!("5.1.3 invalid recipient address {to:?}: {e}"),
+            suppress: false,
         })
 }
 
@@ -36,6 +37,7 @@ pub(super) fn after_build_failure(err: &ComposeError, now: SystemTime) -> Resolu
     if err.is_submitters_fault() {
         Resolution::Bounced {
             reply: format!("5.6.0 the message cannot be built: {err}"),
+            suppress: false,
         }
     } else {
         Resolution::Retry {
@@ -45,39 +47,30 @@ pub(super) fn after_build_failure(err: &ComposeError, now: SystemTime) -> Resolu
     }
 }
 
-/// What an attempt comes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Verdict {
-    /// The resolution to commit.
-    pub(super) resolution: Resolution,
-    /// Add the address to the suppression list (it bounced: no such mailbox).
-    pub(super) suppress: bool,
-}
-
-/// The resolution of attempt number `attempts` (1 for the first) of a delivery whose
-/// job was accepted at `created`.
+/// The resolution of attempt number `attempts` (1 for the first) of a delivery first
+/// attempted at `first_attempt` (`None`: this is its first attempt). The maximum age
+/// counts from the first attempt, not from submission: a message scheduled far ahead,
+/// or one that waited out an outage in the queue, still gets its whole retry schedule.
+/// A bounce that says the mailbox does not exist suppresses the address.
 pub(super) fn after_attempt(
     outcome: &Outcome,
     attempts: u32,
-    created: SystemTime,
+    first_attempt: Option<SystemTime>,
     retry: &RetryConfig,
     now: SystemTime,
-) -> Verdict {
+) -> Resolution {
     let reply = outcome.detail.clone();
-    let (resolution, suppress) = match retry.decide(outcome, attempts, created, now) {
-        Decision::Delivered => (Resolution::Delivered { reply }, false),
-        Decision::Bounce => (Resolution::Bounced { reply }, outcome.suppress),
-        Decision::RetryAt(at) => (Resolution::Retry { at, reply }, false),
-        Decision::Expire => (
-            Resolution::Expired {
-                reply: expiry_detail(outcome),
-            },
-            false,
-        ),
-    };
-    Verdict {
-        resolution,
-        suppress,
+    let start = first_attempt.unwrap_or(now);
+    match retry.decide(outcome, attempts, start, now) {
+        Decision::Delivered => Resolution::Delivered { reply },
+        Decision::Bounce => Resolution::Bounced {
+            reply,
+            suppress: outcome.suppress,
+        },
+        Decision::RetryAt(at) => Resolution::Retry { at, reply },
+        Decision::Expire => Resolution::Expired {
+            reply: expiry_detail(outcome),
+        },
     }
 }
 
@@ -113,7 +106,11 @@ mod tests {
             before_build("a@example.com", true),
             Err(Resolution::Suppressed)
         );
-        let Err(Resolution::Bounced { reply }) = before_build("not an address", false) else {
+        let Err(Resolution::Bounced {
+            reply,
+            suppress: false,
+        }) = before_build("not an address", false)
+        else {
             panic!("an invalid stored address bounces")
         };
         assert!(reply.starts_with("5.1.3"), "{reply}");
@@ -149,30 +146,48 @@ mod tests {
             .unwrap()
             .unwrap()));
         assert_eq!(
-            after_attempt(&delivered, 1, t(0), &retry, t(5)).resolution,
+            after_attempt(&delivered, 1, None, &retry, t(5)),
             Resolution::Delivered {
                 reply: "250 2.0.0 ok".into()
             }
         );
         let unknown = refused(Phase::Rcpt, "550 5.1.1 no such user");
-        let v = after_attempt(&unknown, 1, t(0), &retry, t(5));
-        assert!(matches!(v.resolution, Resolution::Bounced { .. }) && v.suppress);
+        assert!(matches!(
+            after_attempt(&unknown, 1, None, &retry, t(5)),
+            Resolution::Bounced { suppress: true, .. }
+        ));
         let later = refused(Phase::Rcpt, "451 4.3.0 later");
-        let v = after_attempt(&later, 1, t(0), &retry, t(5));
         assert_eq!(
-            (v.resolution.clone(), v.suppress),
-            (
-                Resolution::Retry {
-                    at: t(65),
-                    reply: later.detail.clone()
-                },
-                false
-            )
+            after_attempt(&later, 1, None, &retry, t(5)),
+            Resolution::Retry {
+                at: t(65),
+                reply: later.detail.clone()
+            }
         );
-        let v = after_attempt(&later, 2, t(0), &retry, t(3500));
-        let Resolution::Expired { reply } = v.resolution else {
-            panic!("past the maximum age a deferral expires: {v:?}")
+        let expired = after_attempt(&later, 2, Some(t(0)), &retry, t(3500));
+        let Resolution::Expired { reply } = expired else {
+            panic!("past the maximum age a deferral expires: {expired:?}")
         };
         assert!(reply.starts_with("4.4.7"), "{reply}");
+    }
+
+    #[test]
+    fn the_maximum_age_counts_from_the_first_attempt() {
+        let retry = retry();
+        let later = refused(Phase::Rcpt, "451 4.3.0 later");
+        // Accepted long ago (a send_at a day ahead, or an outage): the first attempt
+        // still gets the whole schedule.
+        assert!(matches!(
+            after_attempt(&later, 1, None, &retry, t(86_400)),
+            Resolution::Retry { .. }
+        ));
+        assert!(matches!(
+            after_attempt(&later, 2, Some(t(86_400)), &retry, t(86_400 + 600)),
+            Resolution::Retry { .. }
+        ));
+        assert!(matches!(
+            after_attempt(&later, 3, Some(t(86_400)), &retry, t(86_400 + 3_100)),
+            Resolution::Expired { .. }
+        ));
     }
 }

@@ -1,20 +1,23 @@
-//! The feeder: leases due deliveries, checks them, builds their messages and hands them
-//! to the engine, never more than the engine has room for.
+//! The feeder: leases due deliveries, checks them (the job's spec, suppression, the
+//! address, the domain's share of the engine), builds their messages and hands them to
+//! the engine, never more than the engine has room for.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::DeliveryKey;
+use super::cache::ByteCache;
 use super::decide::{BUILD_RETRY, after_build_failure, before_build};
+use super::ledger::Ledger;
 use crate::address::Address;
 use crate::compose::{ComposeError, Composer, JobSpec, vars_from_bytes};
 use crate::engine::{Delivery, Engine};
 use crate::message::ReturnPath;
-use crate::queue::{AnyQueue, DeliveryId, JobId, JobKind, Leased, Queue, Resolution};
+use crate::metrics::{Counter, Metrics};
+use crate::queue::{AnyQueue, DeliveryId, Held, JobId, Leased, Queue, Resolution};
 
 /// Leases asked for at once: large enough that each site gets several messages per
 /// connection write (512 gave about one write per message across 50 sites).
@@ -22,43 +25,58 @@ const LEASE_BATCH: usize = 1024;
 /// How often an empty queue is asked again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
-/// A resolution decided without the engine (suppressed, unbuildable), for the completer.
+/// A resolution decided without the engine (suppressed, unbuildable), for the completer:
+/// the delivery, its resolution, its address (for the log).
 pub(super) type Direct = (DeliveryId, Resolution, String);
+
+/// What the feeder is built from.
+pub(super) struct FeederParts {
+    pub(super) queue: Arc<AnyQueue>,
+    pub(super) composer: Arc<Composer>,
+    pub(super) return_path: Option<ReturnPath>,
+    pub(super) capacity: usize,
+    pub(super) ledger: Arc<Mutex<Ledger>>,
+    pub(super) direct: mpsc::UnboundedSender<Direct>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) cache_bytes: usize,
+}
 
 pub(super) struct Feeder {
     queue: Arc<AnyQueue>,
     composer: Arc<Composer>,
     return_path: Option<ReturnPath>,
     capacity: usize,
-    inflight: Arc<AtomicUsize>,
-    /// Resolutions decided without the engine (suppressed, unbuildable).
+    ledger: Arc<Mutex<Ledger>>,
     direct: mpsc::UnboundedSender<Direct>,
     wake: Arc<Notify>,
-    specs: HashMap<JobId, Arc<JobSpec>>,
-    bodies: HashMap<JobId, Arc<[u8]>>,
+    metrics: Arc<Metrics>,
+    /// Jobs' specs, by the size of their stored payload.
+    specs: ByteCache<JobId, Arc<JobSpec>>,
+    /// One-off messages' bytes: the same for every recipient of the job.
+    bodies: ByteCache<JobId, Arc<[u8]>>,
 }
 
 impl Feeder {
-    pub(super) fn new(
-        queue: Arc<AnyQueue>,
-        composer: Arc<Composer>,
-        return_path: Option<ReturnPath>,
-        capacity: usize,
-        inflight: Arc<AtomicUsize>,
-        direct: mpsc::UnboundedSender<Direct>,
-        wake: Arc<Notify>,
-    ) -> Self {
+    pub(super) fn new(parts: FeederParts) -> Self {
+        // Half the budget each: specs and built bodies.
+        let half = parts.cache_bytes / 2;
         Self {
-            queue,
-            composer,
-            return_path,
-            capacity,
-            inflight,
-            direct,
-            wake,
-            specs: HashMap::new(),
-            bodies: HashMap::new(),
+            queue: parts.queue,
+            composer: parts.composer,
+            return_path: parts.return_path,
+            capacity: parts.capacity,
+            ledger: parts.ledger,
+            direct: parts.direct,
+            wake: parts.wake,
+            metrics: parts.metrics,
+            specs: ByteCache::new(half),
+            bodies: ByteCache::new(half),
         }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) async fn run(
@@ -67,62 +85,38 @@ impl Feeder {
         mut shutdown: watch::Receiver<bool>,
     ) {
         while !*shutdown.borrow() {
-            let room = self
-                .capacity
-                .saturating_sub(self.inflight.load(Ordering::Relaxed));
-            let leased = if room >= 64 {
-                match self
-                    .queue
-                    .lease(room.min(LEASE_BATCH), SystemTime::now())
-                    .await
-                {
-                    Ok(leased) => leased,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot lease from the queue; retrying in 1 s");
-                        wait(&mut shutdown, Duration::from_secs(1)).await;
-                        continue;
-                    }
-                }
-            } else {
-                Vec::new()
-            };
-            if leased.is_empty() {
-                if room >= 64 {
-                    // Idle: a new submission wakes us; due retries are found by polling.
-                    tokio::select! {
-                        () = self.wake.notified() => {}
-                        () = wait(&mut shutdown, IDLE_POLL) => {}
-                    }
-                } else {
-                    wait(&mut shutdown, Duration::from_millis(5)).await;
-                }
+            let room = self.capacity.saturating_sub(self.ledger().held_count());
+            if room < 64 {
+                wait(&mut shutdown, Duration::from_millis(5)).await;
                 continue;
             }
-            // One suppression lookup for the whole batch: a lookup per delivery was
-            // the largest cost of the feeder (a blocking-pool round trip each).
-            let addresses = leased.iter().map(|l| l.to.clone()).collect();
-            let suppressed = match self.queue.suppressed_among(addresses).await {
-                Ok(flags) => flags,
+            let leased = match self
+                .queue
+                .lease(room.min(LEASE_BATCH), SystemTime::now())
+                .await
+            {
+                Ok(leased) => leased,
                 Err(e) => {
-                    tracing::warn!(error = %e, "suppression check failed; sending anyway");
-                    vec![false; leased.len()]
+                    self.metrics.add(Counter::QueueErrors, 1);
+                    tracing::error!(error = %e, "cannot lease from the queue; retrying in 1 s");
+                    wait(&mut shutdown, Duration::from_secs(1)).await;
+                    continue;
                 }
             };
-            let mut staged = Vec::with_capacity(leased.len());
-            for (lease, suppressed) in leased.into_iter().zip(suppressed) {
-                if let Some(ready) = self.stage(lease, suppressed).await {
-                    staged.push(ready);
+            if leased.is_empty() {
+                // Idle: a new submission wakes us; due retries are found by polling.
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = wait(&mut shutdown, IDLE_POLL) => {}
                 }
+                self.ledger().tidy(tokio::time::Instant::now());
+                continue;
             }
+            let staged = self.check(leased).await;
             for delivery in self.build_all(staged).await {
-                self.inflight.fetch_add(1, Ordering::Relaxed);
                 if engine.submit(delivery).await.is_err() {
                     break;
                 }
-            }
-            if self.specs.len() > 10_000 {
-                self.specs.clear();
-                self.bodies.clear();
             }
         }
         // Finish what is in flight; what was never attempted comes back without an
@@ -130,49 +124,87 @@ impl Feeder {
         engine.shutdown().await;
     }
 
-    /// Checks a lease before its message is built: suppression, the address, the
-    /// job's payload. `None` when it was resolved here.
-    async fn stage(&mut self, lease: Leased, suppressed: bool) -> Option<Staged> {
-        let Leased {
-            id,
-            to,
-            vars,
-            attempts,
-            created,
-            queued_at,
-        } = lease;
-        let address = match before_build(&to, suppressed) {
-            Ok(address) => address,
-            Err(resolution) => {
-                self.resolve(id, resolution, &to);
-                return None;
+    /// Checks a leased batch before its messages are built: the jobs' specs, the
+    /// suppression list (one lookup for the batch), the addresses, the domains' shares
+    /// of the engine. Returns what may be built now; the rest is resolved, deferred or
+    /// postponed here.
+    async fn check(&mut self, leased: Vec<Leased>) -> Vec<Staged> {
+        {
+            let mut ledger = self.ledger();
+            for lease in &leased {
+                let domain = lease.to.rsplit_once('@').map_or("", |(_, d)| d);
+                ledger.hold(lease.id, lease.token, &domain.to_ascii_lowercase());
+            }
+        }
+        let mut with_spec = Vec::with_capacity(leased.len());
+        let mut deferred = Vec::new();
+        for lease in leased {
+            match self.spec(&lease.id.job).await {
+                Ok(spec) => with_spec.push((lease, spec)),
+                Err(reason) => {
+                    // Our storage's trouble, never the recipient's: try again later.
+                    tracing::error!(job = %lease.id.job, index = lease.id.index, %reason, "cannot read the job");
+                    deferred.push(lease.id);
+                }
+            }
+        }
+        // Fail closed: a delivery whose suppression state is unknown is not sent.
+        let queries = with_spec
+            .iter()
+            .map(|(l, spec)| (l.to.clone(), spec.unsubscribe_list().map(str::to_owned)))
+            .collect();
+        let suppressed = match self.queue.suppressed_among(queries).await {
+            Ok(flags) => flags,
+            Err(e) => {
+                tracing::error!(error = %e, deliveries = with_spec.len(), "suppression lookup failed; deferring");
+                deferred.extend(with_spec.iter().map(|(l, _)| l.id));
+                self.put_back(deferred, BUILD_RETRY).await;
+                return Vec::new();
             }
         };
-        let spec = match self.spec(&id.job).await {
-            Ok(spec) => spec,
-            Err(reason) => {
-                // Our storage's trouble, never the recipient's: try again later.
-                tracing::error!(job = %id.job, index = id.index, %reason, "cannot read the job");
-                let resolution = Resolution::Retry {
-                    at: SystemTime::now() + BUILD_RETRY,
-                    reply: format!("4.3.0 {reason}"),
-                };
-                self.resolve(id, resolution, &to);
-                return None;
+        self.put_back(deferred, BUILD_RETRY).await;
+        let now = tokio::time::Instant::now();
+        let mut staged = Vec::with_capacity(with_spec.len());
+        let mut postponed: HashMap<Duration, Vec<DeliveryId>> = HashMap::new();
+        for ((lease, spec), suppressed) in with_spec.into_iter().zip(suppressed) {
+            let address = match before_build(&lease.to, suppressed) {
+                Ok(address) => address,
+                Err(resolution) => {
+                    self.resolve(lease.id, resolution, &lease.to);
+                    continue;
+                }
+            };
+            if let Err(wait) = self.ledger().admit(&lease.id, now) {
+                postponed.entry(wait).or_default().push(lease.id);
+                continue;
             }
+            staged.push(Staged::new(lease, address, spec));
+        }
+        for (wait, ids) in postponed {
+            self.metrics.add(Counter::Postponed, ids.len() as u64);
+            self.put_back(ids, wait).await;
+        }
+        staged
+    }
+
+    /// Gives leases back to the queue, not to be leased again for `wait`. No attempt, no
+    /// event: they were not tried. A release that fails leaves the leases to run out.
+    async fn put_back(&self, ids: Vec<DeliveryId>, wait: Duration) {
+        if ids.is_empty() {
+            return;
+        }
+        let held: Vec<Held> = {
+            let mut ledger = self.ledger();
+            let now = tokio::time::Instant::now();
+            ids.iter()
+                .filter_map(|id| ledger.take(id, false, now).map(|t| (*id, t)))
+                .collect()
         };
-        Some(Staged {
-            key: DeliveryKey {
-                id,
-                attempts,
-                created,
-            },
-            to,
-            address,
-            spec,
-            vars,
-            queued_at,
-        })
+        let now = SystemTime::now();
+        if let Err(e) = self.queue.release(held, Some(now + wait), now).await {
+            self.metrics.add(Counter::QueueErrors, 1);
+            tracing::warn!(error = %e, "cannot give leases back; they return when they run out");
+        }
     }
 
     fn resolve(&self, id: DeliveryId, resolution: Resolution, to: &str) {
@@ -183,9 +215,10 @@ impl Feeder {
     /// shared; campaign messages are built on every core, because rendering, MIME and
     /// above all RSA signing (about 1 ms each) would otherwise hold one thread.
     async fn build_all(&mut self, staged: Vec<Staged>) -> Vec<Delivery<DeliveryKey>> {
+        let composer = Arc::clone(&self.composer);
         let (messages, campaigns): (Vec<Staged>, Vec<Staged>) = staged
             .into_iter()
-            .partition(|s| s.spec.kind == JobKind::Message);
+            .partition(|s| !composer.per_recipient(&s.spec));
         let mut built = Vec::with_capacity(messages.len() + campaigns.len());
         for s in messages {
             let body = self.message_body(&s);
@@ -224,7 +257,7 @@ impl Feeder {
                 match task.await {
                     Ok(done) => built.extend(done),
                     Err(e) => {
-                        tracing::error!(error = %e, "a message-building task failed; its leases return when they expire");
+                        tracing::error!(error = %e, "a message-building task failed; its leases return when they run out");
                     }
                 }
             }
@@ -257,15 +290,17 @@ impl Feeder {
         let waited = SystemTime::now()
             .duration_since(s.queued_at)
             .unwrap_or_default();
-        let queued_at = Instant::now()
+        let queued_at = std::time::Instant::now()
             .checked_sub(waited)
-            .unwrap_or_else(Instant::now);
+            .unwrap_or_else(std::time::Instant::now);
+        let cancelled = self.ledger().hold_flag(&s.key.id)?;
         Some(Delivery {
             key: s.key,
             from,
             to: s.address,
             body,
             queued_at,
+            cancelled,
         })
     }
 
@@ -277,22 +312,29 @@ impl Feeder {
         let bytes = match self.queue.job_payload(job).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err("the job's payload is missing from the queue".into()),
-            Err(e) => return Err(format!("cannot read the job's payload: {e}")),
+            Err(e) => {
+                self.metrics.add(Counter::QueueErrors, 1);
+                return Err(format!("cannot read the job's payload: {e}"));
+            }
         };
         let spec = JobSpec::from_payload(&bytes)
             .map(Arc::new)
             .map_err(|e| format!("the job's stored payload does not decode: {e}"))?;
-        self.specs.insert(*job, Arc::clone(&spec));
+        self.specs.insert(*job, Arc::clone(&spec), bytes.len());
         Ok(spec)
     }
 
-    /// A one-off message's bytes, built once per job: every recipient gets the same.
+    /// A one-off message's bytes, built once per job: every recipient gets the same
+    /// (no header names a recipient of its own; Bcc recipients appear nowhere; messages
+    /// whose headers would differ are built per recipient, see
+    /// [`Composer::per_recipient`]).
     fn message_body(&mut self, s: &Staged) -> Result<Arc<[u8]>, ComposeError> {
         if let Some(body) = self.bodies.get(&s.key.id.job) {
             return Ok(Arc::clone(body));
         }
         let body: Arc<[u8]> = compose(&self.composer, s)?.into();
-        self.bodies.insert(s.key.id.job, Arc::clone(&body));
+        self.bodies
+            .insert(s.key.id.job, Arc::clone(&body), body.len());
         Ok(body)
     }
 }
@@ -307,6 +349,35 @@ struct Staged {
     spec: Arc<JobSpec>,
     vars: Vec<u8>,
     queued_at: SystemTime,
+}
+
+impl Staged {
+    fn new(lease: Leased, address: Address, spec: Arc<JobSpec>) -> Self {
+        let Leased {
+            id,
+            token,
+            to,
+            vars,
+            attempts,
+            created,
+            first_attempt,
+            queued_at,
+        } = lease;
+        Staged {
+            key: DeliveryKey {
+                id,
+                token,
+                attempts,
+                created,
+                first_attempt,
+            },
+            to,
+            address,
+            spec,
+            vars,
+            queued_at,
+        }
+    }
 }
 
 fn compose(composer: &Composer, s: &Staged) -> Result<Vec<u8>, ComposeError> {

@@ -62,6 +62,29 @@ impl ApiError {
         e
     }
 
+    /// 409: the first submission with this idempotency key is still being stored.
+    pub fn idempotency_in_progress() -> Self {
+        let mut e = Self::new(
+            StatusCode::CONFLICT,
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is still being stored; ask again shortly",
+        );
+        e.field = Some("Idempotency-Key".into());
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 429: the queue holds more than `[server] max_queue_depth`.
+    pub fn queue_full(depth: u64, limit: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!("{depth} deliveries are waiting, over the limit of {limit}; try again later"),
+        );
+        e.retry_after = Some(30);
+        e
+    }
+
     /// 413.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -109,8 +132,14 @@ impl From<Invalid> for ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
-        tracing::error!(error = %e, "queue unavailable");
-        Self::unavailable("the queue is unavailable; try again later")
+        match e {
+            // The caller's input, refused by the store: retrying cannot help.
+            QueueError::Invalid { field, message } => Self::invalid(field, message),
+            e => {
+                tracing::error!(error = %e, "queue unavailable");
+                Self::unavailable("the queue is unavailable; try again later")
+            }
+        }
     }
 }
 

@@ -8,8 +8,13 @@
 
 mod dashboard;
 mod error;
-mod handlers;
+mod jobs;
+mod json;
+mod ops;
 mod query;
+mod submissions;
+mod suppressions;
+mod unsubscribe;
 
 use std::sync::Arc;
 
@@ -42,6 +47,10 @@ pub struct ApiState {
     pub api_keys: Arc<Vec<String>>,
     /// Largest request body.
     pub max_body: usize,
+    /// Most recipients of one campaign.
+    pub max_recipients: usize,
+    /// Above this many waiting deliveries, submissions get 429 (0: no limit).
+    pub max_queue_depth: u64,
     /// Wakes the dispatcher when a submission is stored.
     pub submitted: Arc<tokio::sync::Notify>,
 }
@@ -49,21 +58,28 @@ pub struct ApiState {
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
-        .route("/v1/messages", post(handlers::submit_message))
-        .route("/v1/campaigns", post(handlers::submit_campaign))
-        .route("/v1/jobs/{id}", get(handlers::job))
-        .route("/v1/events", get(handlers::events))
-        .route("/metrics", get(handlers::metrics))
+        .route("/v1/messages", post(submissions::submit_message))
+        .route("/v1/campaigns", post(submissions::submit_campaign))
+        .route("/v1/jobs/{id}", get(jobs::job))
+        .route("/v1/events", get(jobs::events))
+        .route("/v1/suppressions", get(suppressions::list))
+        .route(
+            "/v1/suppressions/{address}",
+            get(suppressions::get)
+                .put(suppressions::put)
+                .delete(suppressions::delete),
+        )
+        .route("/metrics", get(ops::metrics))
         .merge(dashboard::api_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     // Health checks come from load balancers, unsubscribe clicks from mailbox
     // providers: neither has an API key. The dashboard's page holds no data; it asks
     // for the key itself.
     let open = Router::new()
-        .route("/healthz", get(handlers::health))
+        .route("/healthz", get(ops::health))
         .route(
             "/v1/unsubscribe/{token}",
-            get(handlers::unsubscribe_page).post(handlers::unsubscribe),
+            get(unsubscribe::unsubscribe_page).post(unsubscribe::unsubscribe),
         )
         .merge(dashboard::page_routes());
     protected

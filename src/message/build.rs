@@ -91,7 +91,8 @@ pub struct MessageSpec {
     pub list_unsubscribe: Option<ListUnsubscribe>,
 }
 
-/// Builds the message: headers (From, To, Cc, Reply-To, Subject, Date, a fresh
+/// Builds the message: headers (From, To — `undisclosed-recipients:;` when there are
+/// neither To nor Cc recipients —, Cc, Reply-To, Subject, Date, a fresh
 /// `Message-ID: <random@message_id_domain>`, MIME-Version, List-Unsubscribe, custom
 /// headers) and the MIME body, with CRLF line endings.
 pub fn build_message(spec: &MessageSpec, message_id_domain: &str) -> Result<Vec<u8>, MessageError> {
@@ -102,6 +103,11 @@ pub fn build_message(spec: &MessageSpec, message_id_domain: &str) -> Result<Vec<
     }
     if !spec.cc.is_empty() {
         builder = builder.cc(mailboxes(&spec.cc));
+    }
+    if spec.to.is_empty() && spec.cc.is_empty() {
+        // Only hidden recipients: an empty group (RFC 5322 3.4), so that no copy shows
+        // any of them, and every copy is the same.
+        builder = builder.header("To", Raw::new("undisclosed-recipients:;"));
     }
     if let Some(reply_to) = &spec.reply_to {
         builder = builder.reply_to(mailbox(reply_to));
@@ -150,9 +156,6 @@ fn validate(spec: &MessageSpec, message_id_domain: &str) -> Result<(), MessageEr
         return Err(MessageError::MessageIdDomain {
             domain: message_id_domain.to_owned(),
         });
-    }
-    if spec.to.is_empty() && spec.cc.is_empty() {
-        return Err(MessageError::NoRecipients);
     }
     if spec.text.is_none() && spec.html.is_none() {
         return Err(MessageError::NoBody);

@@ -32,9 +32,6 @@ pub enum MessageError {
         /// The header name as given.
         header: String,
     },
-    /// Neither `to` nor `cc` names anyone.
-    #[error("the message has no recipients in To or Cc")]
-    NoRecipients,
     /// Neither `text` nor `html` is given.
     #[error("the message has no body: give text, html or both")]
     NoBody,

@@ -25,4 +25,7 @@ pub use build::{Attachment, Mailbox, MessageSpec, build_message};
 pub use dkim::{DkimAlgorithm, DkimConfig, DkimSigner};
 pub use error::MessageError;
 pub use return_path::{ReturnPath, parse_verp, verp};
-pub use unsubscribe::{ListUnsubscribe, UnsubscribeConfig, UnsubscribeTokens};
+pub use unsubscribe::{
+    ListUnsubscribe, MIN_SECRET as MIN_UNSUBSCRIBE_SECRET, TokenFor, UnsubscribeConfig,
+    UnsubscribeTokens, Unsubscription,
+};

@@ -2,12 +2,15 @@
 //! tokens that identify a recipient in the unsubscribe URL.
 //!
 //! A token is self-contained: `base64url(payload || HMAC-SHA256(secret, payload)[..16])`
-//! where the payload holds the job and the address. The endpoint recovers both without
-//! a lookup, and nobody without the secret can make a token for someone else's address.
-//! This module builds headers and checks tokens; serving the endpoint is the HTTP
-//! layer's business.
+//! where the payload holds the job, the list the recipient leaves, the issue time and
+//! the address. The endpoint recovers them without a lookup, and nobody without the
+//! secret can make a token for someone else's address: whenever an unsubscribe target is
+//! configured, a secret of at least 32 bytes is required. Secrets can be rotated: tokens
+//! made under a `previous_secrets` entry still verify. This module builds headers and
+//! checks tokens; serving the endpoint is the HTTP layer's business.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,14 +23,12 @@ use super::MessageError;
 /// Placeholder for the recipient's token in `url` and `mailto`.
 const TOKEN: &str = "{token}";
 /// Payload format version: lets the format change without accepting old tokens by
-/// accident.
-const VERSION: u8 = 1;
+/// accident. Version 2 binds the list and the issue time.
+const VERSION: u8 = 2;
 /// Truncated tag length: 128 bits is far beyond guessing.
 const TAG_LEN: usize = 16;
-/// Version byte plus the 4-byte job length.
-const HEADER_LEN: usize = 5;
-/// A secret shorter than this is refused by [`UnsubscribeConfig::validate`].
-const MIN_SECRET: usize = 16;
+/// A secret shorter than this is refused by [`UnsubscribeConfig::validate`]: 256 bits.
+pub const MIN_SECRET: usize = 32;
 
 /// The `[unsubscribe]` section of the configuration.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +43,13 @@ pub struct UnsubscribeConfig {
     /// Add `List-Unsubscribe-Post: List-Unsubscribe=One-Click` when `url` is https.
     /// Default: true.
     pub one_click: bool,
-    /// The HMAC key for tokens: at least 16 bytes, kept secret, shared by every
-    /// volley process that sends or serves the endpoint.
+    /// The HMAC key for tokens: at least 32 bytes, kept secret, shared by every
+    /// volley process that sends or serves the endpoint. Required whenever `url` or
+    /// `mailto` is set.
     pub secret: String,
+    /// Secrets used before a rotation: tokens made under them still verify (new tokens
+    /// use `secret`). Each at least 32 bytes.
+    pub previous_secrets: Vec<String>,
 }
 
 impl Default for UnsubscribeConfig {
@@ -54,6 +59,7 @@ impl Default for UnsubscribeConfig {
             mailto: None,
             one_click: true,
             secret: String::new(),
+            previous_secrets: Vec::new(),
         }
     }
 }
@@ -65,6 +71,7 @@ impl fmt::Debug for UnsubscribeConfig {
             .field("mailto", &self.mailto)
             .field("one_click", &self.one_click)
             .field("secret", &"<redacted>")
+            .field("previous_secrets", &self.previous_secrets.len())
             .finish()
     }
 }
@@ -86,11 +93,20 @@ impl UnsubscribeConfig {
         if let Some(mailto) = self.mailto() {
             check_uri("mailto", mailto)?;
         }
-        let uses_tokens = self.url().is_some() || self.mailto().is_some_and(|m| m.contains(TOKEN));
-        if uses_tokens && self.secret.len() < MIN_SECRET {
+        let configured = self.url().is_some() || self.mailto().is_some();
+        if configured && self.secret.len() < MIN_SECRET {
             return Err(MessageError::Unsubscribe {
                 field: "secret",
-                reason: format!("must be at least {MIN_SECRET} bytes"),
+                reason: format!(
+                    "must be at least {MIN_SECRET} bytes whenever url or mailto is set \
+                     (it keys the tokens that say who unsubscribes; VOLLEY_UNSUBSCRIBE_SECRET)"
+                ),
+            });
+        }
+        if self.previous_secrets.iter().any(|s| s.len() < MIN_SECRET) {
+            return Err(MessageError::Unsubscribe {
+                field: "previous_secrets",
+                reason: format!("each must be at least {MIN_SECRET} bytes"),
             });
         }
         Ok(())
@@ -120,11 +136,25 @@ fn check_uri(field: &'static str, uri: &str) -> Result<(), MessageError> {
     Ok(())
 }
 
-/// Makes and checks unsubscribe tokens with one secret.
+/// What a genuine token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsubscription {
+    /// The job whose message carried it.
+    pub job: String,
+    /// The list the recipient leaves.
+    pub list: String,
+    /// The recipient.
+    pub address: String,
+    /// When the token was made (the message was built).
+    pub issued: SystemTime,
+}
+
+/// Makes unsubscribe tokens with the current secret and checks them against it and the
+/// previous ones.
 #[derive(Clone)]
 pub struct UnsubscribeTokens {
-    /// The keyed state, computed once and cloned per token.
-    mac: Hmac<Sha256>,
+    /// The keyed states, computed once and cloned per token: the current secret first.
+    macs: Vec<Hmac<Sha256>>,
 }
 
 impl fmt::Debug for UnsubscribeTokens {
@@ -134,56 +164,94 @@ impl fmt::Debug for UnsubscribeTokens {
 }
 
 impl UnsubscribeTokens {
-    /// Tokens keyed with `secret` (see [`UnsubscribeConfig::validate`] for its length).
-    pub fn new(secret: impl AsRef<[u8]>) -> Self {
-        let mac = Hmac::new_from_slice(secret.as_ref()).expect("HMAC takes keys of any length");
-        Self { mac }
+    /// Tokens keyed with `secret`, still accepting those made with `previous` (see
+    /// [`UnsubscribeConfig::validate`] for their length).
+    pub fn new(secret: impl AsRef<[u8]>, previous: &[String]) -> Self {
+        let mac = |key: &[u8]| Hmac::new_from_slice(key).expect("HMAC takes keys of any length");
+        let mut macs = vec![mac(secret.as_ref())];
+        macs.extend(previous.iter().map(|p| mac(p.as_bytes())));
+        Self { macs }
     }
 
-    /// A URL-safe token carrying `job_id` and `address`.
-    pub fn token(&self, job_id: &str, address: &str) -> String {
-        let job_len = u32::try_from(job_id.len()).unwrap_or(u32::MAX);
-        let mut bytes = Vec::with_capacity(HEADER_LEN + job_id.len() + address.len() + TAG_LEN);
+    /// A URL-safe token for `address` leaving `list`, from a message of `job` built at
+    /// `issued`. Fields longer than a byte can count are cut (job ids and list names
+    /// are short; a list name is checked at submission).
+    pub fn token(&self, job: &str, list: &str, address: &str, issued: SystemTime) -> String {
+        let job = &job.as_bytes()[..job.len().min(255)];
+        let list = &list.as_bytes()[..list.len().min(255)];
+        let mut bytes = Vec::with_capacity(11 + job.len() + list.len() + address.len() + TAG_LEN);
         bytes.push(VERSION);
-        bytes.extend_from_slice(&job_len.to_be_bytes());
-        bytes.extend_from_slice(&job_id.as_bytes()[..job_len as usize]);
+        bytes.extend_from_slice(&(crate::time::unix_ms(issued) / 1000).to_be_bytes());
+        for field in [job, list] {
+            bytes.push(u8::try_from(field.len()).unwrap_or(u8::MAX));
+            bytes.extend_from_slice(field);
+        }
         bytes.extend_from_slice(address.as_bytes());
         let tag = self.tag(&bytes);
         bytes.extend_from_slice(&tag[..TAG_LEN]);
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// The job and address a token was made for, or `None` when it was not made with
-    /// this secret (forged, altered, truncated) or is malformed.
-    pub fn verify(&self, token: &str) -> Option<(String, String)> {
+    /// What a token says, or `None` when it was not made with the current or a previous
+    /// secret (forged, altered, truncated) or is malformed.
+    pub fn verify(&self, token: &str) -> Option<Unsubscription> {
         let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
         let split = bytes.len().checked_sub(TAG_LEN)?;
         let (payload, tag) = bytes.split_at(split);
-        let mut mac = self.mac.clone();
-        mac.update(payload);
         // Constant time: the comparison must not tell a forger how much was right.
-        mac.verify_truncated_left(tag).ok()?;
+        let genuine = self.macs.iter().any(|mac| {
+            let mut mac = mac.clone();
+            mac.update(payload);
+            mac.verify_truncated_left(tag).is_ok()
+        });
+        if !genuine {
+            return None;
+        }
         let (&version, rest) = payload.split_first()?;
-        if version != VERSION || rest.len() < 4 {
+        if version != VERSION || rest.len() < 8 {
             return None;
         }
-        let (len, rest) = rest.split_at(4);
-        let job_len = u32::from_be_bytes(len.try_into().ok()?) as usize;
-        if job_len > rest.len() {
-            return None;
-        }
-        let (job, address) = rest.split_at(job_len);
-        Some((
-            String::from_utf8(job.to_vec()).ok()?,
-            String::from_utf8(address.to_vec()).ok()?,
-        ))
+        let (secs, mut rest) = rest.split_at(8);
+        let issued =
+            crate::time::from_unix_ms(u64::from_be_bytes(secs.try_into().ok()?).checked_mul(1000)?);
+        let mut field = || {
+            let (&len, tail) = rest.split_first()?;
+            let len = usize::from(len);
+            if len > tail.len() {
+                return None;
+            }
+            let (value, tail) = tail.split_at(len);
+            rest = tail;
+            String::from_utf8(value.to_vec()).ok()
+        };
+        let job = field()?;
+        let list = field()?;
+        Some(Unsubscription {
+            job,
+            list,
+            address: String::from_utf8(rest.to_vec()).ok()?,
+            issued,
+        })
     }
 
     fn tag(&self, payload: &[u8]) -> [u8; 32] {
-        let mut mac = self.mac.clone();
+        let mut mac = self.macs[0].clone();
         mac.update(payload);
         mac.finalize().into_bytes().into()
     }
+}
+
+/// Whom an unsubscribe header is for.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenFor<'a> {
+    /// The job.
+    pub job: &'a str,
+    /// The list the recipient would leave.
+    pub list: &'a str,
+    /// The recipient's address.
+    pub address: &'a str,
+    /// When the message is built.
+    pub issued: SystemTime,
 }
 
 /// The List-Unsubscribe header values for one recipient.
@@ -194,18 +262,24 @@ pub struct ListUnsubscribe {
 }
 
 impl ListUnsubscribe {
-    /// The header for `address` in job `job`: the URL (https first, as RFC 8058 asks)
-    /// and the mailto, each with the recipient's token. `None` when neither is
-    /// configured.
+    /// The header for `address` leaving `list` in job `job`: the URL (https first, as
+    /// RFC 8058 asks) and the mailto, each with the recipient's token made at `issued`.
+    /// `None` when neither is configured.
     pub fn for_recipient(
         cfg: &UnsubscribeConfig,
         tokens: &UnsubscribeTokens,
-        job: &str,
-        address: &str,
+        recipient: TokenFor<'_>,
     ) -> Result<Option<Self>, MessageError> {
         cfg.validate()?;
         let needs_token = cfg.url().is_some() || cfg.mailto().is_some_and(|m| m.contains(TOKEN));
-        let token = needs_token.then(|| tokens.token(job, address));
+        let token = needs_token.then(|| {
+            tokens.token(
+                recipient.job,
+                recipient.list,
+                recipient.address,
+                recipient.issued,
+            )
+        });
         let fill = |template: &str| match &token {
             Some(token) => template.replace(TOKEN, token),
             None => template.to_owned(),
@@ -249,7 +323,7 @@ impl ListUnsubscribe {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef-test-secret";
+    const SECRET: &str = "0123456789abcdef-test-secret-32b";
 
     fn config(url: Option<&str>, mailto: Option<&str>, one_click: bool) -> UnsubscribeConfig {
         UnsubscribeConfig {
@@ -257,19 +331,24 @@ mod tests {
             mailto: mailto.map(str::to_owned),
             one_click,
             secret: SECRET.to_owned(),
+            previous_secrets: Vec::new(),
         }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
     }
 
     #[test]
     fn tokens_round_trip() {
-        let tokens = UnsubscribeTokens::new(SECRET);
-        for (job, address) in [
-            ("job-1", "a@example.com"),
-            ("", "x@y"),
-            ("01J9Z8", "\"quoted local\"@example.com"),
-            ("j", "josé@exämple.com"),
+        let tokens = UnsubscribeTokens::new(SECRET, &[]);
+        for (job, list, address) in [
+            ("job-1", "default", "a@example.com"),
+            ("", "news", "x@y"),
+            ("01J9Z8", "weekly.digest", "\"quoted local\"@example.com"),
+            ("j", "default", "josé@exämple.com"),
         ] {
-            let token = tokens.token(job, address);
+            let token = tokens.token(job, list, address, at(1_800_000_000));
             assert!(
                 token
                     .bytes()
@@ -278,17 +357,40 @@ mod tests {
             );
             assert_eq!(
                 tokens.verify(&token),
-                Some((job.to_owned(), address.to_owned()))
+                Some(Unsubscription {
+                    job: job.to_owned(),
+                    list: list.to_owned(),
+                    address: address.to_owned(),
+                    issued: at(1_800_000_000),
+                })
             );
         }
     }
 
     #[test]
+    fn rotated_secrets_still_verify_old_tokens() {
+        let old = UnsubscribeTokens::new(SECRET, &[]);
+        let token = old.token("j", "default", "a@example.com", at(1));
+        let rotated =
+            UnsubscribeTokens::new("a-brand-new-secret-of-32-bytes!!", &[SECRET.to_owned()]);
+        assert_eq!(
+            rotated.verify(&token).map(|u| u.address),
+            Some("a@example.com".into())
+        );
+        let fresh = rotated.token("j", "default", "a@example.com", at(1));
+        assert_eq!(old.verify(&fresh), None, "new tokens use the new secret");
+    }
+
+    #[test]
     fn forged_and_altered_tokens_are_refused() {
-        let tokens = UnsubscribeTokens::new(SECRET);
-        let token = tokens.token("job-1", "a@example.com");
-        let other_key = UnsubscribeTokens::new("another secret, same length!");
+        let tokens = UnsubscribeTokens::new(SECRET, &[]);
+        let token = tokens.token("job-1", "default", "a@example.com", at(1));
+        let other_key = UnsubscribeTokens::new("another secret, same length!!!!!", &[]);
         assert_eq!(other_key.verify(&token), None);
+        // Keyed with an empty secret (what an unconfigured one used to give).
+        let empty = UnsubscribeTokens::new("", &[]);
+        let forged = empty.token("job-1", "default", "victim@example.com", at(1));
+        assert_eq!(tokens.verify(&forged), None);
 
         // Flip each byte of the decoded token: payload or tag, all must fail.
         let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
@@ -302,8 +404,8 @@ mod tests {
             );
         }
         // A forger who knows the format but not the secret.
-        let mut forged = vec![VERSION, 0, 0, 0, 5];
-        forged.extend_from_slice(b"job-1victim@example.com");
+        let mut forged = vec![VERSION, 0, 0, 0, 0, 0, 0, 0, 1, 5];
+        forged.extend_from_slice(b"job-1\x07defaultvictim@example.com");
         forged.extend_from_slice(&[0; TAG_LEN]);
         let table = [
             URL_SAFE_NO_PAD.encode(&forged),
@@ -320,8 +422,14 @@ mod tests {
 
     #[test]
     fn headers_for_a_recipient() {
-        let tokens = UnsubscribeTokens::new(SECRET);
-        let token = tokens.token("j1", "a@example.com");
+        let tokens = UnsubscribeTokens::new(SECRET, &[]);
+        let recipient = TokenFor {
+            job: "j1",
+            list: "default",
+            address: "a@example.com",
+            issued: at(5),
+        };
+        let token = tokens.token("j1", "default", "a@example.com", at(5));
         let https = "https://ex.com/u/{token}";
         let table: &[(UnsubscribeConfig, Option<(String, bool)>)] = &[
             (
@@ -347,7 +455,7 @@ mod tests {
             (config(None, None, true), None),
         ];
         for (cfg, expected) in table {
-            let got = ListUnsubscribe::for_recipient(cfg, &tokens, "j1", "a@example.com")
+            let got = ListUnsubscribe::for_recipient(cfg, &tokens, recipient)
                 .unwrap()
                 .map(|l| (l.header_value(), l.one_click()));
             assert_eq!(&got, expected, "{cfg:?}");
@@ -379,6 +487,20 @@ mod tests {
                 "mailto",
             ),
             (short, "secret"),
+            (
+                UnsubscribeConfig {
+                    secret: String::new(),
+                    ..config(None, Some("unsubscribe@ex.com"), true)
+                },
+                "secret",
+            ),
+            (
+                UnsubscribeConfig {
+                    previous_secrets: vec!["old".into()],
+                    ..config(Some("https://ex.com/{token}"), None, true)
+                },
+                "previous_secrets",
+            ),
         ];
         for (cfg, field) in table {
             match cfg.validate() {

@@ -69,6 +69,39 @@ impl Stage {
     }
 }
 
+/// Counters of the queue's and the dispatcher's exceptional events, each a
+/// `volley_..._total` metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A queue read or write failed (the work was deferred, never bounced).
+    QueueErrors,
+    /// A completion refused because its lease was no longer the delivery's current one.
+    StaleCompletions,
+    /// Leases found lost at renewal (their deliveries were cancelled if not yet sent).
+    LeasesLost,
+    /// Deliveries sent back to the queue because their domain had its share of the engine.
+    Postponed,
+}
+
+impl Counter {
+    const ALL: [Counter; 4] = [
+        Counter::QueueErrors,
+        Counter::StaleCompletions,
+        Counter::LeasesLost,
+        Counter::Postponed,
+    ];
+
+    /// The metric's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::QueueErrors => "volley_queue_errors_total",
+            Counter::StaleCompletions => "volley_stale_completions_total",
+            Counter::LeasesLost => "volley_leases_lost_total",
+            Counter::Postponed => "volley_postponed_total",
+        }
+    }
+}
+
 /// Histogram range: 1 µs to 1 hour, two significant digits (1% precision keeps
 /// each histogram a few kilobytes).
 const HIGHEST_US: u64 = 3_600_000_000;
@@ -137,6 +170,7 @@ pub struct Metrics {
     shards: Vec<Mutex<Histograms>>,
     /// Deliveries on a connection now: written, their replies awaited.
     in_flight: AtomicU64,
+    counters: [AtomicU64; Counter::ALL.len()],
     outcomes: [AtomicU64; EventKind::ALL.len()],
     // Locked only when a site is first seen and when rendering; never per message.
     sites: Mutex<BTreeMap<Arc<str>, Arc<SiteCounters>>>,
@@ -147,6 +181,7 @@ impl Default for Metrics {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(new_histograms())).collect(),
             in_flight: AtomicU64::new(0),
+            counters: Default::default(),
             outcomes: Default::default(),
             sites: Mutex::default(),
         }
@@ -217,6 +252,16 @@ impl Metrics {
     /// Every outcome counter, in [`EventKind::ALL`] order.
     pub fn outcome_totals(&self) -> [u64; EventKind::ALL.len()] {
         EventKind::ALL.map(|k| self.counted(k))
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, counter: Counter, n: u64) {
+        self.counters[counter as usize].fetch_add(n, Relaxed);
+    }
+
+    /// A counter's value.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize].load(Relaxed)
     }
 
     /// Marks `n` deliveries as on a connection until the guard is dropped.
@@ -304,6 +349,14 @@ impl Metrics {
                 out,
                 "volley_stage_seconds_count{{stage=\"{name}\"}} {}",
                 h.len()
+            );
+        }
+        for counter in Counter::ALL {
+            let name = counter.name();
+            let _ = writeln!(
+                out,
+                "# TYPE {name} counter\n{name} {}",
+                self.counter(counter)
             );
         }
         out.push_str("# HELP volley_in_flight Deliveries on a connection, replies awaited.\n");

@@ -30,8 +30,9 @@ pub use self::error::{QueueError, Result};
 pub use self::id::{DeliveryId, JobId, ParseIdError};
 pub use self::redis_streams::RedisQueue;
 pub use self::types::{
-    Counts, Depth, Event, EventKind, JobKind, JobState, JobStatus, Leased, NewJob, NewRecipient,
-    RecipientState, RecipientStatus, Resolution, SubmitOutcome, normalize_address,
+    Completion, Counts, Depth, Event, EventKind, Held, JobKind, JobState, JobStatus, LeaseToken,
+    Leased, NewJob, NewRecipient, Pruned, RecipientState, RecipientStatus, Resolution,
+    RetentionConfig, SubmitOutcome, Suppression, SuppressionScope, valid_list_name,
 };
 
 /// Which storage the queue uses.
@@ -76,11 +77,20 @@ impl Default for QueueConfig {
 }
 
 /// The queue's operations. Every method is atomic: it happens whole or not at all.
+///
+/// Leases are fenced: every lease of a delivery carries a larger [`LeaseToken`], and
+/// `complete`, `renew` and `release` act only on the delivery's current lease. A worker
+/// that keeps renewing what it holds never loses it; one that stalls past its lease can
+/// lose it to another, and then nothing it reports is recorded.
+///
+/// Suppression entries are keyed by [`crate::address::suppression_key`], applied here to
+/// every address handed in, so every caller matches the same way.
 pub trait Queue: Send + Sync {
     /// Stores a job and one delivery per recipient, atomically, and returns once that is
     /// durable. Recipients are consumed as a stream. Refuses an empty list or a recipient the
     /// queue cannot store (nothing is stored then). With an idempotency key seen within 24 h,
-    /// answers `Existing` (same request hash) or `IdempotencyConflict` and stores nothing.
+    /// answers `Existing` (same request hash) or `IdempotencyConflict` and stores nothing;
+    /// while the first submission with the key is still being stored, `IdempotencyInProgress`.
     fn submit(
         &self,
         job: NewJob,
@@ -89,27 +99,42 @@ pub trait Queue: Send + Sync {
     ) -> impl Future<Output = Result<SubmitOutcome>> + Send;
 
     /// Leases up to `max` deliveries due by `now` (send time or retry time), for the
-    /// configured lease time. Suppression is not checked here: the caller asks
-    /// [`Queue::is_suppressed`] and completes with [`Resolution::Suppressed`].
+    /// configured lease time, each with a new token. Suppression is not checked here: the
+    /// caller asks [`Queue::suppressed_among`] and completes with [`Resolution::Suppressed`].
     fn lease(
         &self,
         max: usize,
         now: SystemTime,
     ) -> impl Future<Output = Result<Vec<Leased>>> + Send;
 
+    /// Extends the leases still held (matching token) by the lease time from `now`;
+    /// returns the deliveries whose lease was lost (taken over, resolved, released).
+    fn renew(
+        &self,
+        held: Vec<Held>,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Vec<DeliveryId>>> + Send;
+
     /// A job's opaque payload (callers cache it: it never changes).
     fn job_payload(&self, id: &JobId) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 
-    /// Records outcomes in one durable write. An outcome for an unknown or already final
-    /// delivery is ignored.
+    /// Records outcomes in one durable write (with the suppressions that hard bounces
+    /// ask for). A completion whose token is not the delivery's current lease is refused
+    /// and counted: the number refused is returned.
     fn complete(
         &self,
-        batch: Vec<(DeliveryId, Resolution)>,
+        batch: Vec<Completion>,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Gives leases back unattempted (shutdown, a site too busy to start them soon): due
+    /// as before, or not before `not_before`. No attempt, no event.
+    fn release(
+        &self,
+        held: Vec<Held>,
+        not_before: Option<SystemTime>,
         now: SystemTime,
     ) -> impl Future<Output = Result<()>> + Send;
-
-    /// Gives leases back untouched, due as before (graceful shutdown).
-    fn release(&self, ids: Vec<DeliveryId>) -> impl Future<Output = Result<()>> + Send;
 
     /// A job's state and counts; `None` for an unknown job (or one still being submitted).
     fn job(&self, id: &JobId) -> impl Future<Output = Result<Option<JobStatus>>> + Send;
@@ -129,24 +154,48 @@ pub trait Queue: Send + Sync {
     /// Up to `limit` events with a cursor greater than `after` (0 for the start), in order.
     fn events(&self, after: u64, limit: usize) -> impl Future<Output = Result<Vec<Event>>> + Send;
 
-    /// Adds an address (normalised) to the suppression list.
-    fn suppress(&self, address: &str, reason: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Adds (or replaces) a suppression entry, durably.
+    fn suppress(&self, entry: Suppression) -> impl Future<Output = Result<()>> + Send;
 
-    /// Whether an address (normalised) is on the suppression list.
-    fn is_suppressed(&self, address: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Removes an address's entries: of one scope, or all of them. Returns how many.
+    fn unsuppress(
+        &self,
+        address: &str,
+        scope: Option<SuppressionScope>,
+    ) -> impl Future<Output = Result<usize>> + Send;
 
-    /// For each address (normalised), whether it is on the suppression list: one
-    /// read for a whole leased batch, instead of one per delivery.
+    /// An address's entries, every scope.
+    fn suppressions_of(
+        &self,
+        address: &str,
+    ) -> impl Future<Output = Result<Vec<Suppression>>> + Send;
+
+    /// Up to `limit` entries in address order, after the address key `after`.
+    fn suppressions(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Suppression>>> + Send;
+
+    /// For each address and the list its mail belongs to (`None`: transactional mail, not
+    /// stopped by unsubscribes), whether it is suppressed: one read for a whole leased
+    /// batch, instead of one per delivery.
     fn suppressed_among(
         &self,
-        addresses: Vec<String>,
+        addresses: Vec<(String, Option<String>)>,
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
 
-    /// Removes an address from the suppression list; true if it was there.
-    fn unsuppress(&self, address: &str) -> impl Future<Output = Result<bool>> + Send;
-
-    /// Deliveries ready, scheduled for later and leased, as of `now`.
+    /// Deliveries ready, scheduled for later and leased. Counts kept by the writes, so
+    /// this costs the same whatever the queue holds.
     fn depth(&self, now: SystemTime) -> impl Future<Output = Result<Depth>> + Send;
+
+    /// Removes events and finished jobs older than `retention` says, a bounded amount per
+    /// call (call again while it removes something).
+    fn prune(
+        &self,
+        now: SystemTime,
+        retention: RetentionConfig,
+    ) -> impl Future<Output = Result<Pruned>> + Send;
 }
 
 /// A queue whose backend is chosen by configuration.
@@ -193,14 +242,22 @@ impl Queue for AnyQueue {
     async fn lease(&self, max: usize, now: SystemTime) -> Result<Vec<Leased>> {
         delegate!(self, q => q.lease(max, now))
     }
+    async fn renew(&self, held: Vec<Held>, now: SystemTime) -> Result<Vec<DeliveryId>> {
+        delegate!(self, q => q.renew(held, now))
+    }
     async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
         delegate!(self, q => q.job_payload(id))
     }
-    async fn complete(&self, batch: Vec<(DeliveryId, Resolution)>, now: SystemTime) -> Result<()> {
+    async fn complete(&self, batch: Vec<Completion>, now: SystemTime) -> Result<usize> {
         delegate!(self, q => q.complete(batch, now))
     }
-    async fn release(&self, ids: Vec<DeliveryId>) -> Result<()> {
-        delegate!(self, q => q.release(ids))
+    async fn release(
+        &self,
+        held: Vec<Held>,
+        not_before: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<()> {
+        delegate!(self, q => q.release(held, not_before, now))
     }
     async fn job(&self, id: &JobId) -> Result<Option<JobStatus>> {
         delegate!(self, q => q.job(id))
@@ -219,20 +276,29 @@ impl Queue for AnyQueue {
     async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         delegate!(self, q => q.events(after, limit))
     }
-    async fn suppress(&self, address: &str, reason: &str) -> Result<()> {
-        delegate!(self, q => q.suppress(address, reason))
+    async fn suppress(&self, entry: Suppression) -> Result<()> {
+        delegate!(self, q => q.suppress(entry))
     }
-    async fn is_suppressed(&self, address: &str) -> Result<bool> {
-        delegate!(self, q => q.is_suppressed(address))
+    async fn unsuppress(&self, address: &str, scope: Option<SuppressionScope>) -> Result<usize> {
+        delegate!(self, q => q.unsuppress(address, scope))
     }
-    async fn suppressed_among(&self, addresses: Vec<String>) -> Result<Vec<bool>> {
+    async fn suppressions_of(&self, address: &str) -> Result<Vec<Suppression>> {
+        delegate!(self, q => q.suppressions_of(address))
+    }
+    async fn suppressions(&self, after: Option<String>, limit: usize) -> Result<Vec<Suppression>> {
+        delegate!(self, q => q.suppressions(after, limit))
+    }
+    async fn suppressed_among(
+        &self,
+        addresses: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<bool>> {
         delegate!(self, q => q.suppressed_among(addresses))
-    }
-    async fn unsuppress(&self, address: &str) -> Result<bool> {
-        delegate!(self, q => q.unsuppress(address))
     }
     async fn depth(&self, now: SystemTime) -> Result<Depth> {
         delegate!(self, q => q.depth(now))
+    }
+    async fn prune(&self, now: SystemTime, retention: RetentionConfig) -> Result<Pruned> {
+        delegate!(self, q => q.prune(now, retention))
     }
 }
 

@@ -78,13 +78,35 @@ pub enum SubmitOutcome {
     },
     /// The idempotency key was used within 24 h for a different request.
     IdempotencyConflict,
+    /// A submission with the same idempotency key is still being stored: nothing was
+    /// made; ask again in a moment.
+    IdempotencyInProgress,
 }
 
-/// A leased delivery: the caller must `complete` or `release` it before the lease ends.
+/// A lease's fencing token: which lease of its delivery it is. Every lease of a
+/// delivery gets a larger one; the queue accepts a completion, a renewal or a release
+/// only with the token of the delivery's current lease, so a worker whose lease was
+/// taken over can never overwrite what the new holder records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LeaseToken(pub u64);
+
+impl std::fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A lease the caller holds: the delivery and its token.
+pub type Held = (DeliveryId, LeaseToken);
+
+/// A leased delivery: the caller must `complete`, `release` or `renew` it before the
+/// lease ends, quoting its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leased {
     /// Which delivery.
     pub id: DeliveryId,
+    /// This lease's fencing token.
+    pub token: LeaseToken,
     /// The recipient address.
     pub to: String,
     /// The recipient's opaque variables.
@@ -93,6 +115,9 @@ pub struct Leased {
     pub attempts: u32,
     /// When the job was accepted.
     pub created: SystemTime,
+    /// When the first attempt was recorded; `None` before any (the maximum age counts
+    /// from it).
+    pub first_attempt: Option<SystemTime>,
     /// When this delivery became due (send time or retry time): queue wait = lease time − this.
     pub queued_at: SystemTime,
 }
@@ -116,6 +141,9 @@ pub enum Resolution {
     Bounced {
         /// The refusal.
         reply: String,
+        /// The mailbox does not exist: suppress the address for all mail, in the same
+        /// write as the outcome.
+        suppress: bool,
     },
     /// Gave up: retried until the maximum age.
     Expired {
@@ -124,6 +152,115 @@ pub enum Resolution {
     },
     /// Not sent: the address is on the suppression list.
     Suppressed,
+}
+
+/// One lease's outcome, as the caller commits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The delivery.
+    pub id: DeliveryId,
+    /// The token of the lease it was attempted under.
+    pub token: LeaseToken,
+    /// What came of it.
+    pub resolution: Resolution,
+}
+
+/// Whom a suppression stops.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SuppressionScope {
+    /// All mail: hard bounces, complaints, the operator's own entries.
+    All,
+    /// Mail of one list (a campaign's `list`): an unsubscribe.
+    List(String),
+}
+
+impl SuppressionScope {
+    /// The list a delivery without one belongs to, for unsubscribes from campaigns.
+    pub const DEFAULT_LIST: &'static str = "default";
+
+    /// `all` or `list:NAME`, as the API, the CSV files and the stores write it.
+    pub fn as_text(&self) -> String {
+        match self {
+            SuppressionScope::All => "all".to_owned(),
+            SuppressionScope::List(name) => format!("list:{name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for SuppressionScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "all" => Ok(SuppressionScope::All),
+            other => match other.strip_prefix("list:") {
+                Some(name) if valid_list_name(name) => Ok(SuppressionScope::List(name.to_owned())),
+                _ => Err(format!(
+                    "scope {s:?}: expected \"all\" or \"list:NAME\" (NAME: 1 to 64 of a-z A-Z 0-9 . _ -)"
+                )),
+            },
+        }
+    }
+}
+
+/// Whether `name` can name a list: 1 to 64 letters, digits, `.`, `_` or `-`.
+pub fn valid_list_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl serde::Serialize for SuppressionScope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_text())
+    }
+}
+
+/// One entry of the suppression list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Suppression {
+    /// The address, as its suppression key ([`crate::address::suppression_key`]).
+    pub address: String,
+    /// Whom it stops.
+    pub scope: SuppressionScope,
+    /// Why: the bounce reply, `unsubscribed`, `complaint`, an operator's note.
+    pub reason: String,
+    /// When it was added.
+    #[serde(serialize_with = "crate::time::serialize_rfc3339")]
+    pub at: SystemTime,
+}
+
+/// `[retention]`: how long finished work is kept before the background pruning removes
+/// it. Suppressions are kept until deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Events older than this are removed from the event log. Default `"30d"`.
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+    /// Jobs done longer ago than this are removed with their deliveries. Default `"30d"`.
+    #[serde(with = "humantime_serde")]
+    pub jobs: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        Self {
+            events: days(30),
+            jobs: days(30),
+        }
+    }
+}
+
+/// What one pruning pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events.
+    pub events: u64,
+    /// Jobs, each with its deliveries and payload.
+    pub jobs: u64,
 }
 
 /// Where a job stands as a whole.
@@ -340,7 +477,7 @@ impl Resolution {
             Resolution::Retry { reply, .. } => {
                 (RecipientState::Deferred, EventKind::Deferred, Some(reply))
             }
-            Resolution::Bounced { reply } => {
+            Resolution::Bounced { reply, .. } => {
                 (RecipientState::Bounced, EventKind::Bounced, Some(reply))
             }
             Resolution::Expired { reply } => {
@@ -386,29 +523,18 @@ pub(crate) fn check_recipient(index: u32, r: &NewRecipient) -> Result<()> {
     Ok(())
 }
 
-/// The form an address takes in the suppression list: trimmed, domain lower-cased (the local
-/// part is case-sensitive by RFC 5321, so it is kept as given).
-pub fn normalize_address(address: &str) -> String {
-    let a = address.trim();
-    match a.rsplit_once('@') {
-        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
-        None => a.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn normalizes_the_domain_only() {
-        for (given, want) in [
-            ("Bob@Example.COM", "Bob@example.com"),
-            (" a@B.c ", "a@b.c"),
-            ("\"x@y\"@Z.org", "\"x@y\"@z.org"),
-            ("nodomain", "nodomain"),
-        ] {
-            assert_eq!(normalize_address(given), want);
+    fn scopes_read_and_write_as_text() {
+        for text in ["all", "list:default", "list:news.weekly-2"] {
+            let scope: SuppressionScope = text.parse().unwrap();
+            assert_eq!(scope.as_text(), text);
+        }
+        for bad in ["", "list:", "list:a b", "everything", "list:a\nb"] {
+            assert!(bad.parse::<SuppressionScope>().is_err(), "{bad:?}");
         }
     }
 

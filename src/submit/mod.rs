@@ -3,35 +3,49 @@
 //!
 //! - [`request`]: the shapes the API and the command line receive.
 //! - [`recipients`]: recipient lists for `volley send` (CSV, JSON Lines).
-//! - this module: validation into a [`Prepared`] job for the queue, with the stored spec
-//!   of [`crate::compose`].
+//! - `message`, `campaign`: validation into a [`Prepared`] job for the queue, with the
+//!   stored spec of [`crate::compose`].
 //!
 //! Everything a user can get wrong is checked here, before anything is stored:
 //! addresses, header values, the template and every recipient's variables (strict
-//! mode), attachments, sizes. An error names the field. This module knows nothing of
-//! HTTP or SMTP sessions.
+//! mode), attachments, sizes, times, lists. An error names the field. This module knows
+//! nothing of HTTP or SMTP sessions.
 
+mod campaign;
+mod message;
 pub mod recipients;
 pub mod request;
 
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+pub use self::campaign::prepare_campaign;
+pub use self::message::prepare_message;
 pub use self::request::{
     AttachmentInput, CampaignRequest, MailboxInput, MessageRequest, RecipientInput, SendAt,
 };
 
 use crate::address::Address;
-use crate::compose::{
-    ComposeError, Composer, JobSpec, StoredAttachment, StoredMailbox, merge, vars_to_bytes,
-};
+use crate::compose::{ComposeError, StoredMailbox, vars_to_bytes};
 use crate::message::MessageError;
-use crate::queue::{JobId, JobKind, NewJob, NewRecipient};
+use crate::queue::{NewJob, NewRecipient, valid_list_name};
 
 /// Most recipients in one message (To, Cc and Bcc together).
 pub const MAX_MESSAGE_RECIPIENTS: usize = 1000;
+/// Most keys in one object of template variables (shared or a recipient's).
+pub const MAX_VAR_KEYS: usize = 200;
+/// Most bytes of one recipient's variables, as JSON.
+pub const MAX_RECIPIENT_VARS: usize = 64 << 10;
+/// Most bytes of a job's shared variables, as JSON.
+pub const MAX_SHARED_VARS: usize = 1 << 20;
+/// How far back a `send_at` may be: a little clock skew, or a retried request.
+pub const SEND_AT_PAST: Duration = Duration::from_secs(86_400);
+/// How far ahead a `send_at` may be.
+pub const SEND_AT_FUTURE: Duration = Duration::from_secs(366 * 86_400);
 
 /// An invalid field of a submission.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,13 +64,44 @@ pub(crate) fn invalid(field: impl Into<String>, message: impl ToString) -> Inval
     }
 }
 
+/// What a submission is checked against, besides its own content.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The time of the submission (ids, `send_at` bounds).
+    pub now: SystemTime,
+    /// Most recipients of one campaign (`[server] max_recipients`).
+    pub max_recipients: usize,
+    /// Set when the submitter went away: checking a large campaign stops.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Context {
+    /// A context at `now` with the default limits.
+    pub fn at(now: SystemTime) -> Self {
+        Self {
+            now,
+            max_recipients: 1_000_000,
+            cancelled: Arc::default(),
+        }
+    }
+
+    fn check_cancelled(&self) -> Result<(), Invalid> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(invalid("", "the submission was cancelled"));
+        }
+        Ok(())
+    }
+}
+
 /// A validated submission, ready for [`crate::queue::Queue::submit`].
 #[derive(Debug)]
 pub struct Prepared {
     /// The job (payload serialised).
     pub job: NewJob,
-    /// Recipients with their variables.
+    /// Recipients with their variables, duplicates merged.
     pub recipients: Vec<PreparedRecipient>,
+    /// Recipients as submitted, before duplicates were merged.
+    pub requested: usize,
 }
 
 /// One validated recipient.
@@ -84,16 +129,6 @@ fn stored(name: Option<String>, address: &Address) -> StoredMailbox {
         name,
         address: address.as_str().to_owned(),
     }
-}
-
-fn mailboxes(
-    list: &[MailboxInput],
-    field: &str,
-) -> Result<Vec<(Option<String>, Address)>, Invalid> {
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| m.parse(&format!("{field}[{i}]")))
-        .collect()
 }
 
 fn check_attachments(list: &[AttachmentInput]) -> Result<(), Invalid> {
@@ -129,192 +164,60 @@ fn check_tags(tags: &[String]) -> Result<(), Invalid> {
     }
 }
 
-fn from_field(from: &Option<MailboxInput>) -> Result<(Option<String>, Address), Invalid> {
-    from.as_ref()
-        .ok_or_else(|| invalid("from", "is required"))?
+fn check_list(list: Option<&str>) -> Result<(), Invalid> {
+    match list {
+        Some(name) if !valid_list_name(name) => Err(invalid(
+            "list",
+            "a list name is 1 to 64 of a-z A-Z 0-9 . _ -",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A variables object within its caps: at most [`MAX_VAR_KEYS`] keys and `max_bytes`
+/// bytes of JSON.
+fn check_vars(vars: &Map<String, Value>, field: &str, max_bytes: usize) -> Result<(), Invalid> {
+    if vars.len() > MAX_VAR_KEYS {
+        return Err(invalid(
+            field,
+            format!("{} variables; at most {MAX_VAR_KEYS}", vars.len()),
+        ));
+    }
+    let size = vars_to_bytes(vars).len();
+    if size > max_bytes {
+        return Err(invalid(
+            field,
+            format!("{size} bytes of variables; at most {max_bytes}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The `send_at` time, within [now − 1 day, now + 1 year].
+fn send_at(given: Option<&SendAt>, now: SystemTime) -> Result<Option<SystemTime>, Invalid> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    let at = given.parse()?;
+    let earliest = now
+        .checked_sub(SEND_AT_PAST)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let latest = now + SEND_AT_FUTURE;
+    if at < earliest || at > latest {
+        return Err(invalid(
+            "send_at",
+            format!(
+                "{} is not within a day before and a year after now",
+                crate::time::rfc3339(at)
+            ),
+        ));
+    }
+    Ok(Some(at))
+}
+
+fn from_field(from: Option<&MailboxInput>) -> Result<(Option<String>, Address), Invalid> {
+    from.ok_or_else(|| invalid("from", "is required"))?
         .parse("from")
-}
-
-/// Validates a one-off message and prepares it for the queue.
-pub fn prepare_message(
-    req: MessageRequest,
-    composer: &Composer,
-    idempotency: Option<(String, [u8; 32])>,
-    now: SystemTime,
-) -> Result<Prepared, Invalid> {
-    let (from_name, from) = from_field(&req.from)?;
-    let to = mailboxes(&req.to, "to")?;
-    let cc = mailboxes(&req.cc, "cc")?;
-    let bcc = mailboxes(&req.bcc, "bcc")?;
-    let total = to.len() + cc.len() + bcc.len();
-    if total == 0 {
-        return Err(invalid(
-            "to",
-            "at least one recipient (to, cc or bcc) is required",
-        ));
-    }
-    if total > MAX_MESSAGE_RECIPIENTS {
-        return Err(invalid(
-            "to",
-            format!("at most {MAX_MESSAGE_RECIPIENTS} recipients per message; use a campaign"),
-        ));
-    }
-    let reply_to = req
-        .reply_to
-        .as_ref()
-        .map(|r| r.parse("reply_to"))
-        .transpose()?;
-    if let Some(name) = &req.template
-        && !composer.templates().contains(name)
-    {
-        return Err(invalid("template", format!("unknown template {name:?}")));
-    }
-    if req.template.is_none() && req.text.is_none() && req.html.is_none() {
-        return Err(invalid("text", "give text, html or a template"));
-    }
-    if req.template.is_none() && req.subject.is_none() {
-        return Err(invalid("subject", "is required without a template"));
-    }
-    check_attachments(&req.attachments)?;
-    check_tags(&req.tags)?;
-    let send_at = req.send_at.as_ref().map(SendAt::parse).transpose()?;
-    let spec = JobSpec {
-        kind: JobKind::Message,
-        from: stored(from_name, &from),
-        to: to.iter().map(|(n, a)| stored(n.clone(), a)).collect(),
-        cc: cc.iter().map(|(n, a)| stored(n.clone(), a)).collect(),
-        reply_to: reply_to.map(|(n, a)| stored(n, &a)),
-        subject: req.subject,
-        text: req.text,
-        html: req.html,
-        template: req.template,
-        vars: req.vars,
-        headers: req.headers.into_iter().collect(),
-        attachments: req
-            .attachments
-            .into_iter()
-            .map(|a| StoredAttachment {
-                filename: a.filename,
-                content_type: a.content_type,
-                content: a.content,
-            })
-            .collect(),
-        tags: req.tags,
-    };
-    let id = JobId::new(now);
-    // The same bytes go to every recipient: build them once now to refuse what
-    // cannot be built (template variables, headers, size) before storing anything.
-    let first = &to
-        .iter()
-        .chain(&cc)
-        .chain(&bcc)
-        .next()
-        .expect("at least one recipient")
-        .1;
-    composer
-        .compose(&id.to_string(), &spec, first, &Map::new())
-        .map_err(|e| compose_invalid(e, None))?;
-    let mut seen = std::collections::HashSet::new();
-    let recipients = to
-        .iter()
-        .chain(&cc)
-        .chain(&bcc)
-        .filter(|(_, a)| seen.insert(a.as_str().to_ascii_lowercase()))
-        .map(|(_, a)| PreparedRecipient {
-            to: a.as_str().to_owned(),
-            vars: Map::new(),
-        })
-        .collect();
-    let payload = spec.to_payload();
-    Ok(Prepared {
-        job: NewJob {
-            id,
-            kind: JobKind::Message,
-            payload,
-            send_at,
-            idempotency,
-        },
-        recipients,
-    })
-}
-
-/// Validates a campaign (every recipient's variables against the template, strict)
-/// and prepares it for the queue.
-pub fn prepare_campaign(
-    req: CampaignRequest,
-    composer: &Composer,
-    idempotency: Option<(String, [u8; 32])>,
-    now: SystemTime,
-) -> Result<Prepared, Invalid> {
-    let template = req
-        .template
-        .clone()
-        .ok_or_else(|| invalid("template", "is required"))?;
-    if !composer.templates().contains(&template) {
-        return Err(invalid(
-            "template",
-            format!("unknown template {template:?}"),
-        ));
-    }
-    let (from_name, from) = from_field(&req.from)?;
-    let reply_to = req
-        .reply_to
-        .as_ref()
-        .map(|r| r.parse("reply_to"))
-        .transpose()?;
-    if req.recipients.is_empty() {
-        return Err(invalid("recipients", "at least one recipient is required"));
-    }
-    check_tags(&req.tags)?;
-    let send_at = req.send_at.as_ref().map(SendAt::parse).transpose()?;
-    let spec = JobSpec {
-        kind: JobKind::Campaign,
-        from: stored(from_name, &from),
-        to: Vec::new(),
-        cc: Vec::new(),
-        reply_to: reply_to.map(|(n, a)| stored(n, &a)),
-        subject: req.subject,
-        text: None,
-        html: None,
-        template: Some(template.clone()),
-        vars: req.vars,
-        headers: req.headers.into_iter().collect(),
-        attachments: Vec::new(),
-        tags: req.tags,
-    };
-    let id = JobId::new(now);
-    let mut recipients = Vec::with_capacity(req.recipients.len());
-    for (i, r) in req.recipients.into_iter().enumerate() {
-        let field = format!("recipients[{i}].to");
-        let address = Address::parse(r.to.trim()).map_err(|e| invalid(&field, e))?;
-        if i == 0 {
-            // One full build catches header and size problems shared by all.
-            composer
-                .compose(&id.to_string(), &spec, &address, &r.vars)
-                .map_err(|e| compose_invalid(e, Some(i)))?;
-        } else {
-            let vars = merge(&spec.vars, &r.vars);
-            composer
-                .templates()
-                .check(&template, &vars)
-                .map_err(|e| invalid(format!("recipients[{i}].vars"), e))?;
-        }
-        recipients.push(PreparedRecipient {
-            to: address.as_str().to_owned(),
-            vars: r.vars,
-        });
-    }
-    let payload = spec.to_payload();
-    Ok(Prepared {
-        job: NewJob {
-            id,
-            kind: JobKind::Campaign,
-            payload,
-            send_at,
-            idempotency,
-        },
-        recipients,
-    })
 }
 
 /// A message that cannot be built, as a field error pointing at the recipient when
@@ -338,5 +241,48 @@ fn compose_invalid(e: ComposeError, recipient: Option<usize>) -> Invalid {
     Invalid {
         field,
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_at_is_bounded_and_never_wraps() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ok = SendAt::Unix(1_800_000_000 + 3600);
+        assert!(send_at(Some(&ok), now).unwrap().is_some());
+        for bad in [
+            SendAt::Unix(u64::MAX),
+            SendAt::Unix(18_446_744_073_709_552),
+            SendAt::Unix(0),
+            SendAt::Text("2300-01-01T00:00:00Z".into()),
+        ] {
+            assert_eq!(
+                send_at(Some(&bad), now).unwrap_err().field,
+                "send_at",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn variables_and_lists_are_capped() {
+        let many: Map<String, Value> = (0..=MAX_VAR_KEYS)
+            .map(|i| (format!("k{i}"), Value::from(i)))
+            .collect();
+        assert!(check_vars(&many, "vars", MAX_SHARED_VARS).is_err());
+        let big: Map<String, Value> = [("k".to_owned(), Value::from("x".repeat(100)))]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            check_vars(&big, "recipients[2].vars", 50)
+                .unwrap_err()
+                .field,
+            "recipients[2].vars"
+        );
+        assert!(check_list(Some("news.weekly")).is_ok());
+        assert!(check_list(Some("no spaces")).is_err());
     }
 }

@@ -89,10 +89,12 @@ pub enum SendAt {
 }
 
 impl SendAt {
-    /// The time it names.
+    /// The time it names (not checked against now: see the submission's bounds).
     pub fn parse(&self) -> Result<SystemTime, Invalid> {
         match self {
-            Self::Unix(s) => Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(*s)),
+            Self::Unix(s) => SystemTime::UNIX_EPOCH
+                .checked_add(std::time::Duration::from_secs(*s))
+                .ok_or_else(|| invalid("send_at", format!("{s} is beyond any date"))),
             Self::Text(t) => humantime::parse_rfc3339_weak(t)
                 .map_err(|e| invalid("send_at", format!("{t:?}: {e}"))),
         }
@@ -138,6 +140,10 @@ pub struct MessageRequest {
     pub tags: Vec<String>,
     /// Not sent before this time.
     pub send_at: Option<SendAt>,
+    /// The list this message belongs to, if any: then an unsubscribe from that list
+    /// stops it. Without one it is transactional: only hard bounces, complaints and the
+    /// operator's entries stop it.
+    pub list: Option<String>,
 }
 
 /// One campaign recipient.
@@ -177,6 +183,9 @@ pub struct CampaignRequest {
     pub tags: Vec<String>,
     /// Not sent before this time.
     pub send_at: Option<SendAt>,
+    /// The list the campaign belongs to (`"default"` when absent): what its
+    /// unsubscribe links leave, and whose unsubscribes stop it.
+    pub list: Option<String>,
 }
 
 #[cfg(test)]

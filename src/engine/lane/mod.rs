@@ -46,6 +46,9 @@ pub struct Delivery<K> {
     pub body: Arc<[u8]>,
     /// When it became due (for the queue-wait histogram).
     pub queued_at: std::time::Instant,
+    /// Set by the caller when it must not be sent any more (its lease was lost): a
+    /// delivery not yet on a connection is then reported unattempted instead.
+    pub cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What happened to a delivery.

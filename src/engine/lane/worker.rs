@@ -79,6 +79,16 @@ async fn send_group<K: Sync>(
     mut session: Object<SessionManager>,
     group: Vec<Job<K>>,
 ) -> (Option<Object<SessionManager>>, bool) {
+    // Deliveries cancelled while they waited are handed back unattempted.
+    let (cancelled, group): (Vec<Job<K>>, Vec<Job<K>>) = group
+        .into_iter()
+        .partition(|job| job.delivery.cancelled.load(Relaxed));
+    for job in cancelled {
+        report(ctx, job.delivery, None);
+    }
+    if group.is_empty() {
+        return (Some(session), false);
+    }
     let started = std::time::Instant::now();
     for job in &group {
         ctx.metrics.record(

@@ -14,6 +14,7 @@
 //! The store is synchronous; every call runs on tokio's blocking pool. It knows nothing of
 //! SMTP, templates or HTTP.
 
+mod prune;
 mod read;
 mod records;
 mod store;
@@ -30,8 +31,9 @@ use super::Queue;
 use super::error::{QueueError, Result};
 use super::id::{DeliveryId, JobId};
 use super::types::{
-    Depth, Event, JobStatus, Leased, NewJob, NewRecipient, RecipientStatus, Resolution,
-    SubmitOutcome, check_recipient, to_ms,
+    Completion, Depth, Event, Held, JobStatus, Leased, NewJob, NewRecipient, Pruned,
+    RecipientStatus, RetentionConfig, SubmitOutcome, Suppression, SuppressionScope,
+    check_recipient, to_ms,
 };
 
 /// The embedded queue. Cheap to clone: clones share the open store.
@@ -212,20 +214,37 @@ impl Queue for EmbeddedQueue {
         self.run(move |db| store::lease(db, max, now, lease)).await
     }
 
+    async fn renew(&self, held: Vec<Held>, now: SystemTime) -> Result<Vec<DeliveryId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease = self.lease;
+        self.run(move |db| store::renew(db, held, now, lease)).await
+    }
+
     async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
         let id = *id;
         self.run(move |db| read::payload(db, id)).await
     }
 
-    async fn complete(&self, batch: Vec<(DeliveryId, Resolution)>, now: SystemTime) -> Result<()> {
+    async fn complete(&self, batch: Vec<Completion>, now: SystemTime) -> Result<usize> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.run(move |db| store::complete(db, batch, now)).await
     }
 
-    async fn release(&self, ids: Vec<DeliveryId>) -> Result<()> {
-        self.run(move |db| store::release(db, ids)).await
+    async fn release(
+        &self,
+        held: Vec<Held>,
+        not_before: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<()> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.run(move |db| store::release(db, held, not_before, now))
+            .await
     }
 
     async fn job(&self, id: &JobId) -> Result<Option<JobStatus>> {
@@ -252,17 +271,30 @@ impl Queue for EmbeddedQueue {
         self.run(move |db| read::events(db, after, limit)).await
     }
 
-    async fn suppress(&self, address: &str, reason: &str) -> Result<()> {
-        let (a, r) = (address.to_string(), reason.to_string());
-        self.run(move |db| read::suppress(db, &a, &r)).await
+    async fn suppress(&self, entry: Suppression) -> Result<()> {
+        self.run(move |db| read::suppress(db, &entry)).await
     }
 
-    async fn is_suppressed(&self, address: &str) -> Result<bool> {
-        let a = address.to_string();
-        self.run(move |db| read::is_suppressed(db, &a)).await
+    async fn unsuppress(&self, address: &str, scope: Option<SuppressionScope>) -> Result<usize> {
+        let a = address.to_owned();
+        self.run(move |db| read::unsuppress(db, &a, scope.as_ref()))
+            .await
     }
 
-    async fn suppressed_among(&self, addresses: Vec<String>) -> Result<Vec<bool>> {
+    async fn suppressions_of(&self, address: &str) -> Result<Vec<Suppression>> {
+        let a = address.to_owned();
+        self.run(move |db| read::suppressions_of(db, &a)).await
+    }
+
+    async fn suppressions(&self, after: Option<String>, limit: usize) -> Result<Vec<Suppression>> {
+        self.run(move |db| read::suppressions(db, after.as_deref(), limit))
+            .await
+    }
+
+    async fn suppressed_among(
+        &self,
+        addresses: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<bool>> {
         if addresses.is_empty() {
             return Ok(Vec::new());
         }
@@ -270,12 +302,11 @@ impl Queue for EmbeddedQueue {
             .await
     }
 
-    async fn unsuppress(&self, address: &str) -> Result<bool> {
-        let a = address.to_string();
-        self.run(move |db| read::unsuppress(db, &a)).await
+    async fn depth(&self, _now: SystemTime) -> Result<Depth> {
+        self.run(read::depth).await
     }
 
-    async fn depth(&self, now: SystemTime) -> Result<Depth> {
-        self.run(move |db| read::depth(db, now)).await
+    async fn prune(&self, now: SystemTime, retention: RetentionConfig) -> Result<Pruned> {
+        self.run(move |db| prune::prune(db, now, retention)).await
     }
 }

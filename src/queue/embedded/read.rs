@@ -1,18 +1,17 @@
 //! The embedded store's read side (status, recipients, events, depth) and the suppression
 //! list. Reads run in redb read transactions, which never wait for the writer.
 
-use std::time::SystemTime;
-
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::records::{
-    DELIVERIES, Delivery, EVENTS, EventRecord, JOBS, JobRecord, LEASED, PAYLOADS, READY,
-    SUPPRESSED, after_ms_key,
+    DELIVERIES, Delivery, EVENTS, EventRecord, JOBS, JobRecord, LEASED, PAYLOADS, READY, SCHED,
+    SUPPRESSIONS, SuppressionRecord, split_suppression_key, suppression_key,
 };
+use crate::address::suppression_key as address_key;
 use crate::queue::error::{QueueError, Result};
 use crate::queue::id::{DeliveryId, JobId};
 use crate::queue::types::{
-    Depth, Event, JobStatus, RecipientStatus, from_ms, normalize_address, to_ms,
+    Depth, Event, JobStatus, RecipientStatus, Suppression, SuppressionScope, from_ms, to_ms,
 };
 
 pub(super) fn job(db: &Database, id: JobId) -> Result<Option<JobStatus>> {
@@ -117,59 +116,145 @@ pub(super) fn events(db: &Database, after: u64, limit: usize) -> Result<Vec<Even
     Ok(out)
 }
 
-/// Counts the scheduled entries (due after `now`), which are usually few, and derives the
-/// ready ones from the table's length: O(scheduled), not O(queue).
-pub(super) fn depth(db: &Database, now: SystemTime) -> Result<Depth> {
+/// Three table lengths, each kept by redb in the table's header: O(1), whatever the queue
+/// holds. Deliveries fall from scheduled to ready when the next lease takes them.
+pub(super) fn depth(db: &Database) -> Result<Depth> {
     let tx = db.begin_read()?;
-    let ready = tx.open_table(READY)?;
-    let leased = tx.open_table(LEASED)?;
-    let total = ready.len()?;
-    let scheduled = ready.range(&after_ms_key(to_ms(now))[..]..)?.count() as u64;
     Ok(Depth {
-        ready: total - scheduled,
-        scheduled,
-        leased: leased.len()?,
+        ready: tx.open_table(READY)?.len()?,
+        scheduled: tx.open_table(SCHED)?.len()?,
+        leased: tx.open_table(LEASED)?.len()?,
     })
 }
 
-pub(super) fn suppress(db: &Database, address: &str, reason: &str) -> Result<()> {
+pub(super) fn suppress(db: &Database, entry: &Suppression) -> Result<()> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
-    tx.open_table(SUPPRESSED)?
-        .insert(normalize_address(address).as_str(), reason)?;
+    let key = suppression_key(&address_key(&entry.address), &entry.scope.as_text());
+    let record = SuppressionRecord {
+        at_ms: to_ms(entry.at),
+        reason: entry.reason.clone(),
+    };
+    tx.open_table(SUPPRESSIONS)?
+        .insert(key.as_str(), &record.encode()[..])?;
     tx.commit()?;
     Ok(())
 }
 
-pub(super) fn unsuppress(db: &Database, address: &str) -> Result<bool> {
+/// An address's entries as (table key, entry), every scope.
+fn entries_of(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    address: &str,
+) -> Result<Vec<(String, Suppression)>> {
+    let start = format!("{address}\0");
+    let end = format!("{address}\u{1}");
+    let mut out = Vec::new();
+    for e in table.range(start.as_str()..end.as_str())? {
+        let (k, v) = e?;
+        out.push((k.value().to_owned(), entry(k.value(), v.value())?));
+    }
+    Ok(out)
+}
+
+fn entry(key: &str, value: &[u8]) -> Result<Suppression> {
+    let (address, scope) = split_suppression_key(key)?;
+    let record = SuppressionRecord::decode(value)?;
+    Ok(Suppression {
+        address: address.to_owned(),
+        scope: scope
+            .parse()
+            .map_err(|e| QueueError::corrupt("suppressions", e))?,
+        reason: record.reason,
+        at: from_ms(record.at_ms),
+    })
+}
+
+pub(super) fn unsuppress(
+    db: &Database,
+    address: &str,
+    scope: Option<&SuppressionScope>,
+) -> Result<usize> {
+    let address = address_key(address);
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
-    let was = tx
-        .open_table(SUPPRESSED)?
-        .remove(normalize_address(address).as_str())?
-        .is_some();
+    let mut removed = 0;
+    {
+        let mut table = tx.open_table(SUPPRESSIONS)?;
+        for (key, e) in entries_of(&table, &address)? {
+            if scope.is_none_or(|s| *s == e.scope) {
+                table.remove(key.as_str())?;
+                removed += 1;
+            }
+        }
+    }
     tx.commit()?;
-    Ok(was)
+    Ok(removed)
 }
 
-pub(super) fn is_suppressed(db: &Database, address: &str) -> Result<bool> {
+pub(super) fn suppressions_of(db: &Database, address: &str) -> Result<Vec<Suppression>> {
     let tx = db.begin_read()?;
-    let table = tx.open_table(SUPPRESSED)?;
-    Ok(table.get(normalize_address(address).as_str())?.is_some())
+    let table = tx.open_table(SUPPRESSIONS)?;
+    Ok(entries_of(&table, &address_key(address))?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect())
 }
 
-pub(super) fn suppressed_among(db: &Database, addresses: &[String]) -> Result<Vec<bool>> {
+pub(super) fn suppressions(
+    db: &Database,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Suppression>> {
     let tx = db.begin_read()?;
-    let table = tx.open_table(SUPPRESSED)?;
+    let table = tx.open_table(SUPPRESSIONS)?;
+    // After every entry of `after`: its key prefix then the highest byte a scope uses.
+    let start = after.map(|a| format!("{}\u{1}", address_key(a)));
+    let range = match &start {
+        Some(s) => table.range(s.as_str()..)?,
+        None => table.range::<&str>(..)?,
+    };
+    let mut out = Vec::with_capacity(limit.min(1024));
+    for e in range.take(limit) {
+        let (k, v) = e?;
+        out.push(entry(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// For each (address, list): suppressed for all mail, or for that list.
+pub(super) fn suppressed_among(
+    db: &Database,
+    addresses: &[(String, Option<String>)],
+) -> Result<Vec<bool>> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(SUPPRESSIONS)?;
+    let all = SuppressionScope::All.as_text();
     addresses
         .iter()
-        .map(|a| Ok(table.get(normalize_address(a).as_str())?.is_some()))
+        .map(|(address, list)| {
+            let address = address_key(address);
+            if table
+                .get(suppression_key(&address, &all).as_str())?
+                .is_some()
+            {
+                return Ok(true);
+            }
+            match list {
+                Some(list) => {
+                    let scope = SuppressionScope::List(list.clone()).as_text();
+                    Ok(table
+                        .get(suppression_key(&address, &scope).as_str())?
+                        .is_some())
+                }
+                None => Ok(false),
+            }
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::records::index_key;
+    use super::super::records::{after_ms_key, index_key};
     use super::*;
 
     #[test]

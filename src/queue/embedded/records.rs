@@ -14,8 +14,15 @@ pub(super) const JOBS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new(
 pub(super) const PAYLOADS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("payloads");
 /// Delivery id → [`Delivery`].
 pub(super) const DELIVERIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deliveries");
-/// (due ms, delivery id) → (): every delivery waiting to be leased, now or later.
+/// (due ms, delivery id) → (): deliveries due, waiting to be leased. (Stores written
+/// before [`SCHED`] existed also hold future entries here; `lease` only takes due ones.)
 pub(super) const READY: TableDefinition<'_, &[u8], ()> = TableDefinition::new("ready");
+/// (due ms, delivery id) → (): deliveries due later (a `send_at`, a retry, a postponed
+/// release); `lease` moves them to [`READY`] as they fall due. Two tables, so that the
+/// queue's depth is three table lengths, not a scan.
+pub(super) const SCHED: TableDefinition<'_, &[u8], ()> = TableDefinition::new("scheduled");
+/// (done ms, job id) → (): finished jobs, oldest first, for retention.
+pub(super) const DONE: TableDefinition<'_, &[u8], ()> = TableDefinition::new("done");
 /// (lease end ms, delivery id) → (): every leased delivery, so expiry is a range scan.
 pub(super) const LEASED: TableDefinition<'_, &[u8], ()> = TableDefinition::new("leased");
 /// Job id → due ms of a submission still being written: its ready entries are skipped.
@@ -23,10 +30,25 @@ pub(super) const PENDING: TableDefinition<'_, &[u8], u64> = TableDefinition::new
 /// Idempotency key → (request hash, job id, accepted ms, recipients).
 pub(super) const IDEMPOTENCY: TableDefinition<'_, &str, &[u8]> =
     TableDefinition::new("idempotency");
+/// (accepted ms, idempotency key) → (): idempotency entries oldest first, for pruning.
+pub(super) const IDEM_AT: TableDefinition<'_, &[u8], ()> = TableDefinition::new("idempotency_at");
 /// Cursor → [`EventRecord`].
 pub(super) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
-/// Normalised address → reason.
-pub(super) const SUPPRESSED: TableDefinition<'_, &str, &str> = TableDefinition::new("suppressed");
+/// Suppression key, NUL, scope text → [`SuppressionRecord`]. Ordered by address.
+pub(super) const SUPPRESSIONS: TableDefinition<'_, &str, &[u8]> =
+    TableDefinition::new("suppressions");
+/// The list of stores before scopes: normalised address → reason. Moved into
+/// [`SUPPRESSIONS`] (scope `all`) when such a store is opened.
+pub(super) const SUPPRESSED_V1: TableDefinition<'_, &str, &str> =
+    TableDefinition::new("suppressed");
+
+/// The key of an idempotency entry in [`IDEM_AT`]: its time then the key itself.
+pub(super) fn idem_at_key(at_ms: u64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
 
 /// An index key: a time then a delivery id.
 pub(super) fn index_key(ms: u64, id: DeliveryId) -> [u8; 28] {
@@ -124,12 +146,14 @@ pub(super) struct JobRecord {
     pub(super) counts: Counts,
     /// The `send_at` the submission asked for; 0 when it asked for none.
     pub(super) send_at_ms: u64,
+    /// When its last delivery reached a final state; 0 while it is not done.
+    pub(super) done_ms: u64,
 }
 
 impl JobRecord {
     pub(super) fn encode(&self) -> Vec<u8> {
         let c = &self.counts;
-        let mut out = Vec::with_capacity(45);
+        let mut out = Vec::with_capacity(53);
         out.push(self.kind.code());
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         for n in [
@@ -144,6 +168,7 @@ impl JobRecord {
             out.extend_from_slice(&n.to_be_bytes());
         }
         out.extend_from_slice(&self.send_at_ms.to_be_bytes());
+        out.extend_from_slice(&self.done_ms.to_be_bytes());
         out
     }
 
@@ -161,37 +186,48 @@ impl JobRecord {
             expired: r.u32()?,
             suppressed: r.u32()?,
         };
-        // Records written before `send_at` was kept end here.
+        // Records written before `send_at` and `done` were kept end early.
         let send_at_ms = if r.buf.is_empty() { 0 } else { r.u64()? };
+        let done_ms = if r.buf.is_empty() { 0 } else { r.u64()? };
         Ok(JobRecord {
             kind,
             created_ms,
             counts,
             send_at_ms,
+            done_ms,
         })
     }
 }
 
 /// One delivery. `due_ms` is when it became (or becomes) due; `lease_until_ms` is meaningful
-/// only while leased and locates its entry in [`LEASED`].
+/// only while leased and locates its entry in [`LEASED`]; `token` is its latest lease's
+/// fencing token; `first_ms` when its first attempt was recorded (0 before).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Delivery {
     pub(super) state: RecipientState,
     pub(super) attempts: u32,
     pub(super) due_ms: u64,
     pub(super) lease_until_ms: u64,
+    pub(super) token: u64,
+    pub(super) first_ms: u64,
     pub(super) to: String,
     pub(super) last_reply: Option<String>,
     pub(super) vars: Vec<u8>,
 }
 
+/// Marks a delivery record of the second layout (with token and first attempt) in its
+/// first byte; records of the first layout start with the bare state code.
+const DELIVERY_V2: u8 = 0x80;
+
 impl Delivery {
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.to.len() + self.vars.len());
-        out.push(self.state.code());
+        let mut out = Vec::with_capacity(48 + self.to.len() + self.vars.len());
+        out.push(DELIVERY_V2 | self.state.code());
         out.extend_from_slice(&self.attempts.to_be_bytes());
         out.extend_from_slice(&self.due_ms.to_be_bytes());
         out.extend_from_slice(&self.lease_until_ms.to_be_bytes());
+        out.extend_from_slice(&self.token.to_be_bytes());
+        out.extend_from_slice(&self.first_ms.to_be_bytes());
         out.extend_from_slice(&address_len(&self.to).to_be_bytes());
         out.extend_from_slice(self.to.as_bytes());
         put_opt_string(&mut out, self.last_reply.as_deref());
@@ -204,11 +240,17 @@ impl Delivery {
             buf,
             table: "deliveries",
         };
-        let state = RecipientState::from_code(r.u8()?)
+        let first = r.u8()?;
+        let state = RecipientState::from_code(first & !DELIVERY_V2)
             .ok_or_else(|| QueueError::corrupt("deliveries", "unknown state"))?;
         let attempts = r.u32()?;
         let due_ms = r.u64()?;
         let lease_until_ms = r.u64()?;
+        let (token, first_ms) = if first & DELIVERY_V2 != 0 {
+            (r.u64()?, r.u64()?)
+        } else {
+            (0, 0)
+        };
         let n = usize::from(r.u16()?);
         let to = r.string(n)?;
         let last_reply = r.opt_string()?;
@@ -217,6 +259,8 @@ impl Delivery {
             attempts,
             due_ms,
             lease_until_ms,
+            token,
+            first_ms,
             to,
             last_reply,
             vars: r.buf.to_vec(),
@@ -271,6 +315,47 @@ impl EventRecord {
     }
 }
 
+/// A suppression entry's value: when and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SuppressionRecord {
+    pub(super) at_ms: u64,
+    pub(super) reason: String,
+}
+
+impl SuppressionRecord {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.reason.len());
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.extend_from_slice(self.reason.as_bytes());
+        out
+    }
+
+    pub(super) fn decode(buf: &[u8]) -> Result<Self> {
+        let mut r = Reader {
+            buf,
+            table: "suppressions",
+        };
+        let at_ms = r.u64()?;
+        let n = r.buf.len();
+        Ok(SuppressionRecord {
+            at_ms,
+            reason: r.string(n)?,
+        })
+    }
+}
+
+/// The key of a suppression entry: the address key, NUL, the scope's text, so that an
+/// address's entries are contiguous and the table reads in address order.
+pub(super) fn suppression_key(address: &str, scope: &str) -> String {
+    format!("{address}\0{scope}")
+}
+
+/// The address and scope texts of a suppression key.
+pub(super) fn split_suppression_key(key: &str) -> Result<(&str, &str)> {
+    key.split_once('\0')
+        .ok_or_else(|| QueueError::corrupt("suppressions", format!("key {key:?}")))
+}
+
 /// An idempotency entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct IdemRecord {
@@ -317,6 +402,8 @@ mod tests {
             attempts: 3,
             due_ms: 42,
             lease_until_ms: 7,
+            token: 9,
+            first_ms: 11,
             to: "a@b.c".into(),
             last_reply: Some("451 4.7.1 later\r\nmore".into()),
             vars: br#"{"x":1}"#.to_vec(),
@@ -350,6 +437,8 @@ mod tests {
             attempts: 0,
             due_ms: 0,
             lease_until_ms: 0,
+            token: 0,
+            first_ms: 0,
             to: "someone@example.com".into(),
             last_reply: Some("250 ok".into()),
             vars: vec![],
@@ -359,5 +448,31 @@ mod tests {
             assert!(Delivery::decode(&d[..n]).is_err(), "{n}");
         }
         assert!(JobRecord::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn first_layout_deliveries_still_decode() {
+        // state Leased (1), 2 attempts, due 5, lease until 6, "a@b", no reply, vars "{}".
+        let mut old = vec![1u8];
+        old.extend_from_slice(&2u32.to_be_bytes());
+        old.extend_from_slice(&5u64.to_be_bytes());
+        old.extend_from_slice(&6u64.to_be_bytes());
+        old.extend_from_slice(&3u16.to_be_bytes());
+        old.extend_from_slice(b"a@b");
+        old.push(0);
+        old.extend_from_slice(b"{}");
+        let d = Delivery::decode(&old).unwrap();
+        assert_eq!(
+            (
+                d.state,
+                d.attempts,
+                d.due_ms,
+                d.token,
+                d.first_ms,
+                d.to.as_str()
+            ),
+            (RecipientState::Leased, 2, 5, 0, 0, "a@b")
+        );
+        assert_eq!(d.vars, b"{}");
     }
 }

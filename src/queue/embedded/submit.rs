@@ -8,9 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::records::{
-    DELIVERIES, Delivery, IDEMPOTENCY, IdemRecord, JOBS, JobRecord, PAYLOADS, PENDING, READY,
-    index_key,
+    DELIVERIES, Delivery, IDEM_AT, IDEMPOTENCY, IdemRecord, JOBS, JobRecord, PAYLOADS, PENDING,
+    READY, SCHED, idem_at_key, index_key,
 };
+use super::store::stop_waiting;
 use crate::queue::error::{QueueError, Result};
 use crate::queue::id::{DeliveryId, JobId};
 use crate::queue::types::{
@@ -110,7 +111,14 @@ pub(super) fn write_chunk(
         tx.open_table(PENDING)?
             .insert(&job.id.to_bytes()[..], due_ms)?;
     }
-    insert_deliveries(&tx, job.id, due_ms, chunk.first_index, chunk.recipients)?;
+    insert_deliveries(
+        &tx,
+        job.id,
+        due_ms,
+        to_ms(now),
+        chunk.first_index,
+        chunk.recipients,
+    )?;
     if chunk.last {
         let record = JobRecord {
             kind: job.kind,
@@ -121,6 +129,7 @@ pub(super) fn write_chunk(
                 ..Counts::default()
             },
             send_at_ms: job.send_at.map_or(0, to_ms),
+            done_ms: 0,
         };
         let key = job.id.to_bytes();
         tx.open_table(JOBS)?
@@ -137,6 +146,8 @@ pub(super) fn write_chunk(
             };
             tx.open_table(IDEMPOTENCY)?
                 .insert(k.as_str(), &rec.encode()[..])?;
+            tx.open_table(IDEM_AT)?
+                .insert(&idem_at_key(rec.at_ms, k)[..], ())?;
         }
     }
     tx.commit()?;
@@ -152,11 +163,13 @@ fn insert_deliveries(
     tx: &WriteTransaction,
     job: JobId,
     due_ms: u64,
+    now_ms: u64,
     first_index: u32,
     recipients: Vec<NewRecipient>,
 ) -> Result<()> {
     let mut deliveries = tx.open_table(DELIVERIES)?;
-    let mut ready = tx.open_table(READY)?;
+    // Due now or later: the index it waits in.
+    let mut waiting = tx.open_table(if due_ms > now_ms { SCHED } else { READY })?;
     for (index, r) in (first_index..).zip(recipients) {
         let id = DeliveryId { job, index };
         let d = Delivery {
@@ -164,12 +177,14 @@ fn insert_deliveries(
             attempts: 0,
             due_ms,
             lease_until_ms: 0,
+            token: 0,
+            first_ms: 0,
             to: r.to,
             last_reply: None,
             vars: r.vars,
         };
         deliveries.insert(&id.to_bytes()[..], &d.encode()[..])?;
-        ready.insert(&index_key(due_ms, id)[..], ())?;
+        waiting.insert(&index_key(due_ms, id)[..], ())?;
     }
     Ok(())
 }
@@ -189,6 +204,7 @@ pub(super) fn rollback(db: &Database, job: JobId, due_ms: u64) -> Result<()> {
         {
             let mut deliveries = tx.open_table(DELIVERIES)?;
             let mut ready = tx.open_table(READY)?;
+            let mut sched = tx.open_table(SCHED)?;
             let ids: Vec<DeliveryId> = deliveries
                 .range(&lo[..]..=&hi[..])?
                 .take(CHUNK)
@@ -199,7 +215,7 @@ pub(super) fn rollback(db: &Database, job: JobId, due_ms: u64) -> Result<()> {
                 .collect();
             for id in ids {
                 deliveries.remove(&id.to_bytes()[..])?;
-                ready.remove(&index_key(due_ms, id)[..])?;
+                stop_waiting(due_ms, id, &mut ready, &mut sched)?;
                 removed += 1;
             }
         }

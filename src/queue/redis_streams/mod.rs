@@ -37,17 +37,25 @@ use super::Queue;
 use super::error::{QueueError, Result};
 use super::id::{DeliveryId, JobId};
 use super::types::{
-    Counts, Depth, Event, EventKind, IDEMPOTENCY_TTL, JobKind, JobStatus, Leased, NewJob,
-    NewRecipient, RecipientState, RecipientStatus, Resolution, SubmitOutcome, check_recipient,
-    from_ms, normalize_address, to_ms,
+    Completion, Counts, Depth, Event, EventKind, Held, IDEMPOTENCY_TTL, JobKind, JobStatus,
+    LeaseToken, Leased, NewJob, NewRecipient, Pruned, RecipientState, RecipientStatus, Resolution,
+    RetentionConfig, SubmitOutcome, Suppression, SuppressionScope, check_recipient, from_ms, to_ms,
 };
+use crate::address::suppression_key;
 
 /// Recipients staged per round trip while a job is submitted.
 const CHUNK: usize = 4096;
+/// Deliveries per renew or release script, so one call never holds the server long.
+const SCRIPT_CHUNK: usize = 2048;
 /// Takeovers after which a delivery is dead-lettered.
 const MAX_TAKEOVERS: u32 = 5;
 /// How long staged recipients of a submission that never commits survive.
-const STAGING_TTL_S: u64 = 24 * 60 * 60;
+const STAGING_TTL_S: i64 = 24 * 60 * 60;
+/// How long a pending idempotency marker outlives the last sign of its submission (it is
+/// refreshed with every staged chunk).
+const PENDING_TTL_S: i64 = 120;
+/// Finished jobs removed at most per pruning call.
+const PRUNE_JOBS: usize = 64;
 
 /// The Redis queue. Cheap to clone: clones share the connection.
 #[derive(Clone)]
@@ -91,21 +99,7 @@ impl RedisQueue {
     pub async fn open(url: &str, prefix: &str, lease: Duration) -> Result<Self> {
         let client = redis::Client::open(url)?;
         let mut conn = ConnectionManager::new(client).await?;
-        let key = format!("{{{prefix}}}:ready");
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&key)
-            .arg("workers")
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        // BUSYGROUP: another process created it first, which is fine.
-        if let Err(e) = created
-            && e.code() != Some("BUSYGROUP")
-        {
-            return Err(e.into());
-        }
+        create_group(&mut conn, &format!("{{{prefix}}}:ready")).await?;
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut conn)
@@ -142,6 +136,91 @@ impl RedisQueue {
         &self.consumer
     }
 
+    async fn lease_flat(&self, max: usize, now: SystemTime) -> Result<Vec<Vec<u8>>> {
+        let reply = format!("volley: dead-lettered after {MAX_TAKEOVERS} lease takeovers");
+        Ok(self
+            .scripts
+            .lease
+            .arg(&self.prefix)
+            .arg(&self.consumer)
+            .arg(max.max(1))
+            .arg(to_ms(now))
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(MAX_TAKEOVERS)
+            .arg(reply)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// For each completion, the suppression key of its address when it is a bounce that
+    /// suppresses: read from the recipients' hashes in one round trip, only when needed.
+    async fn suppression_keys(&self, batch: &[Completion]) -> Result<Vec<Option<String>>> {
+        let wanted: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c.resolution, Resolution::Bounced { suppress: true, .. }))
+            .map(|(i, _)| i)
+            .collect();
+        let mut keys = vec![None; batch.len()];
+        if wanted.is_empty() {
+            return Ok(keys);
+        }
+        let mut pipe = redis::pipe();
+        for &i in &wanted {
+            let id = batch[i].id;
+            pipe.hget(self.key(&format!("rcpt:{}", id.job)), id.index);
+        }
+        let found: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        for (i, value) in wanted.into_iter().zip(found) {
+            if let Some(value) = value {
+                let to = value.split(|&b| b == b'\n').next().unwrap_or_default();
+                keys[i] = Some(suppression_key(&String::from_utf8_lossy(to)));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// An address's entries as (hash field, entry), every scope.
+    async fn entries_of(&self, address: &str) -> Result<Vec<(String, Suppression)>> {
+        let key = suppression_key(address);
+        let fields: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.key("supidx"))
+            .arg(format!("[{key}\0"))
+            .arg(format!("({key}\u{1}"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let entries = self.entries(fields.clone()).await?;
+        Ok(fields.into_iter().zip(entries).collect())
+    }
+
+    /// The entries of these hash fields.
+    async fn entries(&self, fields: Vec<String>) -> Result<Vec<Suppression>> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.key("sup"))
+            .arg(&fields)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        fields
+            .iter()
+            .zip(values)
+            .map(|(field, value)| {
+                let bad = || QueueError::corrupt("sup", field.clone());
+                let (address, scope) = field.split_once('\0').ok_or_else(bad)?;
+                let value = value.ok_or_else(bad)?;
+                let (at, reason) = value.split_once('|').ok_or_else(bad)?;
+                Ok(Suppression {
+                    address: address.to_owned(),
+                    scope: scope.parse().map_err(|e| QueueError::corrupt("sup", e))?,
+                    reason: reason.to_owned(),
+                    at: from_ms(at.parse().map_err(|_| bad())?),
+                })
+            })
+            .collect()
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{{{}}}:{name}", self.prefix)
     }
@@ -165,20 +244,22 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Answers from an idempotency key already set, or claims it for `job`.
+    /// Answers from an idempotency key already set, or claims it for `job` with a pending
+    /// marker: it expires by itself if this process dies before the commit, and the commit
+    /// turns it into the final answer in the same script that makes the job visible.
     async fn claim_idempotency(&self, job: &NewJob) -> Result<Option<SubmitOutcome>> {
         let Some((key, hash)) = &job.idempotency else {
             return Ok(None);
         };
         let mut conn = self.conn.clone();
         let k = self.key(&format!("idem:{key}"));
-        let mine = format!("{}|{}|", hex(hash), job.id);
+        let mine = format!("pending|{}|{}", hex(hash), job.id);
         let set: Option<String> = redis::cmd("SET")
             .arg(&k)
             .arg(&mine)
             .arg("NX")
             .arg("EX")
-            .arg(IDEMPOTENCY_TTL.as_secs())
+            .arg(PENDING_TTL_S)
             .query_async(&mut conn)
             .await?;
         if set.is_some() {
@@ -186,31 +267,47 @@ impl RedisQueue {
         }
         let theirs: Option<String> = redis::cmd("GET").arg(&k).query_async(&mut conn).await?;
         let Some(theirs) = theirs else {
-            // Expired between SET and GET: the key is free again, but not worth a loop.
-            return Ok(Some(SubmitOutcome::IdempotencyConflict));
+            // Gone between SET and GET (the other submission failed): try again later.
+            return Ok(Some(SubmitOutcome::IdempotencyInProgress));
         };
+        if theirs.starts_with("pending|") {
+            let same = theirs.split('|').nth(1) == Some(hex(hash).as_str());
+            return Ok(Some(if same {
+                SubmitOutcome::IdempotencyInProgress
+            } else {
+                SubmitOutcome::IdempotencyConflict
+            }));
+        }
         let mut parts = theirs.split('|');
         let (h, id, n) = (parts.next(), parts.next(), parts.next());
         if h != Some(hex(hash).as_str()) {
             return Ok(Some(SubmitOutcome::IdempotencyConflict));
         }
-        let id: JobId = id
-            .unwrap_or_default()
-            .parse()
-            .map_err(|_| QueueError::corrupt("idem", theirs.clone()))?;
-        // An empty count: the first submission is still being written.
-        let recipients = n.and_then(|n| n.parse().ok()).unwrap_or(0);
+        let corrupt = || QueueError::corrupt("idem", theirs.clone());
+        let id: JobId = id.unwrap_or_default().parse().map_err(|_| corrupt())?;
+        let recipients = n.and_then(|n| n.parse().ok()).ok_or_else(corrupt)?;
         Ok(Some(SubmitOutcome::Existing { id, recipients }))
     }
 
+    /// Removes what a failed submission staged, and its pending idempotency marker if it is
+    /// still this submission's.
     async fn abandon(&self, job: &NewJob) -> Result<()> {
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.del(self.key(&format!("rcpt:{}", job.id))).ignore();
-        if let Some((key, _)) = &job.idempotency {
-            pipe.del(self.key(&format!("idem:{key}"))).ignore();
+        redis::cmd("DEL")
+            .arg(self.key(&format!("rcpt:{}", job.id)))
+            .query_async::<()>(&mut conn)
+            .await?;
+        if let Some((key, hash)) = &job.idempotency {
+            let k = self.key(&format!("idem:{key}"));
+            let mine = format!("pending|{}|{}", hex(hash), job.id);
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+            .key(k)
+            .arg(mine)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
         }
-        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
@@ -238,7 +335,12 @@ impl RedisQueue {
             }
             let mut pipe = redis::pipe();
             pipe.add_command(cmd).ignore();
-            pipe.expire(&rcpt, STAGING_TTL_S as i64).ignore();
+            pipe.expire(&rcpt, STAGING_TTL_S).ignore();
+            if let Some((key, _)) = &job.idempotency {
+                // Still storing: keep the pending marker alive a while longer.
+                pipe.expire(self.key(&format!("idem:{key}")), PENDING_TTL_S)
+                    .ignore();
+            }
             pipe.query_async::<()>(&mut conn).await?;
         }
         if next == 0 {
@@ -246,6 +348,38 @@ impl RedisQueue {
         }
         Ok(next)
     }
+}
+
+/// Creates the consumer group (and the stream) unless it exists.
+async fn create_group(conn: &mut ConnectionManager, stream: &str) -> Result<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        // BUSYGROUP: another process created it first, which is fine.
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A delivery's `st` field: `state|attempts|due|entry|token|first|` then `-` or `+reply`
+/// (before fencing tokens, without `token|first|`). Returns state, attempts, reply.
+fn parse_st(s: &str) -> Result<(RecipientState, u32, Option<String>)> {
+    let mut parts = s.splitn(5, '|');
+    let state = parse_state(parts.next().unwrap_or_default())?;
+    let attempts = parse_num(parts.next().unwrap_or_default().as_bytes(), "attempts")?;
+    let mut rest = parts.nth(2).unwrap_or_default();
+    if !rest.starts_with(['+', '-']) {
+        // token|first|reply: skip the two numbers.
+        rest = rest.splitn(3, '|').nth(2).unwrap_or_default();
+    }
+    let reply = rest.strip_prefix('+').map(str::to_string);
+    Ok((state, attempts, reply))
 }
 
 fn parse_state(code: &str) -> Result<RecipientState> {
@@ -343,6 +477,7 @@ impl Queue for RedisQueue {
             .arg(idem_key)
             .arg(idem_value)
             .arg(job.send_at.map_or(0, to_ms))
+            .arg(IDEMPOTENCY_TTL.as_secs())
             .invoke_async(&mut self.conn.clone())
             .await?;
         if committed != 1 {
@@ -359,34 +494,54 @@ impl Queue for RedisQueue {
     }
 
     async fn lease(&self, max: usize, now: SystemTime) -> Result<Vec<Leased>> {
-        let reply = format!("volley: dead-lettered after {MAX_TAKEOVERS} lease takeovers");
-        let flat: Vec<Vec<u8>> = self
-            .scripts
-            .lease
-            .arg(&self.prefix)
-            .arg(&self.consumer)
-            .arg(max.max(1))
-            .arg(to_ms(now))
-            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
-            .arg(MAX_TAKEOVERS)
-            .arg(reply)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let flat = match self.lease_flat(max, now).await {
+            // The stream or its group is gone (FLUSHALL, a failover to an empty replica):
+            // create them again and go on, without a restart.
+            Err(QueueError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                tracing::warn!("redis: the consumer group is gone; creating it again");
+                create_group(&mut self.conn.clone(), &self.key("ready")).await?;
+                self.lease_flat(max, now).await?
+            }
+            other => other?,
+        };
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        flat.chunks_exact(6)
+        flat.chunks_exact(8)
             .map(|c| {
+                let first: u64 = parse_num(&c[7], "first")?;
                 Ok(Leased {
                     id: text(&c[0])
                         .parse()
                         .map_err(|_| QueueError::corrupt("ready", text(&c[0])))?,
+                    token: LeaseToken(parse_num(&c[6], "token")?),
                     to: text(&c[1]),
                     vars: c[2].clone(),
                     attempts: parse_num(&c[3], "attempts")?,
                     created: from_ms(parse_num(&c[4], "created")?),
+                    first_attempt: (first > 0).then(|| from_ms(first)),
                     queued_at: from_ms(parse_num(&c[5], "due")?),
                 })
             })
             .collect()
+    }
+
+    async fn renew(&self, held: Vec<Held>, _now: SystemTime) -> Result<Vec<DeliveryId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut lost = Vec::new();
+        // Bounded scripts: each holds the server for a few thousand entries at most.
+        for chunk in held.chunks(SCRIPT_CHUNK) {
+            let mut inv = self.scripts.renew.prepare_invoke();
+            inv.arg(&self.prefix).arg(&self.consumer);
+            for (id, token) in chunk {
+                inv.arg(id.to_string()).arg(token.0);
+            }
+            let gone: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+            for id in gone {
+                lost.push(id.parse().map_err(|_| QueueError::corrupt("renew", id))?);
+            }
+        }
+        Ok(lost)
     }
 
     async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
@@ -397,38 +552,51 @@ impl Queue for RedisQueue {
             .await?)
     }
 
-    async fn complete(&self, batch: Vec<(DeliveryId, Resolution)>, now: SystemTime) -> Result<()> {
+    async fn complete(&self, batch: Vec<Completion>, now: SystemTime) -> Result<usize> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let keys = self.suppression_keys(&batch).await?;
         let mut inv = self.scripts.complete.prepare_invoke();
         inv.arg(&self.prefix).arg(to_ms(now));
-        for (id, r) in &batch {
-            let (_, kind, reply) = r.outcome();
-            let at = match r {
+        for (c, key) in batch.iter().zip(keys) {
+            let (_, kind, reply) = c.resolution.outcome();
+            let at = match &c.resolution {
                 Resolution::Retry { at, .. } => to_ms(*at),
                 _ => 0,
             };
-            inv.arg(id.to_string())
+            inv.arg(c.id.to_string())
+                .arg(c.token.0)
                 .arg(kind.as_str())
                 .arg(at)
                 .arg(u8::from(reply.is_some()))
-                .arg(reply.unwrap_or(""));
+                .arg(reply.unwrap_or(""))
+                .arg(key.unwrap_or_default());
         }
-        inv.invoke_async::<i64>(&mut self.conn.clone()).await?;
-        self.sync().await
+        let stale: usize = inv.invoke_async(&mut self.conn.clone()).await?;
+        self.sync().await?;
+        Ok(stale)
     }
 
-    async fn release(&self, ids: Vec<DeliveryId>) -> Result<()> {
-        if ids.is_empty() {
+    async fn release(
+        &self,
+        held: Vec<Held>,
+        not_before: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<()> {
+        if held.is_empty() {
             return Ok(());
         }
-        let mut inv = self.scripts.release.prepare_invoke();
-        inv.arg(&self.prefix);
-        for id in ids {
-            inv.arg(id.to_string());
+        for chunk in held.chunks(SCRIPT_CHUNK) {
+            let mut inv = self.scripts.release.prepare_invoke();
+            inv.arg(&self.prefix)
+                .arg(to_ms(now))
+                .arg(not_before.map_or(0, to_ms));
+            for (id, token) in chunk {
+                inv.arg(id.to_string()).arg(token.0);
+            }
+            inv.invoke_async::<i64>(&mut self.conn.clone()).await?;
         }
-        inv.invoke_async::<i64>(&mut self.conn.clone()).await?;
         Ok(())
     }
 
@@ -508,16 +676,7 @@ impl Queue for RedisQueue {
             let to = r.split(|&b| b == b'\n').next().unwrap_or_default();
             let (state, attempts, last_reply) = match s {
                 None => (RecipientState::Queued, 0, None),
-                Some(s) => {
-                    let mut p = s.splitn(5, '|');
-                    let state = parse_state(p.next().unwrap_or_default())?;
-                    let attempts = parse_num(p.next().unwrap_or_default().as_bytes(), "attempts")?;
-                    let reply = p
-                        .nth(2)
-                        .and_then(|r| r.strip_prefix('+'))
-                        .map(str::to_string);
-                    (state, attempts, reply)
-                }
+                Some(s) => parse_st(&s)?,
             };
             out.push(RecipientStatus {
                 index,
@@ -566,52 +725,107 @@ impl Queue for RedisQueue {
             .collect()
     }
 
-    async fn suppress(&self, address: &str, reason: &str) -> Result<()> {
-        redis::cmd("HSET")
-            .arg(self.key("suppressed"))
-            .arg(normalize_address(address))
-            .arg(reason)
-            .query_async::<()>(&mut self.conn.clone())
-            .await?;
+    async fn suppress(&self, entry: Suppression) -> Result<()> {
+        let field = format!(
+            "{}\0{}",
+            suppression_key(&entry.address),
+            entry.scope.as_text()
+        );
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(
+                self.key("sup"),
+                &field,
+                format!("{}|{}", to_ms(entry.at), entry.reason),
+            )
+            .ignore()
+            .zadd(self.key("supidx"), &field, 0)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
         self.sync().await
     }
 
-    async fn is_suppressed(&self, address: &str) -> Result<bool> {
-        Ok(redis::cmd("HEXISTS")
-            .arg(self.key("suppressed"))
-            .arg(normalize_address(address))
-            .query_async(&mut self.conn.clone())
-            .await?)
+    async fn unsuppress(&self, address: &str, scope: Option<SuppressionScope>) -> Result<usize> {
+        let fields: Vec<String> = self
+            .entries_of(address)
+            .await?
+            .into_iter()
+            .filter(|(_, e)| scope.as_ref().is_none_or(|s| *s == e.scope))
+            .map(|(field, _)| field)
+            .collect();
+        if fields.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hdel(self.key("sup"), &fields)
+            .ignore()
+            .zrem(self.key("supidx"), &fields)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        self.sync().await?;
+        Ok(fields.len())
     }
 
-    async fn suppressed_among(&self, addresses: Vec<String>) -> Result<Vec<bool>> {
+    async fn suppressions_of(&self, address: &str) -> Result<Vec<Suppression>> {
+        Ok(self
+            .entries_of(address)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    async fn suppressions(&self, after: Option<String>, limit: usize) -> Result<Vec<Suppression>> {
+        let start = match after {
+            Some(a) => format!("({}\u{1}", suppression_key(&a)),
+            None => "-".to_owned(),
+        };
+        let fields: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.key("supidx"))
+            .arg(start)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        self.entries(fields).await
+    }
+
+    async fn suppressed_among(
+        &self,
+        addresses: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<bool>> {
         if addresses.is_empty() {
             return Ok(Vec::new());
         }
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.key("suppressed"));
-        for a in &addresses {
-            cmd.arg(normalize_address(a));
+        cmd.arg(self.key("sup"));
+        for (address, list) in &addresses {
+            let key = suppression_key(address);
+            cmd.arg(format!("{key}\0all"));
+            match list {
+                Some(list) => cmd.arg(format!(
+                    "{key}\0{}",
+                    SuppressionScope::List(list.clone()).as_text()
+                )),
+                // Nothing matches a field with an empty scope: the same shape, one answer.
+                None => cmd.arg(format!("{key}\0")),
+            };
         }
         let found: Vec<Option<String>> = cmd.query_async(&mut self.conn.clone()).await?;
-        Ok(found.into_iter().map(|v| v.is_some()).collect())
+        Ok(found
+            .chunks_exact(2)
+            .map(|pair| pair.iter().any(Option::is_some))
+            .collect())
     }
 
-    async fn unsuppress(&self, address: &str) -> Result<bool> {
-        let n: i64 = redis::cmd("HDEL")
-            .arg(self.key("suppressed"))
-            .arg(normalize_address(address))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(n > 0)
-    }
-
-    async fn depth(&self, now: SystemTime) -> Result<Depth> {
+    async fn depth(&self, _now: SystemTime) -> Result<Depth> {
         let (ready, scheduled, leased): (u64, u64, u64) = self
             .scripts
             .depth
             .arg(&self.prefix)
-            .arg(to_ms(now))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(Depth {
@@ -619,5 +833,19 @@ impl Queue for RedisQueue {
             scheduled,
             leased,
         })
+    }
+
+    async fn prune(&self, now: SystemTime, retention: RetentionConfig) -> Result<Pruned> {
+        let cutoff = |age| now.checked_sub(age).map_or(0, to_ms);
+        let (events, jobs): (u64, u64) = self
+            .scripts
+            .prune
+            .arg(&self.prefix)
+            .arg(cutoff(retention.events))
+            .arg(cutoff(retention.jobs))
+            .arg(PRUNE_JOBS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(Pruned { events, jobs })
     }
 }
