@@ -10,7 +10,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::DeliveryKey;
 use super::cache::ByteCache;
-use super::decide::{BUILD_RETRY, after_build_failure, before_build};
+use super::decide::{after_build_failure, before_build};
 use super::ledger::Ledger;
 use crate::address::Address;
 use crate::compose::{ComposeError, Composer, JobSpec, vars_from_bytes};
@@ -24,6 +24,9 @@ use crate::queue::{AnyQueue, DeliveryId, Held, JobId, Leased, Queue, Resolution}
 const LEASE_BATCH: usize = 1024;
 /// How often an empty queue is asked again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How long a delivery waits when the queue could not say what it needs (its job, its
+/// suppression state): our storage's trouble, tried again soon.
+const STORAGE_RETRY: Duration = Duration::from_secs(5);
 
 /// A resolution decided without the engine (suppressed, unbuildable), for the completer:
 /// the delivery, its resolution, its address (for the log).
@@ -156,13 +159,14 @@ impl Feeder {
         let suppressed = match self.queue.suppressed_among(queries).await {
             Ok(flags) => flags,
             Err(e) => {
+                self.metrics.add(Counter::QueueErrors, 1);
                 tracing::error!(error = %e, deliveries = with_spec.len(), "suppression lookup failed; deferring");
                 deferred.extend(with_spec.iter().map(|(l, _)| l.id));
-                self.put_back(deferred, BUILD_RETRY).await;
+                self.put_back(deferred, STORAGE_RETRY).await;
                 return Vec::new();
             }
         };
-        self.put_back(deferred, BUILD_RETRY).await;
+        self.put_back(deferred, STORAGE_RETRY).await;
         let now = tokio::time::Instant::now();
         let mut staged = Vec::with_capacity(with_spec.len());
         let mut postponed: HashMap<Duration, Vec<DeliveryId>> = HashMap::new();

@@ -4,10 +4,13 @@
 //!
 //! Shares: a domain may hold as much of the backlog as it can send in [`HORIZON`] at the
 //! rate it has shown (never less than [`FLOOR`]); before its rate is known, an eighth of
-//! the backlog. Deliveries over the share go back to the queue for a while (the wait
-//! doubles while the domain stays over, up to [`MAX_WAIT`]), so the queue's head moves on
-//! to other domains: a throttled or rate-limited site cannot fill the engine and starve
-//! the others, and a fast one is not held back once its rate is known.
+//! the backlog. Deliveries over the share go back to the queue for a while, all of one
+//! round for the same wait; the wait doubles with each round the domain is still over
+//! when the last round's deliveries come back, up to [`MAX_WAIT`], and starts again
+//! once the domain uses less than half its share. So the queue's head moves on to other
+//! domains: a throttled or rate-limited site cannot fill the engine and starve the
+//! others, it is asked about a shrinking number of times, and a fast one is not held
+//! back once its rate is known.
 //!
 //! Shared by the feeder, the completer and the renewer through a std mutex: each holds it
 //! for a few map operations and never across an `.await`.
@@ -52,8 +55,10 @@ struct Share {
     rate: Option<f64>,
     counted: u64,
     since: Instant,
-    /// The wait of the next delivery over the share.
+    /// The wait of deliveries over the share in the current round.
     wait: Duration,
+    /// When the current round of postponements started; `None` when under the share.
+    round: Option<Instant>,
 }
 
 impl Share {
@@ -64,6 +69,7 @@ impl Share {
             counted: 0,
             since: now,
             wait: FIRST_WAIT,
+            round: None,
         }
     }
 
@@ -162,15 +168,26 @@ impl Ledger {
             .entry(Arc::clone(&lease.domain))
             .or_insert_with(|| Share::new(now));
         share.update_rate(now);
-        if share.in_engine < share.limit(capacity) {
-            share.wait = FIRST_WAIT;
+        let limit = share.limit(capacity);
+        if share.in_engine < limit {
+            if share.in_engine < limit / 2 {
+                share.wait = FIRST_WAIT;
+                share.round = None;
+            }
             share.in_engine += 1;
             lease.in_engine = true;
             return Ok(());
         }
-        let wait = share.wait;
-        share.wait = (share.wait * 2).min(MAX_WAIT);
-        Err(wait)
+        match share.round {
+            // The last round's deliveries are back and the domain is still over.
+            Some(started) if now >= started + share.wait => {
+                share.wait = (share.wait * 2).min(MAX_WAIT);
+                share.round = Some(now);
+            }
+            Some(_) => {}
+            None => share.round = Some(now),
+        }
+        Err(share.wait)
     }
 
     /// Takes back the lease of a resolved or released delivery: its token, or `None`
@@ -245,33 +262,42 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_domain_gets_an_eighth_then_waits_longer_and_longer() {
+    fn an_unknown_domain_gets_an_eighth_then_waits_longer_each_round() {
         let t0 = Instant::now();
         let mut ledger = Ledger::new(800);
         for i in 0..100 {
             assert_eq!(enter(&mut ledger, i, "slow.example", t0), Ok(()), "{i}");
         }
-        let waits: Vec<_> = (100..108)
+        // One round: every delivery over the share waits the same.
+        let round: Vec<_> = (100..105)
             .map(|i| enter(&mut ledger, i, "slow.example", t0))
             .collect();
-        let secs = |s| Err(Duration::from_secs(s));
+        assert_eq!(round, [Err(Duration::from_secs(1)); 5]);
+        // Each time they come back to a domain still over, the wait doubles.
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for i in 0..8 {
+            at += Duration::from_secs(61);
+            let wait = enter(&mut ledger, 200 + i, "slow.example", at).unwrap_err();
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(
-            waits,
-            [
-                secs(1),
-                secs(2),
-                secs(4),
-                secs(8),
-                secs(16),
-                secs(32),
-                secs(60),
-                secs(60)
-            ]
-        );
-        assert_eq!(
-            enter(&mut ledger, 200, "other.example", t0),
+            enter(&mut ledger, 300, "other.example", at),
             Ok(()),
             "others go on"
+        );
+        // Once the domain drains below half its share, the waits start again.
+        for i in 0..60 {
+            ledger.take(&id(i), true, at);
+        }
+        assert_eq!(enter(&mut ledger, 400, "slow.example", at), Ok(()));
+        for i in 0..60 {
+            let _ = enter(&mut ledger, 500 + i, "slow.example", at);
+        }
+        assert_eq!(
+            enter(&mut ledger, 600, "slow.example", at),
+            Err(Duration::from_secs(1))
         );
     }
 

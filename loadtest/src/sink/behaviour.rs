@@ -138,7 +138,7 @@ pub(crate) fn local_part(address: &str) -> &str {
     address.rsplit_once('@').map_or(address, |(local, _)| local)
 }
 
-fn starts_with_ci(s: &str, prefix: &str) -> bool {
+pub(crate) fn starts_with_ci(s: &str, prefix: &str) -> bool {
     strip_prefix_ci(s, prefix).is_some()
 }
 

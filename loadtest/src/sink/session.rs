@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::auth::{self, Credentials, Pending};
-use super::behaviour::{RcptVerdict, mix};
+use super::behaviour::{RcptVerdict, local_part, mix, starts_with_ci};
 use super::command::{Command, Path, SyntaxError, split_param};
 use super::config::SinkConfig;
 use super::data::{Content, END_OF_DATA, end_finder, unstuff};
@@ -584,6 +584,12 @@ impl Session {
         }
         if !path.address.is_ascii() && !smtputf8 {
             return self.reply(NEED_SMTPUTF8);
+        }
+        // A scripted refusal of the sender, in the wording of a server that does not know
+        // it: about the sender, never about the recipients to come.
+        if starts_with_ci(local_part(path.address), "refused-sender") {
+            return self
+                .reply("550 5.1.1 Sender address rejected: User unknown in local recipient table");
         }
         self.txn = Some(Transaction {
             mail_from: path.address.to_owned(),
