@@ -96,7 +96,7 @@ async fn work<Q: Queue>(q: Q, dir: &Path) {
             append(&dir.join("accepted.log"), &format!("{id} {recipients}\n"));
         }
         for _ in 0..3 {
-            let got = q.lease(32, SystemTime::now()).await.expect("lease");
+            let got = q.lease(IN_FLIGHT, SystemTime::now()).await.expect("lease");
             if got.is_empty() {
                 break;
             }
@@ -118,6 +118,10 @@ async fn work<Q: Queue>(q: Q, dir: &Path) {
         }
     }
 }
+
+/// Deliveries a worker leases, "sends" (logs) and completes at a time: all it can have in
+/// flight when it is killed.
+const IN_FLIGHT: usize = 32;
 
 fn spawn_worker(backend: &str, dir: &Path, prefix: &str) -> Child {
     Command::new(std::env::current_exe().expect("current exe"))
@@ -232,6 +236,12 @@ async fn embedded_survives_sigkill() {
         started.elapsed()
     );
     assert!(accepted > 0, "the worker never got a job accepted");
+    // A worker holds one batch of leases "in flight" (logged as sent, not yet
+    // completed): only those can be sent again after its death.
+    assert!(
+        duplicates <= usize::try_from(kills).unwrap() * IN_FLIGHT,
+        "{duplicates} duplicates after {kills} kills of at most {IN_FLIGHT} in flight each"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,4 +271,9 @@ async fn redis_two_workers_one_killed() {
         started.elapsed()
     );
     assert!(accepted > 0, "the workers never got a job accepted");
+    assert!(
+        duplicates <= (usize::try_from(kills).unwrap() + 1) * IN_FLIGHT,
+        "{duplicates} duplicates after {} kills of at most {IN_FLIGHT} in flight each",
+        kills + 1
+    );
 }

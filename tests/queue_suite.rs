@@ -784,3 +784,80 @@ async fn two_consumers_never_share<Q: Queue + Clone + 'static>(a: Q, b: Q) {
     let ev = a.events(0, 10_000).await.expect("events");
     assert_eq!(ev.len(), n as usize);
 }
+
+/// Redis: the idempotency key is a pending marker until the commit; a retry meanwhile is
+/// told to wait (not handed an id for a job that does not exist), and a marker whose
+/// submission failed is cleared, so the key works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_idempotency_markers_never_answer_for_a_missing_job() {
+    if !redis_available().await {
+        return;
+    }
+    let prefix = unique_prefix();
+    let q = open_redis(&prefix, LEASE).await;
+    let t = t0();
+    let client = ::redis::Client::open(REDIS_URL).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{{{prefix}}}:idem:order-1");
+    let hash = [9u8; 32];
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    // Another process is still storing a submission with this key.
+    let _: () = ::redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("pending|{hex}|01M8N4F38VYN2K69KYA5220C9B"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut retry = job(t);
+    retry.idempotency = Some(("order-1".into(), hash));
+    assert_eq!(
+        q.submit(retry.clone(), recipients(1), t)
+            .await
+            .expect("submit"),
+        SubmitOutcome::IdempotencyInProgress
+    );
+    let mut other = job(t);
+    other.idempotency = Some(("order-1".into(), [1; 32]));
+    assert_eq!(
+        q.submit(other, recipients(1), t).await.expect("submit"),
+        SubmitOutcome::IdempotencyConflict
+    );
+    // That process died: its marker expires (here: removed), and the key works again.
+    let _: () = ::redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let id = created(
+        q.submit(retry.clone(), recipients(1), t)
+            .await
+            .expect("submit"),
+    );
+    let mut again = job(t);
+    again.idempotency = Some(("order-1".into(), hash));
+    assert_eq!(
+        q.submit(again, recipients(1), t).await.expect("submit"),
+        SubmitOutcome::Existing { id, recipients: 1 }
+    );
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 86_000, "the final answer is kept a day: {ttl}");
+    // A submission that fails clears its own marker.
+    let mut bad = job(t);
+    bad.idempotency = Some(("order-2".into(), hash));
+    let rs = [NewRecipient {
+        to: "evil@example.com\r\nRCPT TO:<x@y>".into(),
+        vars: Vec::new(),
+    }];
+    assert!(q.submit(bad, rs.into_iter(), t).await.is_err());
+    let left: Option<String> = ::redis::cmd("GET")
+        .arg(format!("{{{prefix}}}:idem:order-2"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, None);
+    redis_cleanup(&prefix).await;
+}
