@@ -70,6 +70,10 @@ enum Command {
         /// Send everything through this smarthost (host:port), overriding `[relay] host`.
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
+        /// Also trust the CA certificates of this PEM file (a private relay's), overriding
+        /// `[smtp] ca_file`.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Send a campaign from the command line and wait for the outcome.
     Send {
@@ -98,6 +102,10 @@ enum Command {
         /// Send everything through this smarthost (host:port), overriding `[relay] host`.
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
+        /// Also trust the CA certificates of this PEM file (a private relay's), overriding
+        /// `[smtp] ca_file`.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
         /// Retry deferred recipients for at most this long (e.g. 60s, 5m).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         max_wait: Duration,
@@ -182,10 +190,17 @@ fn init_logs(format: LogFormat, quiet: bool) {
     }
 }
 
-fn load(path: Option<&PathBuf>, relay: Option<String>) -> anyhow::Result<Config> {
+fn load(
+    path: Option<&PathBuf>,
+    relay: Option<String>,
+    ca_file: Option<PathBuf>,
+) -> anyhow::Result<Config> {
     let mut config = Config::load(path.map(PathBuf::as_path))?;
     if let Some(relay) = relay {
         config.relay.host = relay;
+    }
+    if let Some(ca_file) = ca_file {
+        config.smtp.ca_file = Some(ca_file);
     }
     Ok(config)
 }
@@ -196,9 +211,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             listen,
             relay,
+            ca_file,
         } => {
             let stop = shutdown_signal();
-            let mut config = load(config.as_ref(), relay)?;
+            let mut config = load(config.as_ref(), relay, ca_file)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
                 config.validate()?;
@@ -208,7 +224,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { config } => {
-            let config = load(config.as_ref(), None)?;
+            let config = load(config.as_ref(), None, None)?;
             let templates = volley::template::Templates::load(&config.templates.path)?;
             let file = config.file.as_ref().map_or_else(
                 || "built-in defaults".to_owned(),
@@ -229,7 +245,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Suppress { action, config } => {
-            let config = load(config.as_ref(), None)?;
+            let config = load(config.as_ref(), None, None)?;
             let queue = volley::queue::AnyQueue::open(&config.queue).await?;
             match action {
                 SuppressAction::Import { file } => {
@@ -252,11 +268,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             vars,
             config,
             relay,
+            ca_file,
             max_wait,
             json,
             report,
         } => {
-            let config = load(config.as_ref(), relay)?;
+            let config = load(config.as_ref(), relay, ca_file)?;
             let list = volley::submit::recipients::read(&recipients)?;
             let total = list.recipients.len();
             let vars = parse_vars(&vars)?;

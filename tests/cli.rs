@@ -43,7 +43,7 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 fn config(dir: &Path, relay: std::net::SocketAddr) -> std::path::PathBuf {
     let text = format!(
-        "[queue]\npath = {:?}\n[templates]\npath = {:?}\n[relay]\nhost = \"{relay}\"\n[smtp]\nhelo_name = \"volley.test\"\n",
+        "[queue]\npath = {:?}\n[templates]\npath = {:?}\n[relay]\nhost = \"{relay}\"\ntls = \"none\"\n[smtp]\nhelo_name = \"volley.test\"\n",
         dir.join("data").display().to_string(),
         templates()
     );

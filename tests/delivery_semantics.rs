@@ -275,7 +275,8 @@ async fn an_unsubscribe_stops_its_list_and_not_transactional_mail() {
             "scope",
         ),
     ] {
-        let refused = volley.request(method, path, &[], body).await;
+        let json = [("content-type", "application/json")];
+        let refused = volley.request(method, path, &json, body).await;
         assert_eq!(refused.status, 422, "{path}: {}", refused.text());
         assert_eq!(refused.json()["error"]["field"], field);
     }

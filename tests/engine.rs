@@ -494,12 +494,16 @@ async fn relay_mode_with_auth_over_starttls() {
         tls: RelayTls::Starttls,
         username: "relay".into(),
         password: "pw".into(),
+        ..RelayConfig::default()
     };
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), sinks[0].ca_pem()).unwrap();
     let mut config = EngineConfig {
         smtp: smtp(25),
         relay,
         ..EngineConfig::default()
     };
+    config.smtp.ca_file = Some(ca.path().to_path_buf());
     config.smtp.tls = TlsPolicy::Opportunistic;
     let mut h = start(&dns, config, false);
     // Any domain, even one that does not exist: the relay takes everything.

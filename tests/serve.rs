@@ -33,7 +33,9 @@ async fn relay_setup_with(extra: &str, server: &str) -> (Sink, Running, tempfile
         "[server]\napi_keys = [{KEY:?}]\n{server}\n[relay]\nhost = \"{}\"\ntls = \"starttls\"\n[retry]\nschedule = [\"200ms\"]\nmax_age = \"1m\"\n{extra}",
         sink.addrs()[0]
     );
-    let running = Running::start(test_config(dir.path(), &toml)).await;
+    let mut config = test_config(dir.path(), &toml);
+    config.smtp.ca_file = Some(common::sink_ca_file(dir.path(), &sink));
+    let running = Running::start(config).await;
     (sink, running, dir)
 }
 
@@ -218,7 +220,10 @@ async fn bad_requests_get_exact_status_codes() {
     assert_eq!(malformed.status, 400, "{}", malformed.text());
     assert_eq!(malformed.json()["error"]["code"], "malformed");
     let big = vec![b' '; 70 * 1024];
-    let too_large = volley.request("POST", "/v1/messages", &[h[0]], &big).await;
+    let json = ("content-type", "application/json");
+    let too_large = volley
+        .request("POST", "/v1/messages", &[h[0], json], &big)
+        .await;
     assert_eq!(too_large.status, 413, "{}", too_large.text());
     assert_eq!(volley.post("/v1/messages", &good, &[]).await.status, 401);
     assert_eq!(

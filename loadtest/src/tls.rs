@@ -35,8 +35,12 @@ pub(crate) struct TlsMaterial {
     pub acceptor: TlsAcceptor,
 }
 
-/// Generates a CA and a leaf certificate valid for `localhost`, `hostname`, 127.0.0.1 and ::1.
-pub(crate) fn generate(hostname: &str) -> Result<TlsMaterial, TlsSetupError> {
+/// Generates a CA and a leaf certificate valid for `localhost`, `hostname`, 127.0.0.1, ::1
+/// and the `extra` addresses (the sink's own), so a verifying client can reach it by any.
+pub(crate) fn generate(
+    hostname: &str,
+    extra: &[std::net::IpAddr],
+) -> Result<TlsMaterial, TlsSetupError> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -58,6 +62,12 @@ pub(crate) fn generate(hostname: &str) -> Result<TlsMaterial, TlsSetupError> {
     ];
     if !names.iter().any(|n| n.eq_ignore_ascii_case(hostname)) {
         names.push(hostname.to_owned());
+    }
+    for ip in extra {
+        let ip = ip.to_string();
+        if !names.contains(&ip) {
+            names.push(ip);
+        }
     }
     let leaf_key = KeyPair::generate()?;
     let mut leaf_params = CertificateParams::new(names)?;
@@ -90,12 +100,12 @@ mod tests {
 
     #[test]
     fn generates_material() {
-        let material = generate("sink.test").expect("generate");
+        let material = generate("sink.test", &[]).expect("generate");
         assert!(material.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
     }
 
     #[test]
     fn hostname_equal_to_a_default_name_is_not_duplicated() {
-        assert!(generate("localhost").is_ok());
+        assert!(generate("localhost", &[]).is_ok());
     }
 }

@@ -68,6 +68,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Bearer keys; required when `listen` is not a loopback address. Default none.
     pub api_keys: Vec<String>,
+    /// Host names the API answers to besides IP addresses and `localhost` (`name`, or
+    /// `name:port`); any other `Host` gets 421. Default none.
+    pub allowed_hosts: Vec<String>,
+    /// Origins whose pages may call the API besides its own (`https://admin.example.com`);
+    /// any other `Origin` gets 403. Default none.
+    pub allowed_origins: Vec<String>,
     /// Largest request body. Default `"16MiB"`.
     #[serde(deserialize_with = "byte_size")]
     pub max_body: usize,
@@ -86,6 +92,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
             api_keys: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             max_body: 16 << 20,
             max_recipients: 1_000_000,
             max_queue_depth: 0,

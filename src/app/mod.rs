@@ -158,6 +158,10 @@ impl App {
             max_recipients: self.config.server.max_recipients,
             max_queue_depth: self.config.server.max_queue_depth,
             submitted: Arc::clone(&self.wake),
+            access: Arc::new(crate::http::Access {
+                allowed_hosts: self.config.server.allowed_hosts.clone(),
+                allowed_origins: self.config.server.allowed_origins.clone(),
+            }),
         }
     }
 

@@ -141,22 +141,30 @@ impl SmtpConfig {
         direct.timeouts = self.timeouts;
         direct.local_addr = self.local_address;
         let mut relayed = direct.clone();
+        // A relay gets our mail and, with AUTH, our credentials: it is verified unless
+        // the configuration says otherwise in so many words.
+        let relay_policy = if relay.tls_verify {
+            TlsPolicy::Verify
+        } else {
+            TlsPolicy::Required
+        };
         match relay.tls {
-            RelayTls::Starttls if self.tls == TlsPolicy::Verify => relayed.tls = TlsPolicy::Verify,
-            RelayTls::Starttls => relayed.tls = TlsPolicy::Required,
+            RelayTls::Starttls => relayed.tls = relay_policy,
             RelayTls::Implicit => {
                 relayed.implicit_tls = true;
-                relayed.tls = if self.tls == TlsPolicy::Verify {
-                    TlsPolicy::Verify
-                } else {
-                    TlsPolicy::Required
-                };
+                relayed.tls = relay_policy;
             }
             RelayTls::None => {
                 relayed.tls = TlsPolicy::Disabled;
                 // `tls = "none"` with credentials is the explicit choice to send them in clear.
                 relayed.auth_without_tls = true;
             }
+        }
+        if relay.is_enabled() && !relay.tls_verify && relay.tls != RelayTls::None {
+            tracing::warn!(
+                relay = %relay.host,
+                "relay.tls_verify = false: the relay's certificate is not checked; mail and credentials go to whoever answers"
+            );
         }
         if !relay.username.is_empty() {
             relayed.credentials = Some(Credentials::new(&relay.username, &relay.password));
@@ -204,6 +212,7 @@ mod tests {
             tls: RelayTls::None,
             username: "u".into(),
             password: "p".into(),
+            ..RelayConfig::default()
         };
         let configs = smtp.session_configs(&relay).unwrap();
         assert_eq!(configs.relay.tls, TlsPolicy::Disabled);
@@ -215,6 +224,22 @@ mod tests {
         };
         let configs = smtp.session_configs(&relay).unwrap();
         assert!(configs.relay.implicit_tls && !configs.relay.auth_without_tls);
+        assert_eq!(
+            configs.relay.tls,
+            TlsPolicy::Verify,
+            "relays are verified by default"
+        );
+        let insecure = RelayConfig {
+            tls: RelayTls::Starttls,
+            tls_verify: false,
+            ..relay.clone()
+        };
+        let configs = smtp.session_configs(&insecure).unwrap();
+        assert_eq!(
+            configs.relay.tls,
+            TlsPolicy::Required,
+            "the explicit opt-out"
+        );
         let bad = SmtpConfig {
             helo_name: "bad name".into(),
             ..smtp

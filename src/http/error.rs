@@ -46,6 +46,35 @@ impl ApiError {
         )
     }
 
+    /// 403: a page of another origin may not call the API.
+    pub fn forbidden_origin(origin: &str) -> Self {
+        let shown: String = origin.chars().take(100).collect();
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            format!("requests from pages of {shown:?} are refused (see [server] allowed_origins)"),
+        )
+    }
+
+    /// 421: the request names a host this API does not answer to (DNS rebinding).
+    pub fn misdirected(host: &str) -> Self {
+        let shown: String = host.chars().take(100).collect();
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected",
+            format!("this API does not answer to the host {shown:?} (see [server] allowed_hosts)"),
+        )
+    }
+
+    /// 415: a body that is not JSON.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must be sent as Content-Type: application/json",
+        )
+    }
+
     /// 404.
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)

@@ -8,6 +8,7 @@
 
 mod dashboard;
 mod error;
+mod guard;
 mod jobs;
 mod json;
 mod ops;
@@ -26,6 +27,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use guard::Access;
 
 use crate::compose::Composer;
 use crate::metrics::Metrics;
@@ -53,6 +55,8 @@ pub struct ApiState {
     pub max_queue_depth: u64,
     /// Wakes the dispatcher when a submission is stored.
     pub submitted: Arc<tokio::sync::Notify>,
+    /// The hosts and origins allowed besides loopback.
+    pub access: Arc<Access>,
 }
 
 /// The API's routes.
@@ -72,17 +76,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(dashboard::api_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    // The dashboard's page holds no data; it asks for the key itself. It is guarded
+    // like the API all the same: a rebound name must not even show it.
+    let guarded = protected
+        .merge(dashboard::page_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::guard));
     // Health checks come from load balancers, unsubscribe clicks from mailbox
-    // providers: neither has an API key. The dashboard's page holds no data; it asks
-    // for the key itself.
-    let open = Router::new()
-        .route("/healthz", get(ops::health))
-        .route(
-            "/v1/unsubscribe/{token}",
-            get(unsubscribe::unsubscribe_page).post(unsubscribe::unsubscribe),
-        )
-        .merge(dashboard::page_routes());
-    protected
+    // providers: neither has an API key, and both may come from anywhere.
+    let open = Router::new().route("/healthz", get(ops::health)).route(
+        "/v1/unsubscribe/{token}",
+        get(unsubscribe::unsubscribe_page).post(unsubscribe::unsubscribe),
+    );
+    guarded
         .merge(open)
         // The handlers read bodies through `Bytes` under this limit and answer 413.
         .layer(DefaultBodyLimit::max(state.max_body))

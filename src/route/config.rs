@@ -39,17 +39,33 @@ pub enum RelayTls {
 }
 
 /// `[relay]`: send everything through one smarthost.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
     /// `host:port` of the smarthost; empty means direct-to-MX delivery.
     pub host: String,
     /// TLS mode. Default `starttls`.
     pub tls: RelayTls,
+    /// Check the relay's certificate (webpki roots plus `[smtp] ca_file`) and its name
+    /// (or IP address) before anything, the credentials above all, is sent. Default
+    /// true; false is an explicit, logged opt-out.
+    pub tls_verify: bool,
     /// AUTH user; empty for no AUTH.
     pub username: String,
     /// AUTH password (override with `VOLLEY_RELAY_PASSWORD`).
     pub password: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            tls: RelayTls::Starttls,
+            tls_verify: true,
+            username: String::new(),
+            password: String::new(),
+        }
+    }
 }
 
 impl RelayConfig {

@@ -31,6 +31,14 @@ pub(crate) fn test_config(data: &std::path::Path, toml_extra: &str) -> Config {
     config
 }
 
+/// Writes the sink's CA certificate to `dir` and returns the file, for `[smtp] ca_file`:
+/// relays are verified, and the sink's certificate is signed by its own CA.
+pub(crate) fn sink_ca_file(dir: &std::path::Path, sink: &volley_loadtest::Sink) -> PathBuf {
+    let path = dir.join("sink-ca.pem");
+    std::fs::write(&path, sink.ca_pem()).unwrap();
+    path
+}
+
 /// A volley serving on 127.0.0.1:0.
 pub(crate) struct Running {
     /// The API address.

@@ -66,6 +66,11 @@ struct Args {
     /// Stop once this many messages have been accepted.
     #[arg(long, value_name = "N")]
     max_messages: Option<u64>,
+    /// Write the certificate of the CA that signed the sink's TLS certificate to this
+    /// file (before `listening` is printed), for clients that verify: `volley
+    /// --ca-file FILE`.
+    #[arg(long, value_name = "FILE")]
+    ca_out: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +119,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot listen for SIGTERM")?;
     let cpu_start = process_cpu_seconds();
     let sink = Sink::start(config).await.context("cannot start the sink")?;
+    if let Some(path) = &args.ca_out {
+        std::fs::write(path, sink.ca_pem())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     {
         let mut out = std::io::stdout().lock();
         for addr in sink.addrs() {

@@ -66,7 +66,8 @@ impl Sink {
                 "SinkConfig::listen is empty",
             ));
         }
-        let material = tls::generate(&config.hostname)?;
+        let ips: Vec<std::net::IpAddr> = config.listen.iter().map(SocketAddr::ip).collect();
+        let material = tls::generate(&config.hostname, &ips)?;
         if let Some(dir) = &config.spool_dir {
             tokio::fs::create_dir_all(dir).await?;
         }
