@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value};
 use volley::app::config::Config;
@@ -234,9 +234,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(dkim) = &config.dkim {
                 volley::message::DkimSigner::from_config(dkim)?;
             }
-            config.unsubscribe.validate().context("unsubscribe")?;
+            config.unsubscribe.validate()?;
             if config.webhooks.enabled() {
-                volley::webhooks::WebhookClient::new(&config.webhooks).context("webhooks")?;
+                volley::webhooks::WebhookClient::new(&config.webhooks)?;
             }
             println!(
                 "configuration ok ({file}); templates: {}",

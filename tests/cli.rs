@@ -223,6 +223,51 @@ fn check_accepts_good_and_names_problems() {
 }
 
 #[test]
+fn check_refuses_unsafe_configurations_in_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = format!("[templates]\npath = {:?}\n", templates());
+    for (key, section) in [
+        (
+            "unsubscribe.secret",
+            "[unsubscribe]\nmailto = \"mailto:leave@example.com?subject={token}\"\n",
+        ),
+        (
+            "unsubscribe.secret",
+            "[unsubscribe]\nurl = \"https://example.com/u/{token}\"\nsecret = \"short\"\n",
+        ),
+        (
+            "webhooks.secret",
+            "[webhooks]\nurl = \"https://example.com/hook\"\n",
+        ),
+        ("server.api_keys", "[server]\nlisten = \"0.0.0.0:8025\"\n"),
+        (
+            "server.allowed_origins",
+            "[server]\nallowed_origins = [\"evil\"]\n",
+        ),
+        ("server.max_connections", "[server]\nmax_connections = 0\n"),
+        (
+            "server.request_timeout",
+            "[server]\nrequest_timeout = \"0s\"\n",
+        ),
+        ("smtp.max_connections", "[smtp]\nmax_connections = 0\n"),
+    ] {
+        let cfg = write(dir.path(), "refused.toml", &format!("{templates}{section}"));
+        let out = volley()
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{section} was accepted");
+        assert!(
+            err.starts_with(&format!("volley: {key}: ")),
+            "{section}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
 fn errors_are_said_once_on_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = volley()

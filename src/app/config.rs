@@ -79,12 +79,21 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// Most recipients of one campaign. Default 1,000,000.
     pub max_recipients: usize,
-    /// Above this many deliveries waiting (ready and scheduled), submissions get 429 with
+    /// From this many deliveries waiting (ready and scheduled), submissions get 429 with
     /// `Retry-After`. Default 0: no limit.
     pub max_queue_depth: u64,
     /// How long a graceful stop may take to store the last outcomes. Default `"30s"`.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: std::time::Duration,
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: std::time::Duration,
+    /// Time a client has to send a request's body. Default `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: std::time::Duration,
+    /// API connections open at once; more wait to be accepted. Default 1,024.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +107,9 @@ impl Default for ServerConfig {
             max_recipients: 1_000_000,
             max_queue_depth: 0,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            header_timeout: std::time::Duration::from_secs(30),
+            request_timeout: std::time::Duration::from_secs(60),
+            max_connections: 1024,
         }
     }
 }
@@ -239,8 +251,34 @@ impl Config {
         Ok(())
     }
 
-    /// Checks what serde cannot: a listener beyond loopback needs API keys.
+    /// Checks what serde cannot: a listener beyond loopback needs API keys; limits are
+    /// positive; listed hosts and origins are what a browser would send.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        let server = &self.server;
+        if server.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1".into());
+        }
+        for (field, value) in [
+            ("server.header_timeout", server.header_timeout),
+            ("server.request_timeout", server.request_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(field, "must be longer than 0s".into());
+            }
+        }
+        if let Some(host) = server.allowed_hosts.iter().find(|h| !is_host(h)) {
+            return invalid(
+                "server.allowed_hosts",
+                format!("{host:?} is not a host name (`name` or `name:port`)"),
+            );
+        }
+        if let Some(origin) = server.allowed_origins.iter().find(|o| !is_origin(o)) {
+            return invalid(
+                "server.allowed_origins",
+                format!("{origin:?} is not an origin (`https://name` or `https://name:port`)"),
+            );
+        }
         if !self.server.listen.ip().is_loopback() && self.server.api_keys.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "server.api_keys",
@@ -258,6 +296,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `name` or `name:port`, as in a `Host` header.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// `scheme://host[:port]`, as in an `Origin` header (a trailing `/` is forgiven).
+fn is_origin(origin: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        origin
+            .strip_prefix(scheme)
+            .is_some_and(|rest| is_host(rest.strip_suffix('/').unwrap_or(rest)))
+    })
 }
 
 /// Parses `"16MiB"`, `"512KiB"`, `"25MB"`, `"1GiB"` or a plain number of bytes.

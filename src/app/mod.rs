@@ -22,7 +22,7 @@ use self::config::Config;
 use crate::compose::Composer;
 use crate::dispatch::{Dispatch, DispatchDeps};
 use crate::engine::{Engine, EngineConfig};
-use crate::http::{ApiState, router};
+use crate::http::{ApiState, ServerLimits, router};
 use crate::message::DkimSigner;
 use crate::metrics::Metrics;
 use crate::metrics::history::{History, start_sampler};
@@ -213,14 +213,20 @@ impl App {
         );
         tracing::info!(%listen, %config, "volley is serving");
         let app = router(self.api_state(history));
+        let server = &self.config.server;
+        let limits = ServerLimits {
+            header_timeout: server.header_timeout,
+            request_timeout: server.request_timeout,
+            max_connections: server.max_connections,
+            max_body: server.max_body,
+            drain: Duration::from_secs(30),
+        };
         let mut http_shutdown = shutdown_rx.clone();
         let server = tokio::spawn(async move {
             let graceful = async move {
                 let _ = http_shutdown.wait_for(|stop| *stop).await;
             };
-            axum::serve(listener, app)
-                .with_graceful_shutdown(graceful)
-                .await
+            crate::http::serve(listener, app, limits, graceful).await;
         });
         stop.await;
         tracing::info!("stopping: no new requests; finishing deliveries in flight");

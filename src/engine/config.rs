@@ -26,6 +26,8 @@ pub struct SmtpConfig {
     pub ca_file: Option<PathBuf>,
     /// Most connections open to one site at once. Default 20.
     pub max_connections_per_site: usize,
+    /// Most connections open at once, all sites together. Default 1,000.
+    pub max_connections: usize,
     /// Messages sent on one connection before it is closed. Default 1000.
     pub max_messages_per_connection: u64,
     /// Use BDAT when offered. Default true.
@@ -57,6 +59,7 @@ impl Default for SmtpConfig {
             tls: TlsPolicy::Opportunistic,
             ca_file: None,
             max_connections_per_site: 20,
+            max_connections: 1000,
             max_messages_per_connection: 1000,
             prefer_chunking: true,
             batch_size: 16,
@@ -127,12 +130,17 @@ impl SmtpConfig {
             field: "smtp.ca_file",
             message: e.to_string(),
         })?;
-        if self.max_connections_per_site == 0 {
-            let message = "must be at least 1".to_owned();
-            return Err(ConfigError::Invalid {
-                field: "smtp.max_connections_per_site",
-                message,
-            });
+        for (field, value) in [
+            (
+                "smtp.max_connections_per_site",
+                self.max_connections_per_site,
+            ),
+            ("smtp.max_connections", self.max_connections),
+        ] {
+            if value == 0 {
+                let message = "must be at least 1".to_owned();
+                return Err(ConfigError::Invalid { field, message });
+            }
         }
         let mut direct = SessionConfig::new(helo, connectors);
         direct.tls = self.tls;

@@ -63,6 +63,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
         let mut shared = SharedLimits {
             global: config.limits.global.limiter(),
             domains: HashMap::new(),
+            connections: Arc::new(lane::Budget::new(config.smtp.max_connections)),
         };
         for (domain, rate) in &config.limits.domains {
             if let Some(limiter) = rate.limiter() {

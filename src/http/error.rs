@@ -66,6 +66,18 @@ impl ApiError {
         )
     }
 
+    /// 408: the request's body did not arrive in time.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request did not arrive within {} (see [server] request_timeout)",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
     /// 415: a body that is not JSON.
     pub fn unsupported_media_type() -> Self {
         Self::new(
@@ -103,12 +115,12 @@ impl ApiError {
         e
     }
 
-    /// 429: the queue holds more than `[server] max_queue_depth`.
+    /// 429: the queue holds `[server] max_queue_depth` or more.
     pub fn queue_full(depth: u64, limit: u64) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "queue_full",
-            format!("{depth} deliveries are waiting, over the limit of {limit}; try again later"),
+            format!("{depth} deliveries are waiting, the limit is {limit}; try again later"),
         );
         e.retry_after = Some(30);
         e

@@ -13,6 +13,7 @@ mod jobs;
 mod json;
 mod ops;
 mod query;
+mod server;
 mod submissions;
 mod suppressions;
 mod unsubscribe;
@@ -28,6 +29,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use guard::Access;
+pub use server::{ServerLimits, serve};
 
 use crate::compose::Composer;
 use crate::metrics::Metrics;

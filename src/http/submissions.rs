@@ -47,14 +47,14 @@ fn idempotency(
     Ok(Some((key.to_owned(), hash.finalize().into())))
 }
 
-/// Back-pressure: refuses new work while the queue is over `[server] max_queue_depth`.
+/// Back-pressure: refuses new work while the queue holds `[server] max_queue_depth` or more.
 async fn check_depth(state: &ApiState) -> Result<(), ApiError> {
     if state.max_queue_depth == 0 {
         return Ok(());
     }
     let depth = state.queue.depth(SystemTime::now()).await?;
     let waiting = depth.ready + depth.scheduled;
-    if waiting > state.max_queue_depth {
+    if waiting >= state.max_queue_depth {
         return Err(ApiError::queue_full(waiting, state.max_queue_depth));
     }
     Ok(())

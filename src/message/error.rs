@@ -82,7 +82,7 @@ pub enum MessageError {
         reason: String,
     },
     /// An unsubscribe setting is unusable.
-    #[error("unsubscribe: {field}: {reason}")]
+    #[error("unsubscribe.{field}: {reason}")]
     Unsubscribe {
         /// The setting (`url`, `mailto`, `secret`).
         field: &'static str,

@@ -195,6 +195,8 @@ impl Sampler {
             };
             rates.insert(site, rate);
         }
+        // Sites no longer counted (pruned) leave the window too.
+        self.sites.retain(|site, _| rates.contains_key(site));
         (point, rates)
     }
 }
@@ -202,6 +204,9 @@ impl Sampler {
 fn totals(metrics: &Metrics) -> [u64; 5] {
     metrics.outcome_totals()
 }
+
+/// A site's counters are forgotten after this long without traffic.
+pub const SITE_IDLE: Duration = Duration::from_secs(3600);
 
 /// Starts the sampler: once a second it reads the counters and the queue's depth and
 /// records a point, until `shutdown` turns true.
@@ -214,6 +219,7 @@ pub fn start_sampler(
     tokio::spawn(async move {
         let mut sampler = Sampler::new(totals(&metrics));
         let mut depth = Depth::default();
+        let mut ticks = 0u64;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         tick.tick().await;
@@ -223,6 +229,13 @@ pub fn start_sampler(
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
             let now = SystemTime::now();
+            ticks += 1;
+            if ticks.is_multiple_of(60) {
+                let forgotten = metrics.prune_idle_sites(unix_ms(now), SITE_IDLE);
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "idle sites' counters forgotten");
+                }
+            }
             // An unavailable queue keeps the last depth known; the API reports the error.
             match queue.depth(now).await {
                 Ok(d) => depth = d,

@@ -145,14 +145,23 @@ pub struct SiteCounters {
     /// The site's last reply or error, for operators. Written once per batch, read
     /// by the dashboard; the lock is held only to swap a string.
     pub last_reply: Mutex<String>,
+    /// When (Unix milliseconds) the site was last seen or sent to.
+    pub last_active_ms: AtomicU64,
 }
 
 impl SiteCounters {
     /// Records the last reply seen from the site.
     pub fn set_last_reply(&self, reply: &str) {
+        self.touch();
         let mut last = self.last_reply.lock().unwrap_or_else(|e| e.into_inner());
         last.clear();
         last.push_str(reply);
+    }
+
+    /// Marks the site active now.
+    pub fn touch(&self) {
+        let now = crate::time::unix_ms(std::time::SystemTime::now());
+        self.last_active_ms.store(now, Relaxed);
     }
 
     /// The last reply seen from the site.
@@ -280,7 +289,24 @@ impl Metrics {
     /// The counters of a site, created on first use.
     pub fn site(&self, site: &Arc<str>) -> Arc<SiteCounters> {
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        sites.entry(Arc::clone(site)).or_default().clone()
+        let counters = sites.entry(Arc::clone(site)).or_default().clone();
+        counters.touch();
+        counters
+    }
+
+    /// Forgets the counters of sites that have no lane and have been idle for `idle`,
+    /// so that a campaign over a million domains does not leave a million entries in
+    /// `/metrics` and on the dashboard. Returns how many were forgotten.
+    pub fn prune_idle_sites(&self, now_ms: u64, idle: Duration) -> usize {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        let before = sites.len();
+        sites.retain(|_, c| {
+            // A lane still holds its counters: the site is in use, however quiet.
+            let in_use = Arc::strong_count(c) > 1;
+            in_use || now_ms.saturating_sub(c.last_active_ms.load(Relaxed)) < idle_ms
+        });
+        before - sites.len()
     }
 
     /// Every stage's histogram, merged over the shards.
@@ -439,6 +465,22 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_sites_without_a_lane_are_forgotten() {
+        let metrics = Metrics::default();
+        let lane = metrics.site(&Arc::from("busy.example"));
+        drop(metrics.site(&Arc::from("quiet.example")));
+        let now = crate::time::unix_ms(std::time::SystemTime::now());
+        let hour = Duration::from_secs(3600);
+        assert_eq!(metrics.prune_idle_sites(now, hour), 0, "neither idle yet");
+        assert_eq!(metrics.prune_idle_sites(now + 3_600_001, hour), 1);
+        let left: Vec<_> = metrics.sites().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, [Arc::from("busy.example")], "a lane holds it");
+        drop(lane);
+        assert_eq!(metrics.prune_idle_sites(now + 3_600_001, hour), 1);
+        assert!(!metrics.render_prometheus().contains("busy.example"));
+    }
 
     #[test]
     fn records_across_threads_and_renders() {

@@ -12,6 +12,9 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Cached domains at most. Default 50,000.
     pub cache_size: usize,
+    /// Lookups in flight at most; a campaign over 100,000 new domains waits for a
+    /// turn instead of flooding the resolver. Default 64.
+    pub max_lookups: usize,
 }
 
 impl DnsConfig {
@@ -21,6 +24,15 @@ impl DnsConfig {
             50_000
         } else {
             self.cache_size
+        }
+    }
+
+    /// The lookup concurrency, with its default when unset.
+    pub fn lookup_capacity(&self) -> usize {
+        if self.max_lookups == 0 {
+            64
+        } else {
+            self.max_lookups
         }
     }
 }

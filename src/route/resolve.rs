@@ -24,6 +24,8 @@ pub struct Router {
     relay: Option<(String, u16)>,
     // Held only to read or insert one entry; never across a lookup's await.
     cache: Mutex<RouteCache>,
+    /// Lookups in flight at most (`[dns] max_lookups`).
+    lookups: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
 }
 
@@ -106,6 +108,7 @@ impl Router {
             allow_private: security.allow_loopback_mx,
             relay,
             cache: Mutex::new(RouteCache::new(dns.cache_capacity())),
+            lookups: tokio::sync::Semaphore::new(dns.lookup_capacity()),
             metrics,
         })
     }
@@ -130,6 +133,8 @@ impl Router {
         {
             return answer;
         }
+        // Never closed, so acquiring only waits for a turn.
+        let _turn = self.lookups.acquire().await.ok();
         let started = Instant::now();
         let (answer, expires) = match self.resolve(&key).await {
             Ok(site) => {

@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use pool::{PooledSession, SessionManager};
+pub use pool::{Budget, PooledSession, SessionManager};
 pub use throttle::Throttle;
 
 use self::worker::{Done, report, work};
@@ -72,10 +72,12 @@ pub(crate) struct Job<K> {
 }
 
 /// The rate limiters that apply to a delivery besides its site's.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SharedLimits {
     pub(crate) global: Option<Limiter>,
     pub(crate) domains: HashMap<String, Limiter>,
+    /// One permit per open connection, all sites together (`[smtp] max_connections`).
+    pub(crate) connections: Arc<Budget>,
 }
 
 /// Lane settings taken from `[smtp]`.
@@ -139,6 +141,7 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         config: deps.session,
         plain,
         slots: Arc::new(Semaphore::new(max)),
+        all: Arc::clone(&deps.shared_limits.connections),
         max_messages: deps.settings.max_messages,
         metrics: Arc::clone(&deps.metrics),
         counters: Arc::clone(&counters),
@@ -234,6 +237,7 @@ async fn run_lane<K: Send + Sync + 'static>(
                 }
             },
             () = sleep_until(wake) => {},
+            () = ctx.shared_limits.connections.reclaimed() => close_idle(&ctx.pool, Duration::ZERO),
             _ = tick.tick() => {
                 close_idle(&ctx.pool, settings.idle_timeout);
                 let idle = queue.is_empty() && active == 0 && ctx.pool.status().size == 0;

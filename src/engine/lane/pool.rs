@@ -1,6 +1,7 @@
 //! The connection pool of one site: a deadpool manager that opens SMTP sessions,
 //! trying the site's MX hosts in order, and a slot semaphore so that a closing
-//! connection still counts against the site's limit until its socket is closed.
+//! connection still counts against the site's limit, and the engine's, until its socket
+//! is closed.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering::Relaxed;
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use deadpool::managed::{self, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::metrics::{Metrics, SiteCounters, Stage};
 use crate::outcome::{ConnectFailure, classify_connect};
@@ -18,12 +19,57 @@ use crate::smtp::{Phase, Session, SessionConfig, SmtpError};
 /// At most this many addresses are tried for one connection.
 const MAX_TARGETS: usize = 8;
 
+/// While waiting for an engine-wide permit, idle connections are asked back this often.
+const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The engine's connections, all sites together (`[smtp] max_connections`).
+///
+/// An idle pooled connection holds its permit, so a site that finds none left asks every
+/// lane to close its idle connections; without that, ten quiet pools could keep the
+/// eleventh site waiting until their idle timeout.
+#[derive(Debug)]
+pub struct Budget {
+    permits: Arc<Semaphore>,
+    reclaim: Notify,
+}
+
+impl Budget {
+    /// A budget of `connections` (at least one).
+    pub fn new(connections: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(connections.max(1))),
+            reclaim: Notify::new(),
+        }
+    }
+
+    /// Waits for a permit, asking lanes for their idle connections while none is free.
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        loop {
+            match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => return Some(permit),
+                Err(TryAcquireError::Closed) => return None,
+                Err(TryAcquireError::NoPermits) => self.reclaim.notify_waiters(),
+            }
+            tokio::select! {
+                permit = Arc::clone(&self.permits).acquire_owned() => return permit.ok(),
+                () = tokio::time::sleep(RECLAIM_EVERY) => {}
+            }
+        }
+    }
+
+    /// Resolves when a site is waiting for a permit: idle connections should close.
+    pub(super) async fn reclaimed(&self) {
+        self.reclaim.notified().await;
+    }
+}
+
 /// A session that holds one of the site's connection slots.
 #[derive(Debug)]
 pub struct PooledSession {
     session: Session<TcpStream>,
     open: OpenGuard,
     slot: OwnedSemaphorePermit,
+    all: OwnedSemaphorePermit,
 }
 
 /// Keeps the site's open-connection gauge right however the session ends.
@@ -56,10 +102,11 @@ impl PooledSession {
             session,
             open,
             slot,
+            all,
         } = self;
         session.quit().await;
         drop(open);
-        drop(slot);
+        drop((slot, all));
     }
 }
 
@@ -73,6 +120,8 @@ pub struct SessionManager {
     /// handshake fails still gets its mail in clear text, as MTAs do (RFC 7435).
     pub(super) plain: Option<Arc<SessionConfig>>,
     pub(super) slots: Arc<Semaphore>,
+    /// The engine-wide connection permits, shared by every site.
+    pub(super) all: Arc<Budget>,
     pub(super) max_messages: u64,
     pub(super) metrics: Arc<Metrics>,
     pub(super) counters: Arc<SiteCounters>,
@@ -87,6 +136,9 @@ impl managed::Manager for SessionManager {
             .acquire_owned()
             .await
             .map_err(|_| SmtpError::Unusable)?;
+        // Taken after the site's own slot, so that a site at its limit waits without
+        // holding an engine-wide permit another site could use.
+        let all = self.all.acquire().await.ok_or(SmtpError::Unusable)?;
         let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
         let mut last = None;
         for (host, addr) in site.targets().take(MAX_TARGETS) {
@@ -115,6 +167,7 @@ impl managed::Manager for SessionManager {
                         session,
                         open,
                         slot,
+                        all,
                     });
                 }
                 Err(e) if classify_connect(&e) != ConnectFailure::Stop => {
