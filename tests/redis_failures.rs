@@ -207,9 +207,21 @@ impl Worker {
     }
 
     /// Waits for the process to end; its exit code and log.
+    /// Waits for the worker to end (at most a minute: a stop that hangs is a failure,
+    /// not a stuck test run).
     fn wait(mut self) -> (Option<i32>, String) {
-        let status = self.child.wait().unwrap();
-        (status.code(), self.log_text())
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not stop within a minute: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -51,6 +51,7 @@ impl Completer {
         mut direct: mpsc::UnboundedReceiver<Direct>,
     ) -> Unstored {
         let mut batch: Vec<Completion> = Vec::with_capacity(COMMIT_BATCH);
+        let mut backoff = Backoff::default();
         let mut open = (true, true);
         let mut tick = tokio::time::interval(COMMIT_EVERY);
         while open.0 || open.1 {
@@ -76,15 +77,15 @@ impl Completer {
                     }
                     None => open.1 = false,
                 },
-                _ = tick.tick() => self.commit(&mut batch, None).await,
+                _ = tick.tick() => self.try_commit(&mut batch, &mut backoff).await,
             }
             if batch.len() >= COMMIT_BATCH {
-                self.commit(&mut batch, None).await;
+                self.try_commit(&mut batch, &mut backoff).await;
             }
         }
         // Everything is reported: the last commit may keep trying only so long.
         let deadline = Instant::now() + self.shutdown_timeout;
-        self.commit(&mut batch, Some(deadline)).await;
+        self.commit_until(&mut batch, deadline).await;
         Unstored {
             outcomes: batch.len(),
         }
@@ -129,34 +130,70 @@ impl Completer {
         })
     }
 
-    /// One durable write for the batch; on failure, keep it and try again later:
-    /// nothing is acknowledged before it is stored. With a deadline (shutdown), gives up
-    /// when it passes, leaving the batch unstored.
-    async fn commit(&self, batch: &mut Vec<Completion>, deadline: Option<Instant>) {
-        if batch.is_empty() {
+    /// One durable write for the batch, unless a failed one asked to wait; on failure
+    /// the batch is kept for a later try (nothing is acknowledged before it is stored)
+    /// and the wait doubles. Never waits itself: the loop must keep seeing reports and
+    /// the end of its channels, or a stop during a storage outage would never end.
+    async fn try_commit(&self, batch: &mut Vec<Completion>, backoff: &mut Backoff) {
+        if batch.is_empty() || backoff.until.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.queue.complete(batch.clone(), SystemTime::now()).await {
-                Ok(stale) => {
-                    if stale > 0 {
-                        self.metrics.add(Counter::StaleCompletions, stale as u64);
-                        tracing::warn!(stale, "outcomes refused: their leases had been taken over");
-                    }
-                    batch.clear();
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.add(Counter::QueueErrors, 1);
-                    tracing::error!(error = %e, pending = batch.len(), "cannot record outcomes; retrying");
-                    if deadline.is_some_and(|d| Instant::now() + delay > d) {
-                        return;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+        if self.commit_once(batch).await {
+            *backoff = Backoff::default();
+        } else {
+            backoff.until = Some(Instant::now() + backoff.delay);
+            backoff.delay = (backoff.delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// At shutdown: tries until the batch is stored or `deadline` passes, leaving it
+    /// unstored then.
+    async fn commit_until(&self, batch: &mut Vec<Completion>, deadline: Instant) {
+        let mut delay = Backoff::default().delay;
+        while !batch.is_empty() && !self.commit_once(batch).await {
+            if Instant::now() + delay > deadline {
+                return;
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One write; clears the batch and returns true when it is stored.
+    async fn commit_once(&self, batch: &mut Vec<Completion>) -> bool {
+        match self.queue.complete(batch.clone(), SystemTime::now()).await {
+            Ok(stale) => {
+                if stale > 0 {
+                    self.metrics.add(Counter::StaleCompletions, stale as u64);
+                    tracing::warn!(stale, "outcomes refused: their leases had been taken over");
+                }
+                batch.clear();
+                true
+            }
+            Err(e) => {
+                self.metrics.add(Counter::QueueErrors, 1);
+                tracing::error!(error = %e, pending = batch.len(), "cannot record outcomes; retrying");
+                false
+            }
+        }
+    }
+}
+
+/// The longest wait between two tries of a failing commit.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// When the next commit may be tried after a failure.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Option<Instant>,
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            until: None,
+            delay: Duration::from_millis(100),
         }
     }
 }
