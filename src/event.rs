@@ -12,7 +12,7 @@ pub enum EventKind {
     Delivered,
     /// A transient failure: retried later.
     Deferred,
-    /// A permanent failure.
+    /// A permanent failure (a 5xx reply, or a local refusal such as null MX): not retried.
     Bounced,
     /// Retried until the maximum age, then given up (4.4.7).
     Expired,

@@ -157,7 +157,7 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
-        /// The file.
+        /// The configuration file that could not be read, as given or `./volley.toml`.
         path: String,
         /// The I/O error.
         source: std::io::Error,
@@ -165,7 +165,7 @@ pub enum ConfigError {
     /// The file is not valid TOML for volley (unknown keys are named here).
     #[error("{path}: {message}")]
     Parse {
-        /// The file.
+        /// The configuration file that failed to parse, as given or `./volley.toml`.
         path: String,
         /// The parser's message.
         message: String,
@@ -173,7 +173,8 @@ pub enum ConfigError {
     /// A value that parses but cannot work.
     #[error("{field}: {message}")]
     Invalid {
-        /// The key.
+        /// The setting at fault: a dotted key such as `server.api_keys`, or an environment
+        /// variable such as `VOLLEY_LISTEN`.
         field: &'static str,
         /// Why.
         message: String,

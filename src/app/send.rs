@@ -96,16 +96,17 @@ pub enum SendError {
         /// What is wrong.
         message: String,
     },
-    /// The queue failed.
+    /// The queue store failed: submitting the job, polling its counts or listing its
+    /// recipients for the report.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
     /// Outcomes could not be stored before the shutdown timeout.
     #[error("{0} outcomes could not be stored; their deliveries are tried again by `volley serve`")]
     Unstored(usize),
-    /// The report file.
+    /// The per-recipient report (`--report`) could not be created or written.
     #[error("report {path}: {source}")]
     Report {
-        /// The file.
+        /// The report file, as given on the command line.
         path: String,
         /// Why.
         source: std::io::Error,

@@ -18,7 +18,7 @@ pub enum SuppressError {
     /// The file could not be read or written.
     #[error("{path}: {source}")]
     File {
-        /// The file.
+        /// The CSV file being imported or exported, as given on the command line.
         path: String,
         /// Why.
         source: std::io::Error,
@@ -26,14 +26,14 @@ pub enum SuppressError {
     /// A line of the file is wrong: nothing of the file was stored.
     #[error("{path}:{line}: {message} (nothing was imported)")]
     Line {
-        /// The file.
+        /// The CSV file being imported, as given on the command line.
         path: String,
         /// 1-based line.
         line: u64,
         /// What is wrong.
         message: String,
     },
-    /// The queue failed.
+    /// The queue store failed while storing or listing suppression entries.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
 }

@@ -45,7 +45,7 @@ pub enum ComposeError {
     TooBig {
         /// Its size.
         size: usize,
-        /// The limit.
+        /// The largest message allowed, in octets (`message.max_size`).
         limit: usize,
     },
 }
@@ -113,7 +113,7 @@ impl Composer {
             || (self.unsubscribe.is_some() && spec.unsubscribe_list().is_some())
     }
 
-    /// The templates.
+    /// The loaded templates; submissions check template names and variables against them.
     pub fn templates(&self) -> &Templates {
         &self.templates
     }

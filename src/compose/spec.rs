@@ -12,7 +12,7 @@ use crate::queue::JobKind;
 pub struct StoredMailbox {
     /// Display name.
     pub name: Option<String>,
-    /// The address.
+    /// The bare address, `local@domain`; parsed again when the message is built.
     pub address: String,
 }
 

@@ -52,7 +52,7 @@ impl<K: Eq + Hash + Clone, V> ByteCache<K, V> {
         self.entries.insert(key, (value, size));
     }
 
-    /// The bytes held.
+    /// The total size of the values held, as given to insert; never above the budget.
     #[cfg(test)]
     fn bytes(&self) -> usize {
         self.bytes

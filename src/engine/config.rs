@@ -99,7 +99,7 @@ pub enum ConfigError {
     /// An invalid value, named.
     #[error("{field}: {message}")]
     Invalid {
-        /// The configuration key.
+        /// The offending key in dotted form, e.g. `smtp.helo_name` or `smtp.ca_file`.
         field: &'static str,
         /// What is wrong.
         message: String,

@@ -89,7 +89,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// The middleware.
+/// The middleware on every guarded route: checks `Host` (421), then `Origin` (403), then
+/// that a POST, PUT or PATCH with a body says `application/json` (415).
 pub(super) async fn guard(
     State(state): State<ApiState>,
     request: Request,

@@ -31,7 +31,7 @@ pub struct Mailbox {
     /// The display name; encoded per RFC 2047 when non-ASCII. CR, LF and NUL are
     /// refused when the message is built.
     pub name: Option<String>,
-    /// The address.
+    /// The validated address that goes in the header, after the display name if any.
     pub address: Address,
 }
 
@@ -60,7 +60,7 @@ pub struct Attachment {
     pub filename: String,
     /// `type/subtype`, optionally with `; name=value` parameters.
     pub content_type: String,
-    /// The raw content.
+    /// The file's bytes as they are; encoded (base64 or quoted-printable) when built.
     pub content: Vec<u8>,
 }
 
@@ -77,7 +77,7 @@ pub struct MessageSpec {
     pub reply_to: Option<Mailbox>,
     /// The subject, one line; encoded when non-ASCII or long.
     pub subject: String,
-    /// The text part.
+    /// The plain-text part; at least one of `text` and `html` is required.
     pub text: Option<String>,
     /// The HTML part; with `text`, the two make a `multipart/alternative`.
     pub html: Option<String>,

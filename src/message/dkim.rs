@@ -21,7 +21,7 @@ use super::MessageError;
 use super::headers::has_line_break;
 use crate::address::Address;
 
-/// The signing algorithm.
+/// The DKIM signing algorithm (`a=`), chosen by `dkim.algorithm`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DkimAlgorithm {
     /// RSA with SHA-256 (`rsa-sha256`): understood by every verifier. The default.

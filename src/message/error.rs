@@ -23,7 +23,7 @@ pub enum MessageError {
     /// A custom header value holds CR, LF or NUL.
     #[error("header {header}: the value contains CR, LF or NUL")]
     HeaderValue {
-        /// The header name.
+        /// The name of the custom header whose value was refused.
         header: String,
     },
     /// A custom header that volley sets itself.
@@ -54,7 +54,7 @@ pub enum MessageError {
     /// The DKIM key file cannot be read.
     #[error("dkim: cannot read key file {}: {source}", path.display())]
     DkimKeyRead {
-        /// The key file.
+        /// The private key file (`dkim.key_file`) that could not be read.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
@@ -62,7 +62,7 @@ pub enum MessageError {
     /// The DKIM key file does not hold a usable key for the configured algorithm.
     #[error("dkim: key file {}: {reason}", path.display())]
     DkimKey {
-        /// The key file.
+        /// The private key file (`dkim.key_file`) whose contents were refused.
         path: PathBuf,
         /// What is wrong.
         reason: String,
@@ -70,7 +70,7 @@ pub enum MessageError {
     /// A DKIM setting (domain, selector, headers) is unusable.
     #[error("dkim: {field}: {reason}")]
     DkimConfig {
-        /// The setting.
+        /// The DKIM setting at fault: `domain`, `selector` or `headers`.
         field: &'static str,
         /// What is wrong.
         reason: String,
@@ -92,7 +92,7 @@ pub enum MessageError {
     /// A VERP base address cannot carry a recipient.
     #[error("return path {base}: {reason}")]
     Verp {
-        /// The base address.
+        /// The configured return-path address whose local part cannot take a VERP suffix.
         base: String,
         /// What is wrong.
         reason: String,

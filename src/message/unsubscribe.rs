@@ -143,7 +143,7 @@ pub struct Unsubscription {
     pub job: String,
     /// The list the recipient leaves.
     pub list: String,
-    /// The recipient.
+    /// The address that asks to leave the list, as recorded in the token.
     pub address: String,
     /// When the token was made (the message was built).
     pub issued: SystemTime,
@@ -244,7 +244,7 @@ impl UnsubscribeTokens {
 /// Whom an unsubscribe header is for.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenFor<'a> {
-    /// The job.
+    /// The id of the job whose message carries the header; recorded in the token.
     pub job: &'a str,
     /// The list the recipient would leave.
     pub list: &'a str,

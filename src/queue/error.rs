@@ -9,7 +9,7 @@ pub enum QueueError {
     /// Another process already has the embedded store open (redb holds a file lock).
     #[error("queue store {path} is already open in another process")]
     Locked {
-        /// The store file.
+        /// The redb store file that another process holds open.
         path: PathBuf,
     },
     /// The data directory or store file could not be created, read or written.

@@ -107,7 +107,7 @@ pub struct Leased {
     pub id: DeliveryId,
     /// This lease's fencing token.
     pub token: LeaseToken,
-    /// The recipient address.
+    /// The address to send this delivery to (its RCPT TO), as stored at submission.
     pub to: String,
     /// The recipient's opaque variables.
     pub vars: Vec<u8>,
@@ -139,7 +139,7 @@ pub enum Resolution {
     },
     /// Permanently refused.
     Bounced {
-        /// The refusal.
+        /// The server's 5xx reply, or a local reason (an invalid address, a null MX...).
         reply: String,
         /// The mailbox does not exist: suppress the address for all mail, in the same
         /// write as the outcome.
@@ -147,7 +147,7 @@ pub enum Resolution {
     },
     /// Gave up: retried until the maximum age.
     Expired {
-        /// The last reply.
+        /// `4.4.7 message expired; last attempt:` followed by the last attempt's reply.
         reply: String,
     },
     /// Not sent: the address is on the suppression list.
@@ -157,7 +157,7 @@ pub enum Resolution {
 /// One lease's outcome, as the caller commits it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
-    /// The delivery.
+    /// The delivery whose attempt this records.
     pub id: DeliveryId,
     /// The token of the lease it was attempted under.
     pub token: LeaseToken,
@@ -423,7 +423,7 @@ impl RecipientState {
 pub struct RecipientStatus {
     /// Its index in the job.
     pub index: u32,
-    /// The recipient address.
+    /// The address this delivery is sent to.
     pub to: String,
     /// Its state.
     pub state: RecipientState,
@@ -440,11 +440,11 @@ pub struct RecipientStatus {
 pub struct Event {
     /// Its position in the log: strictly increasing; pass it as `after` to read on.
     pub cursor: u64,
-    /// The job.
+    /// The id of the job the recipient belongs to.
     pub job: JobId,
     /// The recipient's index.
     pub index: u32,
-    /// The recipient address.
+    /// The address the event is about (`to` in the JSON).
     pub to: String,
     /// What happened.
     #[serde(rename = "event")]

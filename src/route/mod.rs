@@ -33,7 +33,7 @@ pub struct MxHost {
 pub enum SiteKind {
     /// The domain's own MX hosts.
     Mx,
-    /// The configured smarthost.
+    /// Through the smarthost named by `relay.host`, whatever the recipient domain.
     Relay,
 }
 
@@ -77,9 +77,10 @@ pub enum RouteError {
         "MX of {domain} resolves to {addr}, a loopback or private address (security.allow_loopback_mx is off)"
     )]
     Forbidden {
-        /// The domain.
+        /// The recipient domain (or address literal) whose mail hosts resolved only to
+        /// refused addresses.
         domain: String,
-        /// The refused address.
+        /// The first refused address found: loopback, private, link-local or the like.
         addr: std::net::IpAddr,
     },
     /// The domain is not a valid host name (5.1.2).
@@ -88,7 +89,7 @@ pub enum RouteError {
     /// SERVFAIL, timeout, or no MX host with an address yet: try later (4.4.3).
     #[error("DNS lookup for {domain} failed temporarily: {reason}")]
     Temporary {
-        /// The domain.
+        /// The domain being looked up; in relay mode, the smarthost's host name.
         domain: String,
         /// What failed.
         reason: String,

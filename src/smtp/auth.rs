@@ -16,7 +16,7 @@ use super::capabilities::{Capabilities, Mechanism};
 pub struct Credentials {
     /// The user name (authentication identity).
     pub username: String,
-    /// The password.
+    /// The password in clear text; left out of the Debug output.
     pub password: String,
 }
 

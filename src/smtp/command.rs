@@ -23,7 +23,7 @@ impl HeloName {
         }
     }
 
-    /// The name.
+    /// The validated host name or address literal, as sent in EHLO or HELO.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -19,7 +19,7 @@ pub enum SmtpError {
     Reply {
         /// The command's phase.
         phase: Phase,
-        /// The reply.
+        /// The unwanted reply as received: code, enhanced status code (if any) and text.
         reply: Reply,
     },
     /// No reply (or no progress) within the phase's timeout.
@@ -28,26 +28,27 @@ pub enum SmtpError {
         /// The phase that timed out.
         phase: Phase,
     },
-    /// A socket error.
+    /// Connecting, reading or writing failed with an I/O error (the server closing the
+    /// connection is the Closed variant instead).
     #[error("{phase}: {kind}: {message}")]
     Io {
-        /// The phase.
+        /// The step of the SMTP session (connect, EHLO, RCPT...) where the socket failed.
         phase: Phase,
-        /// The error kind.
+        /// The I/O error's kind, e.g. `ConnectionRefused` or `ConnectionReset`.
         kind: io::ErrorKind,
-        /// The error text.
+        /// The I/O error's text, as its Display output gives it.
         message: String,
     },
     /// The server closed the connection.
     #[error("{phase}: connection closed by the server")]
     Closed {
-        /// The phase.
+        /// The step of the SMTP session (greeting, MAIL, DATA...) when the server hung up.
         phase: Phase,
     },
     /// The bytes from the server are not SMTP; the connection is unusable.
     #[error("{phase}: protocol error: {source}")]
     Protocol {
-        /// The phase.
+        /// The step of the SMTP session whose reply could not be parsed.
         phase: Phase,
         /// What was wrong.
         source: ReplyError,

@@ -165,7 +165,7 @@ impl Reply {
         &self.text
     }
 
-    /// The text lines.
+    /// The text line by line, each without its reply code or enhanced status code.
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.text.split('\n')
     }

@@ -44,7 +44,7 @@ pub enum TlsSetupError {
     /// The CA file could not be read or parsed.
     #[error("CA file {path}: {message}")]
     CaFile {
-        /// The file.
+        /// The PEM file of extra trust roots (`smtp.ca_file`); `<inline>` for PEM text.
         path: String,
         /// What went wrong.
         message: String,

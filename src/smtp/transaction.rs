@@ -28,9 +28,9 @@ const BDAT_GROUP_BYTES: usize = 1024 * 1024;
 pub struct Transaction<'a> {
     /// The reverse path; `None` sends `MAIL FROM:<>`.
     pub from: Option<&'a Address>,
-    /// The recipients.
+    /// The forward paths, one RCPT each; results come back in this order.
     pub to: &'a [Address],
-    /// The message content.
+    /// The RFC 5322 message, headers included; line ends are normalised when it is sent.
     pub body: &'a [u8],
 }
 

@@ -107,7 +107,7 @@ pub struct Prepared {
 /// One validated recipient.
 #[derive(Debug)]
 pub struct PreparedRecipient {
-    /// The address text.
+    /// The validated address as submitted (the first spelling, when duplicates merge).
     pub to: String,
     /// Its own variables (the shared ones are in the payload).
     pub vars: Map<String, Value>,

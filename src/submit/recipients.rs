@@ -14,7 +14,7 @@ pub enum RecipientsError {
     /// The file could not be read.
     #[error("{path}: {source}")]
     Read {
-        /// The file.
+        /// The recipient list file, as given on the command line.
         path: String,
         /// Why.
         source: std::io::Error,
@@ -22,7 +22,7 @@ pub enum RecipientsError {
     /// A line is wrong.
     #[error("{path}:{line}: {message}")]
     Line {
-        /// The file.
+        /// The recipient list file holding the bad line, as given on the command line.
         path: String,
         /// 1-based line number.
         line: usize,

@@ -16,9 +16,9 @@ use crate::address::Address;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MailboxInput {
-    /// A string.
+    /// A string: a bare address or `Name <address>`.
     Text(String),
-    /// An object.
+    /// An object with an optional display name and an address.
     Parts {
         /// Display name.
         #[serde(default)]
@@ -122,7 +122,7 @@ pub struct MessageRequest {
     pub subject: Option<String>,
     /// The plain-text part.
     pub text: Option<String>,
-    /// The HTML part.
+    /// The HTML part; with `text` as well, the two make a `multipart/alternative`.
     pub html: Option<String>,
     /// A template's name, instead of `text`/`html`.
     pub template: Option<String>,

@@ -10,7 +10,7 @@ pub enum TemplateError {
     /// The templates directory (or a template's directory) could not be listed.
     #[error("cannot read template directory {}: {source}", path.display())]
     Directory {
-        /// The directory.
+        /// The directory that could not be listed: the templates directory or one in it.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
@@ -20,7 +20,7 @@ pub enum TemplateError {
     Read {
         /// The template (or `partials`).
         template: String,
-        /// The file.
+        /// The path of the template or partial file that could not be read.
         file: PathBuf,
         /// The I/O error.
         source: std::io::Error,
@@ -39,7 +39,7 @@ pub enum TemplateError {
     /// A required file is absent.
     #[error("template {template:?}: {file} is missing")]
     MissingFile {
-        /// The template.
+        /// The name of the template (its directory) that lacks the file.
         template: String,
         /// The file name, relative to the template directory.
         file: &'static str,
@@ -47,7 +47,7 @@ pub enum TemplateError {
     /// Neither `html.hbs` nor `text.hbs` exists.
     #[error("template {template:?}: needs html.hbs or text.hbs (or both)")]
     NoBody {
-        /// The template.
+        /// The name of the template whose directory has neither body file.
         template: String,
     },
     /// A file does not compile.
@@ -73,7 +73,7 @@ pub enum TemplateError {
     /// Strict mode: the template refers to a variable the submission did not supply.
     #[error("template {template:?}: {file} refers to variable {variable:?}, which is missing")]
     MissingVariable {
-        /// The template.
+        /// The name of the template being rendered.
         template: String,
         /// The file (possibly a partial) that refers to it.
         file: String,
@@ -83,7 +83,7 @@ pub enum TemplateError {
     /// Any other rendering failure (an unknown partial or helper, a type mismatch).
     #[error("template {template:?}: cannot render {file}{}: {reason}", position(*line, *column))]
     Render {
-        /// The template.
+        /// The name of the template being rendered when it failed.
         template: String,
         /// The file (possibly a partial).
         file: String,
@@ -98,7 +98,7 @@ pub enum TemplateError {
     /// header line, so it is refused rather than sent.
     #[error("template {template:?}: the rendered subject contains CR, LF or NUL (from a variable)")]
     SubjectLineBreak {
-        /// The template.
+        /// The name of the template whose rendered subject was refused.
         template: String,
     },
 }

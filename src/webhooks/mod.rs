@@ -75,7 +75,7 @@ pub enum WebhookError {
     /// A `[webhooks]` setting is unusable.
     #[error("webhooks.{field}: {reason}")]
     Config {
-        /// The offending key.
+        /// The webhooks setting at fault, without the section prefix: `url` or `secret`.
         field: &'static str,
         /// What is wrong with it.
         reason: String,

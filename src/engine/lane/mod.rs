@@ -40,7 +40,7 @@ pub struct Delivery<K> {
     pub key: K,
     /// The envelope sender; `None` for `<>`.
     pub from: Option<Address>,
-    /// The recipient.
+    /// The RCPT TO address; its domain picks the route and any per-domain rate limit.
     pub to: Address,
     /// The message (RFC 5322 bytes), shareable between recipients.
     pub body: Arc<[u8]>,
@@ -56,7 +56,7 @@ pub struct Delivery<K> {
 pub struct Report<K> {
     /// The caller's key.
     pub key: K,
-    /// The recipient.
+    /// The recipient address of the delivery this report is about.
     pub to: Address,
     /// The site it went to, when it was routed.
     pub site: Option<Arc<str>>,

@@ -75,7 +75,7 @@ impl EmbeddedQueue {
         })
     }
 
-    /// The store file.
+    /// The path of the redb store file (`queue.redb`) in the data directory.
     pub fn file(&self) -> PathBuf {
         self.path.join(store::FILE)
     }

@@ -356,7 +356,8 @@ pub(super) fn split_suppression_key(key: &str) -> Result<(&str, &str)> {
         .ok_or_else(|| QueueError::corrupt("suppressions", format!("key {key:?}")))
 }
 
-/// An idempotency entry.
+/// What an idempotency key maps to: the request's hash, the job it created, when (ms)
+/// and how many recipients; the same request repeated within 24 h gets that job back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct IdemRecord {
     pub(super) hash: [u8; 32],
