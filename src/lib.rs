@@ -28,7 +28,8 @@
 //!    permanent; recipient-, message- or connection-level; suppress; throttle; and what
 //!    a failure to connect means for the next host.
 //!
-//! Around them: [`http`] (the API with one JSON error type, and the operators'
+//! Around them: [`http`] (the API with one JSON error type, its guard against
+//! cross-site and rebound requests, its server with timeouts, and the operators'
 //! dashboard), [`webhooks`] (events pushed in signed batches), [`metrics`] (per-phase
 //! histograms, counters, Prometheus text, the last five minutes for the dashboard),
 //! [`rate`] (`"500/s"` specs and limiters), [`retry`] (the schedule and expiry), and
