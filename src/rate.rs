@@ -55,7 +55,10 @@ impl Rate {
         let burst = u32::try_from(burst).unwrap_or(u32::MAX);
         let burst = NonZeroU32::new(burst.clamp(1, count.get())).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)?.allow_burst(burst);
-        Some(Limiter(RateLimiter::direct_with_clock(quota, TokioClock)))
+        Some(Limiter {
+            gcra: RateLimiter::direct_with_clock(quota, TokioClock),
+            turn: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
@@ -123,9 +126,14 @@ impl Clock for TokioClock {
 }
 
 /// A rate limiter for one scope (global, a site, a domain).
-pub struct Limiter(
-    RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>,
-);
+pub struct Limiter {
+    gcra: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>,
+    /// Waiters queue here (tokio's mutex is FIFO), and only the first one sleeps until
+    /// the next permit: otherwise every waiter would wake for every permit and all but
+    /// one go back to sleep, which under a low limit and many connections cost more CPU
+    /// than sending.
+    turn: tokio::sync::Mutex<()>,
+}
 
 impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -134,9 +142,13 @@ impl fmt::Debug for Limiter {
 }
 
 impl Limiter {
-    /// Waits (with tokio's sleep) until one message may go.
+    /// Waits (with tokio's sleep) until one message may go; waiters are served in turn.
     pub async fn acquire(&self) {
-        while let Err(not_until) = self.0.check() {
+        if self.gcra.check().is_ok() {
+            return;
+        }
+        let _turn = self.turn.lock().await;
+        while let Err(not_until) = self.gcra.check() {
             let wait = not_until.wait_time_from(TokioClock.now());
             tokio::time::sleep(wait.max(Duration::from_micros(50))).await;
         }
@@ -144,7 +156,7 @@ impl Limiter {
 
     /// Takes a slot if one is free now.
     pub fn try_acquire(&self) -> bool {
-        self.0.check().is_ok()
+        self.gcra.check().is_ok()
     }
 }
 
