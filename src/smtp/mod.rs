@@ -23,6 +23,7 @@ pub mod command;
 pub mod connection;
 pub mod error;
 pub mod reply;
+pub mod server;
 pub mod session;
 pub mod timeouts;
 pub mod tls;
