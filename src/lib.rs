@@ -28,7 +28,8 @@
 //!    permanent; recipient-, message- or connection-level; suppress; throttle; and what
 //!    a failure to connect means for the next host.
 //!
-//! Around them: [`http`] (the API with one JSON error type, its guard against
+//! Around them: [`inbound`] (the SMTP submission listener, on the server session of
+//! [`smtp`]), [`http`] (the API with one JSON error type, its guard against
 //! cross-site and rebound requests, its server with timeouts, and the operators'
 //! dashboard), [`webhooks`] (events pushed in signed batches), [`metrics`] (per-phase
 //! histograms, counters, Prometheus text, the last five minutes for the dashboard),
@@ -54,6 +55,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod http;
+pub mod inbound;
 pub mod message;
 pub mod metrics;
 pub mod outcome;

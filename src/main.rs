@@ -130,13 +130,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Read a password on stdin and print its argon2id hash for `[submission] users`.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Send { .. } | Command::Check { .. } | Command::Suppress { .. }
+        Command::Send { .. }
+            | Command::Check { .. }
+            | Command::Suppress { .. }
+            | Command::HashPassword
     );
     init_logs(cli.log_format, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -223,6 +228,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app.serve(stop).await?;
             Ok(())
         }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("no password on stdin (give it as one line)");
+            }
+            let hash = volley::inbound::hash_password(password);
+            println!("{hash}");
+            Ok(())
+        }
         Command::Check { config } => {
             let config = load(config.as_ref(), None, None)?;
             let templates = volley::template::Templates::load(&config.templates.path)?;
@@ -235,6 +251,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 volley::message::DkimSigner::from_config(dkim)?;
             }
             config.unsubscribe.validate()?;
+            volley::app::submission::check(&config)?;
             if config.webhooks.enabled() {
                 volley::webhooks::WebhookClient::new(&config.webhooks)?;
             }

@@ -158,9 +158,9 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
         "smtp",
         &[
             "queue", "http", "template", "message", "engine", "dispatch", "compose", "submit",
-            "app", "webhooks", "route", "outcome",
+            "app", "webhooks", "route", "outcome", "inbound",
         ],
-        "the SMTP client sends envelopes and bodies and returns replies",
+        "the SMTP client and server sessions speak the protocol and nothing else",
     ),
     (
         "queue",
@@ -197,6 +197,13 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
             "queue", "http", "template", "message", "compose", "submit", "dispatch", "app",
         ],
         "the engine delivers what it is handed",
+    ),
+    (
+        "inbound",
+        &[
+            "http", "engine", "dispatch", "app", "webhooks", "route", "outcome",
+        ],
+        "the SMTP listener takes messages in and stores them; delivery is not its business",
     ),
 ];
 

@@ -250,6 +250,18 @@ fn check_refuses_unsafe_configurations_in_one_line_naming_the_key() {
             "[server]\nrequest_timeout = \"0s\"\n",
         ),
         ("smtp.max_connections", "[smtp]\nmax_connections = 0\n"),
+        (
+            "submission.users",
+            "[submission]\nusers = { app = \"plain\" }\n",
+        ),
+        (
+            "submission.tls_key",
+            "[submission]\ntls_cert = \"cert.pem\"\n",
+        ),
+        (
+            "submission.trusted_networks",
+            "[submission]\ntrusted_networks = [\"everyone\"]\n",
+        ),
     ] {
         let cfg = write(dir.path(), "refused.toml", &format!("{templates}{section}"));
         let out = volley()
@@ -265,6 +277,30 @@ fn check_refuses_unsafe_configurations_in_one_line_naming_the_key() {
         );
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
+}
+
+#[test]
+fn hash_password_prints_an_argon2id_hash_of_stdin() {
+    use std::io::Write;
+    let mut child = volley()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let users = volley::inbound::Users::new([("app".to_owned(), hash.trim().to_owned())]);
+    let users = users.expect("a usable hash");
+    assert!(users.verify("app", "correct horse"));
+    assert!(!users.verify("app", "correct horse\n"));
 }
 
 #[test]

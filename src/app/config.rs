@@ -52,6 +52,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// `[dispatch]`: what the dispatcher keeps in memory.
     pub dispatch: DispatchConfig,
+    /// `[submission]`: the SMTP submission listener; absent means none.
+    pub submission: Option<SubmissionConfig>,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -110,6 +112,54 @@ impl Default for ServerConfig {
             header_timeout: std::time::Duration::from_secs(30),
             request_timeout: std::time::Duration::from_secs(60),
             max_connections: 1024,
+        }
+    }
+}
+
+/// `[submission]`: applications hand volley messages over SMTP.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubmissionConfig {
+    /// Where it listens. Default `127.0.0.1:2587`.
+    pub listen: SocketAddr,
+    /// The name in its greeting. Default: `[smtp] helo_name`.
+    pub hostname: String,
+    /// PEM certificate chain for STARTTLS; with `tls_key`, AUTH is only offered over TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for STARTTLS.
+    pub tls_key: Option<PathBuf>,
+    /// Users who may authenticate: name → argon2id PHC hash (`volley hash-password`).
+    pub users: std::collections::BTreeMap<String, String>,
+    /// Networks (CIDR) whose clients may submit without authenticating. Default none.
+    pub trusted_networks: Vec<String>,
+    /// Connections at once; more are told 421. Default 100.
+    pub max_connections: usize,
+    /// Recipients of one message at most. Default 100.
+    pub max_recipients: usize,
+    /// Largest message. Default `"25MiB"`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_message_size: usize,
+    /// Messages per user (or per trusted client address). Default `"0"`, unlimited.
+    pub rate: crate::rate::Rate,
+    /// How long a client may stay silent. Default `"5m"` (RFC 5321).
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2587)),
+            hostname: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            users: std::collections::BTreeMap::new(),
+            trusted_networks: Vec::new(),
+            max_connections: 100,
+            max_recipients: 100,
+            max_message_size: 25 << 20,
+            rate: crate::rate::Rate::UNLIMITED,
+            timeout: std::time::Duration::from_secs(300),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod send;
+pub mod submission;
 pub mod suppress;
 mod webhooks;
 
@@ -51,6 +52,9 @@ pub enum StartError {
     /// A `[webhooks]` setting cannot be used.
     #[error("webhooks: {0}")]
     Webhooks(#[from] crate::webhooks::WebhookError),
+    /// A `[submission]` setting cannot be used.
+    #[error(transparent)]
+    Submission(#[from] submission::SubmissionError),
     /// At a graceful stop, outcomes could not be stored before the shutdown timeout.
     #[error(
         "{0} outcomes could not be stored before the shutdown timeout; their leases run out and the deliveries are tried again"
@@ -178,13 +182,52 @@ impl App {
         self.serve_on(listener, stop).await
     }
 
-    /// Like [`Self::serve`] on a bound listener (tests bind port 0).
+    /// Like [`Self::serve`] on a bound listener (tests bind port 0); the submission
+    /// listener, when configured, binds its own address.
     pub async fn serve_on(
         self,
         listener: TcpListener,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
+        let submission =
+            match &self.config.submission {
+                Some(c) => Some(TcpListener::bind(c.listen).await.map_err(|source| {
+                    StartError::Listen {
+                        addr: c.listen,
+                        source,
+                    }
+                })?),
+                None => None,
+            };
+        self.serve_sockets(listener, submission, stop).await
+    }
+
+    /// Like [`Self::serve_on`] with the submission socket bound too (tests bind port 0
+    /// for both).
+    pub async fn serve_sockets(
+        self,
+        listener: TcpListener,
+        submission: Option<TcpListener>,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let inbound = submission::listener(
+            &self.config,
+            Arc::clone(&self.queue),
+            Arc::clone(&self.wake),
+        )?;
+        let inbound = match (inbound, submission) {
+            (Some(inbound), Some(socket)) => {
+                let addr = socket
+                    .local_addr()
+                    .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+                tracing::info!(listen = %addr, tls = inbound.tls.is_some(), "SMTP submission is listening");
+                Some(tokio::spawn(
+                    Arc::new(inbound).run(socket, shutdown_rx.clone()),
+                ))
+            }
+            _ => None,
+        };
         let webhooks = webhooks::start(
             &self.config.webhooks,
             Arc::clone(&self.queue),
@@ -232,6 +275,9 @@ impl App {
         tracing::info!("stopping: no new requests; finishing deliveries in flight");
         let _ = shutdown_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        if let Some(inbound) = inbound {
+            let _ = inbound.await;
+        }
         let unstored = dispatch.join().await;
         let _ = sampler.await;
         let _ = pruner.await;

@@ -131,6 +131,9 @@ impl Composer {
         recipient: &Address,
         vars: &Map<String, Value>,
     ) -> Result<Vec<u8>, ComposeError> {
+        if let Some(raw) = &spec.raw {
+            return self.submitted(raw);
+        }
         let (subject, text, html) = match &spec.template {
             Some(name) => {
                 let rendered = self.templates.render(name, &merge(&spec.vars, vars))?;
@@ -154,7 +157,7 @@ impl Composer {
         // A message shows its own To and Cc, the same in every copy (with only Bcc
         // recipients, `undisclosed-recipients:;`); a campaign's recipient is its To.
         let (to, cc) = match spec.kind {
-            JobKind::Message => (mailboxes(&spec.to)?, mailboxes(&spec.cc)?),
+            JobKind::Message | JobKind::Smtp => (mailboxes(&spec.to)?, mailboxes(&spec.cc)?),
             JobKind::Campaign => (vec![Mailbox::new(recipient.clone())], Vec::new()),
         };
         let list_unsubscribe = match (&self.unsubscribe, spec.unsubscribe_list()) {
@@ -198,6 +201,19 @@ impl Composer {
             list_unsubscribe,
         };
         let built = build_message(&message, from.address.domain())?;
+        self.sign(built)
+    }
+
+    /// A message submitted whole: prepared at intake, signed here.
+    fn submitted(&self, raw: &str) -> Result<Vec<u8>, ComposeError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|e| ComposeError::Stored(format!("raw message: {e}")))?;
+        self.sign(bytes)
+    }
+
+    /// DKIM-signs a built message (when a key is configured) and checks its size.
+    fn sign(&self, built: Vec<u8>) -> Result<Vec<u8>, ComposeError> {
         let signed = match &self.dkim {
             Some(signer) => signer.sign(&built)?,
             None => built,

@@ -66,6 +66,11 @@ pub struct JobSpec {
     /// suppressions stop. `None` on a message is transactional mail.
     #[serde(default)]
     pub list: Option<String>,
+    /// A message submitted whole over SMTP (kind `smtp`): its bytes, base64, already
+    /// prepared at intake (Bcc removed, Date and Message-ID set), so that every attempt
+    /// sends the same message.
+    #[serde(default)]
+    pub raw: Option<String>,
 }
 
 impl JobSpec {
@@ -75,7 +80,7 @@ impl JobSpec {
         match (self.kind, &self.list) {
             (_, Some(list)) => Some(list),
             (JobKind::Campaign, None) => Some(crate::queue::SuppressionScope::DEFAULT_LIST),
-            (JobKind::Message, None) => None,
+            (JobKind::Message | JobKind::Smtp, None) => None,
         }
     }
 

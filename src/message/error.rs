@@ -89,6 +89,9 @@ pub enum MessageError {
         /// What is wrong.
         reason: String,
     },
+    /// A message submitted whole (over SMTP) is not one volley can send on.
+    #[error("{0}")]
+    Submitted(String),
     /// A VERP base address cannot carry a recipient.
     #[error("return path {base}: {reason}")]
     Verp {

@@ -13,18 +13,21 @@
 //! - [`ListUnsubscribe`], [`UnsubscribeTokens`]: RFC 2369 / RFC 8058 headers and the
 //!   tokens the unsubscribe endpoint checks.
 //! - [`ReturnPath`], [`verp`], [`parse_verp`]: the envelope sender.
+//! - [`prepare_submitted`]: a message submitted whole over SMTP, made ready to go on.
 
 mod build;
 mod dkim;
 mod error;
 mod headers;
 mod return_path;
+mod submitted;
 mod unsubscribe;
 
 pub use build::{Attachment, Mailbox, MessageSpec, build_message};
 pub use dkim::{DkimAlgorithm, DkimConfig, DkimSigner};
 pub use error::MessageError;
 pub use return_path::{ReturnPath, parse_verp, verp};
+pub use submitted::prepare_submitted;
 pub use unsubscribe::{
     ListUnsubscribe, MIN_SECRET as MIN_UNSUBSCRIBE_SECRET, TokenFor, UnsubscribeConfig,
     UnsubscribeTokens, Unsubscription,

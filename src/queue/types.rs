@@ -15,6 +15,8 @@ pub enum JobKind {
     Message,
     /// A template sent to a list of recipients.
     Campaign,
+    /// A message an application submitted whole over SMTP.
+    Smtp,
 }
 
 impl JobKind {
@@ -22,6 +24,7 @@ impl JobKind {
         match self {
             JobKind::Message => 0,
             JobKind::Campaign => 1,
+            JobKind::Smtp => 2,
         }
     }
 
@@ -29,6 +32,7 @@ impl JobKind {
         match c {
             0 => Some(JobKind::Message),
             1 => Some(JobKind::Campaign),
+            2 => Some(JobKind::Smtp),
             _ => None,
         }
     }

@@ -52,6 +52,37 @@ pub enum TlsSetupError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// A server's certificate or key file could not be read or parsed.
+    #[error("{path}: {message}")]
+    ServerFile {
+        /// The PEM file (certificate chain or private key).
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A TLS acceptor for a listener, from a PEM certificate chain and a PEM private key.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsSetupError> {
+    use rustls_pki_types::PrivateKeyDer;
+    let file_error = |path: &Path, message: String| TlsSetupError::ServerFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_error(cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(file_error(cert, "no certificate in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The two connectors a session may need: one that checks certificates, one that

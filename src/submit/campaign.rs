@@ -50,6 +50,7 @@ fn spec(req: &mut CampaignRequest, composer: &Composer) -> Result<JobSpec, Inval
         attachments: Vec::new(),
         tags: std::mem::take(&mut req.tags),
         list: req.list.take(),
+        raw: None,
     })
 }
 

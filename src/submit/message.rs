@@ -141,6 +141,7 @@ pub fn prepare_message(
             .collect(),
         tags: req.tags,
         list: req.list,
+        raw: None,
     };
     let id = JobId::new(ctx.now);
     // The same bytes go to every recipient: build them once now to refuse what

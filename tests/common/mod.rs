@@ -43,6 +43,9 @@ pub(crate) fn sink_ca_file(dir: &std::path::Path, sink: &volley_loadtest::Sink) 
 pub(crate) struct Running {
     /// The API address.
     pub addr: SocketAddr,
+    /// The SMTP submission listener's address, when `[submission]` is configured.
+    #[allow(dead_code, reason = "only the submission tests read it")]
+    pub submission: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -50,12 +53,17 @@ pub(crate) struct Running {
 impl Running {
     /// Opens and serves `config`.
     pub(crate) async fn start(config: Config) -> Running {
+        let submission = match &config.submission {
+            Some(c) => Some(TcpListener::bind(c.listen).await.unwrap()),
+            None => None,
+        };
+        let submission_addr = submission.as_ref().map(|s| s.local_addr().unwrap());
         let app = App::open(config).await.expect("volley opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            app.serve_on(listener, async move {
+            app.serve_sockets(listener, submission, async move {
                 let _ = rx.await;
             })
             .await
@@ -63,6 +71,7 @@ impl Running {
         });
         Running {
             addr,
+            submission: submission_addr,
             stop: Some(tx),
             task,
         }

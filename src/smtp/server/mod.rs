@@ -7,7 +7,7 @@
 //! MAIL, RCPT, DATA, BDAT (CHUNKING), RSET, NOOP, QUIT, VRFY (252), HELP, STARTTLS and
 //! AUTH PLAIN/LOGIN, with PIPELINING (replies are collected until the client's input runs
 //! out), SIZE, 8BITMIME, SMTPUTF8 and ENHANCEDSTATUSCODES. Lines end with CRLF; content
-//! with a bare CR or LF is refused (see [`content`]).
+//! with a bare CR or LF is refused (see `content.rs`).
 
 mod content;
 
@@ -454,7 +454,9 @@ impl Session {
         if s.starttls && !self.tls {
             lines.push("STARTTLS".to_owned());
         }
-        if s.auth && self.user.is_none() {
+        // Passwords only over TLS when TLS is on offer: AUTH is not even advertised
+        // before it (and refused with 538 if tried).
+        if s.auth && self.user.is_none() && (self.tls || !s.starttls) {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
         let last = lines.len() - 1;

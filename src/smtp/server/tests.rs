@@ -178,7 +178,10 @@ fn auth_needs_tls_first_and_checks_credentials() {
     let wrong = base64::engine::general_purpose::STANDARD.encode(b"\0ann\0guess");
     let input = format!("EHLO c\r\nAUTH PLAIN {plain}\r\nSTARTTLS\r\nAUTH PLAIN {plain}\r\n");
     let (out, _) = run(&mut s, input.as_bytes());
-    assert!(out.contains("250-STARTTLS\r\n"), "{out}");
+    assert!(
+        out.contains("250 STARTTLS\r\n") && !out.contains("AUTH PLAIN"),
+        "{out}"
+    );
     assert!(out.contains("538 5.7.11"), "no AUTH in clear text: {out}");
     assert!(
         out.ends_with("220 2.0.0 ready to start TLS\r\n"),
@@ -189,7 +192,10 @@ fn auth_needs_tls_first_and_checks_credentials() {
         "EHLO c\r\nAUTH PLAIN {wrong}\r\nAUTH LOGIN\r\nYW5u\r\nc2VjcmV0\r\nMAIL FROM:<ann@example.com>\r\n"
     );
     let (out, _) = run(&mut s, input.as_bytes());
-    assert!(!out.contains("STARTTLS"), "{out}");
+    assert!(
+        !out.contains("STARTTLS") && out.contains("250 AUTH PLAIN LOGIN\r\n"),
+        "{out}"
+    );
     assert_eq!(
         codes(&out),
         ["250", "535", "334", "334", "235", "250"],

@@ -1,0 +1,202 @@
+//! What the submission listener decides and stores: who may send (an authenticated user,
+//! or a client in a trusted network), at what rate, to which addresses, and each accepted
+//! message as a job of kind `smtp`, stored durably before the 250.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use tokio::sync::Notify;
+
+use crate::address::{Address, suppression_key};
+use crate::compose::{JobSpec, StoredMailbox};
+use crate::message::prepare_submitted;
+use crate::queue::{AnyQueue, JobId, JobKind, NewJob, NewRecipient, Queue, SubmitOutcome};
+use crate::rate::{Limiter, Rate};
+use crate::smtp::server::{Envelope, ServerReply};
+
+/// Who is sending on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// An authenticated user.
+    User(String),
+    /// A client in `trusted_networks`, by address.
+    Trusted(IpAddr),
+}
+
+impl Sender {
+    /// Who may send: the user, else a trusted client, else nobody.
+    pub fn of(user: Option<&str>, peer: IpAddr, trusted: bool) -> Option<Self> {
+        match (user, trusted) {
+            (Some(user), _) => Some(Self::User(user.to_owned())),
+            (None, true) => Some(Self::Trusted(peer)),
+            (None, false) => None,
+        }
+    }
+
+    fn tag(&self) -> String {
+        match self {
+            Self::User(user) => format!("smtp-user:{user}"),
+            Self::Trusted(ip) => format!("smtp-client:{ip}"),
+        }
+    }
+}
+
+/// The submission listener's decisions and storage.
+pub struct Intake {
+    queue: Arc<AnyQueue>,
+    wake: Arc<Notify>,
+    message_id_domain: String,
+    rate: Rate,
+    limiters: Mutex<HashMap<Sender, Arc<Limiter>>>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("message_id_domain", &self.message_id_domain)
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    /// Stores into `queue` and wakes the dispatcher with `wake`; `rate` applies to each
+    /// sender; added Message-IDs are `@message_id_domain`.
+    pub fn new(
+        queue: Arc<AnyQueue>,
+        wake: Arc<Notify>,
+        message_id_domain: String,
+        rate: Rate,
+    ) -> Self {
+        Self {
+            queue,
+            wake,
+            message_id_domain,
+            rate,
+            limiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// MAIL FROM: only a known sender, a valid (or null) reverse path, within its rate.
+    pub fn mail(&self, sender: Option<&Sender>, from: &str) -> Result<(), ServerReply> {
+        let Some(sender) = sender else {
+            return Err(ServerReply::new(530, "5.7.0", "authentication required"));
+        };
+        if !from.is_empty() && Address::parse(from).is_err() {
+            return Err(ServerReply::new(553, "5.1.7", "bad sender address"));
+        }
+        if let Some(limiter) = self.limiter(sender)
+            && !limiter.try_acquire()
+        {
+            return Err(ServerReply::new(
+                450,
+                "4.7.1",
+                "sending rate exceeded; try again later",
+            ));
+        }
+        Ok(())
+    }
+
+    fn limiter(&self, sender: &Sender) -> Option<Arc<Limiter>> {
+        if !self.rate.is_limited() {
+            return None;
+        }
+        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(limiter) = limiters.get(sender) {
+            return Some(Arc::clone(limiter));
+        }
+        let limiter = Arc::new(self.rate.limiter()?);
+        limiters.insert(sender.clone(), Arc::clone(&limiter));
+        Some(limiter)
+    }
+
+    /// RCPT TO: a valid address.
+    pub fn rcpt(&self, to: &str) -> Result<(), ServerReply> {
+        match Address::parse(to) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(ServerReply::new(
+                553,
+                "5.1.3",
+                format!("bad recipient address: {e}"),
+            )),
+        }
+    }
+
+    /// Stores a message as a job: its id, or the reply that refuses it (the client's
+    /// fault: 5xx; ours: 4xx, try again).
+    pub async fn store(
+        &self,
+        sender: Option<&Sender>,
+        envelope: Envelope,
+    ) -> Result<String, ServerReply> {
+        let Some(sender) = sender else {
+            return Err(ServerReply::new(530, "5.7.0", "authentication required"));
+        };
+        let prepared = prepare_submitted(&envelope.content, &self.message_id_domain)
+            .map_err(|e| ServerReply::new(554, "5.6.0", e.to_string()))?;
+        let spec = JobSpec {
+            kind: JobKind::Smtp,
+            from: StoredMailbox {
+                name: None,
+                address: envelope.from,
+            },
+            to: Vec::new(),
+            cc: Vec::new(),
+            reply_to: None,
+            subject: None,
+            text: None,
+            html: None,
+            template: None,
+            vars: serde_json::Map::new(),
+            headers: Vec::new(),
+            attachments: Vec::new(),
+            tags: vec![sender.tag()],
+            list: None,
+            raw: Some(base64::engine::general_purpose::STANDARD.encode(prepared)),
+        };
+        // The same person named twice gets one copy, as with the API.
+        let mut seen = HashSet::new();
+        let recipients: Vec<NewRecipient> = envelope
+            .to
+            .into_iter()
+            .filter(|to| seen.insert(suppression_key(to)))
+            .map(|to| NewRecipient {
+                to,
+                vars: b"{}".to_vec(),
+            })
+            .collect();
+        let now = SystemTime::now();
+        let job = NewJob {
+            id: JobId::new(now),
+            kind: JobKind::Smtp,
+            payload: spec.to_payload(),
+            send_at: None,
+            idempotency: None,
+        };
+        match self.queue.submit(job, recipients.into_iter(), now).await {
+            Ok(SubmitOutcome::Created { id, .. } | SubmitOutcome::Existing { id, .. }) => {
+                self.wake.notify_one();
+                Ok(id.to_string())
+            }
+            Ok(other) => {
+                tracing::error!(?other, "an SMTP submission without a key was not created");
+                Err(unavailable())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store an SMTP submission; the client will retry");
+                Err(unavailable())
+            }
+        }
+    }
+}
+
+fn unavailable() -> ServerReply {
+    ServerReply::new(
+        451,
+        "4.3.0",
+        "cannot store the message now; try again later",
+    )
+}
