@@ -588,6 +588,45 @@ async fn shutdown_finishes_in_flight_and_hands_back_the_rest() {
 }
 
 #[tokio::test]
+async fn a_stop_does_not_wait_for_rate_permits() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
+    let mut config = engine_config(port);
+    config.limits.global = "1/h".parse().unwrap();
+    let Harness {
+        engine,
+        mut reports,
+        ..
+    } = start(&dns, config, true);
+    for i in 0..5 {
+        engine
+            .submit(delivery(i, &format!("r{i}@implicit.test")))
+            .await
+            .unwrap();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(20), async {
+        while sinks[0].stats().messages == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    first.await.expect("the first message goes at once");
+    // The other four wait an hour for their permits: a stop hands them back now.
+    tokio::time::timeout(Duration::from_secs(20), engine.shutdown())
+        .await
+        .expect("the stop does not wait for rate permits");
+    let mut outcomes = Vec::new();
+    while let Ok(report) = reports.try_recv() {
+        outcomes.push(report.outcome.map(|o| o.disposition));
+    }
+    outcomes.sort_by_key(Option::is_some);
+    assert_eq!(
+        outcomes,
+        [None, None, None, None, Some(Disposition::Delivered)],
+        "one delivered, four handed back"
+    );
+}
+
+#[tokio::test]
 async fn phases_are_timed() {
     let dns = DnsServer::start(records()).await.unwrap();
     let (_sinks, port) = sinks(&[IP3], SinkConfig::default()).await;

@@ -101,6 +101,9 @@ struct LaneContext<K> {
     metrics: Arc<Metrics>,
     counters: Arc<SiteCounters>,
     max_messages: u64,
+    /// Turns true when the lane shuts down: workers waiting for a rate permit give their
+    /// deliveries back instead of waiting (under `1/h`, for an hour).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// The dispatcher's handle on a lane.
@@ -159,6 +162,7 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         metrics: deps.metrics,
         counters,
         max_messages: deps.settings.max_messages,
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     let task = tokio::spawn(run_lane(ctx, rx, deps.settings));
     LaneHandle {
@@ -216,6 +220,7 @@ async fn run_lane<K: Send + Sync + 'static>(
                 Some(job) => queue.push_back(job),
                 None => {
                     shutting_down = true;
+                    ctx.stopping.send_replace(true);
                     // Not yet attempted: handed back so the caller can release them.
                     for job in queue.drain(..) {
                         report(&ctx, job.delivery, None);
@@ -224,9 +229,14 @@ async fn run_lane<K: Send + Sync + 'static>(
             },
             Some(done) = done_rx.recv() => {
                 active -= 1;
-                // Not attempted: first in line again, when the site allows.
+                // Not attempted: first in line again, when the site allows; at shutdown,
+                // handed back so the caller can release them.
                 for job in done.unsent.into_iter().rev() {
-                    queue.push_front(job);
+                    if shutting_down {
+                        report(&ctx, job.delivery, None);
+                    } else {
+                        queue.push_front(job);
+                    }
                 }
                 if done.throttled {
                     throttle.on_throttle(Instant::now());

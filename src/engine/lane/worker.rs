@@ -30,8 +30,18 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
     let mut pending: VecDeque<Job<K>> = batch.into();
     let mut held = None;
     let mut session: Option<Object<SessionManager>> = None;
+    let mut stopping = ctx.stopping.subscribe();
     while !pending.is_empty() {
-        let group = next_group(&mut pending, &mut held, |job| passage(ctx, job)).await;
+        let group = tokio::select! {
+            group = next_group(&mut pending, &mut held, |job| passage(ctx, job)) => group,
+            _ = stopping.wait_for(|stop| *stop) => {
+                // Shutting down while waiting for a permit: nothing was sent of these.
+                return Done {
+                    throttled: false,
+                    unsent: pending.into(),
+                };
+            }
+        };
         let live = match session.take() {
             Some(s) => s,
             None => match checkout(ctx).await {
