@@ -112,6 +112,7 @@ scenarios!(
     submit_is_atomic,
     depth,
     recent_jobs_newest_first,
+    a_batch_answers_each_submission,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -860,4 +861,38 @@ async fn redis_idempotency_markers_never_answer_for_a_missing_job() {
         .unwrap();
     assert_eq!(left, None);
     redis_cleanup(&prefix).await;
+}
+
+async fn a_batch_answers_each_submission<Q: Queue>(q: Q) {
+    let t = t0();
+    let mut later = job(t);
+    later.send_at = Some(t + Duration::from_secs(3600));
+    let first = job(t);
+    let first_id = first.id;
+    let answers = q
+        .submit_batch(
+            vec![
+                (first, recipients(2).collect()),
+                (job(t), Vec::new()),
+                (later, recipients(3).collect()),
+            ],
+            t,
+        )
+        .await
+        .expect("batch");
+    assert_eq!(answers.len(), 3);
+    let mut answers = answers.into_iter();
+    assert_eq!(created(answers.next().unwrap().expect("first")), first_id);
+    let refused = answers.next().unwrap().expect_err("no recipients");
+    assert!(refused.is_invalid(), "{refused}");
+    created(answers.next().unwrap().expect("third"));
+    let d = q.depth(t).await.expect("depth");
+    assert_eq!(
+        (d.ready, d.scheduled),
+        (2, 3),
+        "the refused one stored nothing"
+    );
+    let leased = q.lease(10, t).await.expect("lease");
+    assert_eq!(leased.len(), 2);
+    assert!(leased.iter().all(|l| l.id.job == first_id));
 }

@@ -1,6 +1,10 @@
 //! What the submission listener decides and stores: who may send (an authenticated user,
 //! or a client in a trusted network), at what rate, to which addresses, and each accepted
 //! message as a job of kind `smtp`, stored durably before the 250.
+//!
+//! Messages from every connection go through one committer task, which stores those
+//! that wait together in one durable write ([`Queue::submit_batch`]): under load, one
+//! disk sync for many messages, and still none answered before it is stored.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -8,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::address::{Address, suppression_key};
 use crate::compose::{JobSpec, StoredMailbox};
@@ -44,10 +48,19 @@ impl Sender {
     }
 }
 
+/// Submissions stored in one write at most.
+const BATCH: usize = 512;
+
+/// A message waiting for the committer, and where its answer goes.
+type Pending = (
+    NewJob,
+    Vec<NewRecipient>,
+    oneshot::Sender<Result<JobId, ServerReply>>,
+);
+
 /// The submission listener's decisions and storage.
 pub struct Intake {
-    queue: Arc<AnyQueue>,
-    wake: Arc<Notify>,
+    commits: mpsc::Sender<Pending>,
     message_id_domain: String,
     rate: Rate,
     limiters: Mutex<HashMap<Sender, Arc<Limiter>>>,
@@ -64,16 +77,18 @@ impl std::fmt::Debug for Intake {
 
 impl Intake {
     /// Stores into `queue` and wakes the dispatcher with `wake`; `rate` applies to each
-    /// sender; added Message-IDs are `@message_id_domain`.
+    /// sender; added Message-IDs are `@message_id_domain`. Starts the committer task,
+    /// which ends when the intake is dropped.
     pub fn new(
         queue: Arc<AnyQueue>,
         wake: Arc<Notify>,
         message_id_domain: String,
         rate: Rate,
     ) -> Self {
+        let (commits, pending) = mpsc::channel(BATCH * 4);
+        tokio::spawn(commit(queue, wake, pending));
         Self {
-            queue,
-            wake,
+            commits,
             message_id_domain,
             rate,
             limiters: Mutex::new(HashMap::new()),
@@ -176,19 +191,60 @@ impl Intake {
             send_at: None,
             idempotency: None,
         };
-        match self.queue.submit(job, recipients.into_iter(), now).await {
-            Ok(SubmitOutcome::Created { id, .. } | SubmitOutcome::Existing { id, .. }) => {
-                self.wake.notify_one();
-                Ok(id.to_string())
-            }
-            Ok(other) => {
-                tracing::error!(?other, "an SMTP submission without a key was not created");
-                Err(unavailable())
-            }
+        let (answer, answered) = oneshot::channel();
+        if self.commits.send((job, recipients, answer)).await.is_err() {
+            return Err(unavailable());
+        }
+        match answered.await {
+            Ok(result) => result.map(|id| id.to_string()),
+            Err(_) => Err(unavailable()),
+        }
+    }
+}
+
+/// The committer: takes what waits (at most [`BATCH`]), stores it in one write, answers
+/// each, wakes the dispatcher.
+async fn commit(queue: Arc<AnyQueue>, wake: Arc<Notify>, mut pending: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while pending.recv_many(&mut batch, BATCH).await > 0 {
+        let (jobs, answers): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|(job, recipients, answer)| ((job, recipients), answer))
+            .unzip();
+        let n = jobs.len();
+        let results = match queue.submit_batch(jobs, SystemTime::now()).await {
+            Ok(results) => results,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot store an SMTP submission; the client will retry");
-                Err(unavailable())
+                tracing::warn!(error = %e, messages = n, "cannot store SMTP submissions; the clients will retry");
+                for answer in answers {
+                    let _ = answer.send(Err(unavailable()));
+                }
+                continue;
             }
+        };
+        let mut stored = false;
+        for (result, answer) in results.into_iter().zip(answers) {
+            let reply = match result {
+                Ok(SubmitOutcome::Created { id, .. } | SubmitOutcome::Existing { id, .. }) => {
+                    stored = true;
+                    Ok(id)
+                }
+                Ok(other) => {
+                    tracing::error!(?other, "an SMTP submission without a key was not created");
+                    Err(unavailable())
+                }
+                Err(e) if e.is_invalid() => Err(ServerReply::new(554, "5.6.0", e.to_string())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot store an SMTP submission; the client will retry");
+                    Err(unavailable())
+                }
+            };
+            // A client gone before its 250 may send the message again: SMTP's own
+            // duplicate window (RFC 1047), as short as one write.
+            let _ = answer.send(reply);
+        }
+        if stored {
+            wake.notify_one();
         }
     }
 }

@@ -98,6 +98,24 @@ pub trait Queue: Send + Sync {
         now: SystemTime,
     ) -> impl Future<Output = Result<SubmitOutcome>> + Send;
 
+    /// Stores several small submissions (each at most a few thousand recipients, as an
+    /// SMTP message has) with as few durable writes as the backend allows; each gets its
+    /// own answer, as [`Queue::submit`] would give it (an error there is that job's
+    /// alone). The outer error fails them all: none is stored.
+    fn submit_batch(
+        &self,
+        jobs: Vec<(NewJob, Vec<NewRecipient>)>,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Vec<Result<SubmitOutcome>>>> + Send {
+        async move {
+            let mut answers = Vec::with_capacity(jobs.len());
+            for (job, recipients) in jobs {
+                answers.push(self.submit(job, recipients.into_iter(), now).await);
+            }
+            Ok(answers)
+        }
+    }
+
     /// Leases up to `max` deliveries due by `now` (send time or retry time), for the
     /// configured lease time, each with a new token. Suppression is not checked here: the
     /// caller asks [`Queue::suppressed_among`] and completes with [`Resolution::Suppressed`].
@@ -238,6 +256,13 @@ impl Queue for AnyQueue {
         now: SystemTime,
     ) -> Result<SubmitOutcome> {
         delegate!(self, q => q.submit(job, recipients, now))
+    }
+    async fn submit_batch(
+        &self,
+        jobs: Vec<(NewJob, Vec<NewRecipient>)>,
+        now: SystemTime,
+    ) -> Result<Vec<Result<SubmitOutcome>>> {
+        delegate!(self, q => q.submit_batch(jobs, now))
     }
     async fn lease(&self, max: usize, now: SystemTime) -> Result<Vec<Leased>> {
         delegate!(self, q => q.lease(max, now))

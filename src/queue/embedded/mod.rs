@@ -209,6 +209,14 @@ impl Queue for EmbeddedQueue {
         }
     }
 
+    async fn submit_batch(
+        &self,
+        jobs: Vec<(NewJob, Vec<NewRecipient>)>,
+        now: SystemTime,
+    ) -> Result<Vec<Result<SubmitOutcome>>> {
+        self.run(move |db| submit::write_batch(db, jobs, now)).await
+    }
+
     async fn lease(&self, max: usize, now: SystemTime) -> Result<Vec<Leased>> {
         let lease = self.lease;
         self.run(move |db| store::lease(db, max, now, lease)).await

@@ -15,7 +15,8 @@ use super::store::stop_waiting;
 use crate::queue::error::{QueueError, Result};
 use crate::queue::id::{DeliveryId, JobId};
 use crate::queue::types::{
-    Counts, IDEMPOTENCY_TTL, NewJob, NewRecipient, RecipientState, SubmitOutcome, to_ms,
+    Counts, IDEMPOTENCY_TTL, NewJob, NewRecipient, RecipientState, SubmitOutcome, check_recipient,
+    to_ms,
 };
 
 /// Deliveries per write transaction: bounds the memory a large campaign takes while it is
@@ -120,38 +121,98 @@ pub(super) fn write_chunk(
         chunk.recipients,
     )?;
     if chunk.last {
-        let record = JobRecord {
-            kind: job.kind,
-            created_ms: to_ms(now),
-            counts: Counts {
-                total,
-                queued: total,
-                ..Counts::default()
-            },
-            send_at_ms: job.send_at.map_or(0, to_ms),
-            done_ms: 0,
-        };
-        let key = job.id.to_bytes();
-        tx.open_table(JOBS)?
-            .insert(&key[..], &record.encode()[..])?;
-        tx.open_table(PAYLOADS)?
-            .insert(&key[..], &job.payload[..])?;
-        tx.open_table(PENDING)?.remove(&key[..])?;
-        if let Some((k, hash)) = &job.idempotency {
-            let rec = IdemRecord {
-                hash: *hash,
-                job: job.id,
-                at_ms: to_ms(now),
-                recipients: total,
-            };
-            tx.open_table(IDEMPOTENCY)?
-                .insert(k.as_str(), &rec.encode()[..])?;
-            tx.open_table(IDEM_AT)?
-                .insert(&idem_at_key(rec.at_ms, k)[..], ())?;
-        }
+        write_record(&tx, job, total, now)?;
     }
     tx.commit()?;
     Ok(None)
+}
+
+/// The job's record, payload and idempotency key, which make its deliveries live.
+fn write_record(tx: &WriteTransaction, job: &NewJob, total: u32, now: SystemTime) -> Result<()> {
+    let record = JobRecord {
+        kind: job.kind,
+        created_ms: to_ms(now),
+        counts: Counts {
+            total,
+            queued: total,
+            ..Counts::default()
+        },
+        send_at_ms: job.send_at.map_or(0, to_ms),
+        done_ms: 0,
+    };
+    let key = job.id.to_bytes();
+    tx.open_table(JOBS)?
+        .insert(&key[..], &record.encode()[..])?;
+    tx.open_table(PAYLOADS)?
+        .insert(&key[..], &job.payload[..])?;
+    tx.open_table(PENDING)?.remove(&key[..])?;
+    if let Some((k, hash)) = &job.idempotency {
+        let rec = IdemRecord {
+            hash: *hash,
+            job: job.id,
+            at_ms: to_ms(now),
+            recipients: total,
+        };
+        tx.open_table(IDEMPOTENCY)?
+            .insert(k.as_str(), &rec.encode()[..])?;
+        tx.open_table(IDEM_AT)?
+            .insert(&idem_at_key(rec.at_ms, k)[..], ())?;
+    }
+    Ok(())
+}
+
+/// Writes small submissions (each at most [`CHUNK`] recipients) in one synced
+/// transaction: one disk sync for many messages. Each gets its own answer; a storage
+/// error fails them all (nothing is written).
+pub(super) fn write_batch(
+    db: &Database,
+    jobs: Vec<(NewJob, Vec<NewRecipient>)>,
+    now: SystemTime,
+) -> Result<Vec<Result<SubmitOutcome>>> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    let answers = jobs
+        .into_iter()
+        .map(|(job, recipients)| write_whole(&tx, &job, recipients, now))
+        .collect::<Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(answers)
+}
+
+/// One small submission inside a batch: `Err` inside `Ok` refuses this one alone.
+fn write_whole(
+    tx: &WriteTransaction,
+    job: &NewJob,
+    recipients: Vec<NewRecipient>,
+    now: SystemTime,
+) -> Result<Result<SubmitOutcome>> {
+    if recipients.is_empty() {
+        return Ok(Err(QueueError::invalid("recipients", "no recipients")));
+    }
+    if recipients.len() > CHUNK {
+        let message = format!("more than {CHUNK} in a batched submission");
+        return Ok(Err(QueueError::invalid("recipients", message)));
+    }
+    for (index, r) in (0..).zip(&recipients) {
+        if let Err(e) = check_recipient(index, r) {
+            return Ok(Err(e));
+        }
+    }
+    if let Some(answer) = check_idempotency(&tx.open_table(IDEMPOTENCY)?, job, now)? {
+        return Ok(Ok(answer));
+    }
+    if tx.open_table(JOBS)?.get(&job.id.to_bytes()[..])?.is_some() {
+        let message = format!("job {} already exists", job.id);
+        return Ok(Err(QueueError::invalid("id", message)));
+    }
+    let total = chunk_len(&recipients);
+    let due_ms = to_ms(job.send_at.unwrap_or(now));
+    insert_deliveries(tx, job.id, due_ms, to_ms(now), 0, recipients)?;
+    write_record(tx, job, total, now)?;
+    Ok(Ok(SubmitOutcome::Created {
+        id: job.id,
+        recipients: total,
+    }))
 }
 
 /// A chunk's length as an index offset: chunks hold at most [`CHUNK`] recipients.
