@@ -18,16 +18,20 @@ pub enum EventKind {
     Expired,
     /// Not sent: the address is on the suppression list.
     Suppressed,
+    /// The recipient reported the message as spam (an ARF feedback report, received
+    /// after delivery).
+    Complained,
 }
 
 impl EventKind {
     /// Every kind, in the order the API lists counts.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Delivered,
         EventKind::Deferred,
         EventKind::Bounced,
         EventKind::Expired,
         EventKind::Suppressed,
+        EventKind::Complained,
     ];
 
     /// The lower-case name used in JSON, metrics labels, logs and Redis.
@@ -38,6 +42,7 @@ impl EventKind {
             EventKind::Bounced => "bounced",
             EventKind::Expired => "expired",
             EventKind::Suppressed => "suppressed",
+            EventKind::Complained => "complained",
         }
     }
 

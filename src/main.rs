@@ -252,6 +252,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             config.unsubscribe.validate()?;
             volley::app::submission::check(&config)?;
+            volley::app::bounces::check(&config)?;
             if config.webhooks.enabled() {
                 volley::webhooks::WebhookClient::new(&config.webhooks)?;
             }

@@ -261,6 +261,44 @@ fn is_no_such_mailbox(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> 
     }
 }
 
+/// What a report received after the handoff (a DSN) says about one recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LateVerdict {
+    /// Not delivered, for good; `suppress` when the mailbox does not exist.
+    Bounced {
+        /// Suppress the address for all mail.
+        suppress: bool,
+    },
+    /// Not delivered yet; the remote server keeps trying. Never suppresses.
+    Delayed,
+    /// Delivered, relayed or expanded: nothing to record.
+    Nothing,
+}
+
+/// Classifies one recipient of a delivery status notification (RFC 3464) from its
+/// `Action`, `Status` and `Diagnostic-Code` (the remote server's reply, when it quotes
+/// one). A failure suppresses only when the code says the mailbox does not exist, as a
+/// refusal at RCPT would.
+pub fn classify_late(action: &str, status: &str, diagnostic: &str) -> LateVerdict {
+    let enhanced = EnhancedCode::parse_prefix(status.trim().as_bytes()).map(|(e, _)| e);
+    let text = diagnostic.to_ascii_lowercase();
+    // "smtp; 550 5.1.1 ...": the reply code, when the diagnostic quotes one.
+    let code = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 3)
+        .and_then(|w| w.parse::<u16>().ok())
+        .filter(|c| (200..600).contains(c));
+    match action.trim().to_ascii_lowercase().as_str() {
+        "failed" => {
+            let permanent = enhanced.map_or(code.is_none_or(|c| c >= 500), |e| e.class == 5);
+            let suppress = permanent && is_no_such_mailbox(code.unwrap_or(550), enhanced, &text);
+            LateVerdict::Bounced { suppress }
+        }
+        "delayed" => LateVerdict::Delayed,
+        _ => LateVerdict::Nothing,
+    }
+}
+
 /// What a failure to open a session to one host of a site means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectFailure {
@@ -728,5 +766,50 @@ mod tests {
             phase: Phase::DataEnd
         })));
         assert!(!is_stale_connection(&Ok(reply("250 ok"))));
+    }
+
+    #[test]
+    fn late_reports_suppress_only_a_missing_mailbox() {
+        let cases = [
+            (
+                "failed",
+                "5.1.1",
+                "smtp; 550 5.1.1 user unknown",
+                LateVerdict::Bounced { suppress: true },
+            ),
+            (
+                "Failed",
+                "5.2.2",
+                "552 5.2.2 mailbox full",
+                LateVerdict::Bounced { suppress: false },
+            ),
+            (
+                "failed",
+                "5.7.1",
+                "550 5.7.1 message refused as spam",
+                LateVerdict::Bounced { suppress: false },
+            ),
+            (
+                "failed",
+                "",
+                "550 no such user here",
+                LateVerdict::Bounced { suppress: true },
+            ),
+            (
+                "delayed",
+                "4.4.7",
+                "451 4.4.7 try later",
+                LateVerdict::Delayed,
+            ),
+            ("delivered", "2.0.0", "250 ok", LateVerdict::Nothing),
+            ("relayed", "2.0.0", "", LateVerdict::Nothing),
+        ];
+        for (action, status, diagnostic, expected) in cases {
+            assert_eq!(
+                classify_late(action, status, diagnostic),
+                expected,
+                "{action} {status}"
+            );
+        }
     }
 }

@@ -200,10 +200,8 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ),
     (
         "inbound",
-        &[
-            "http", "engine", "dispatch", "app", "webhooks", "route", "outcome",
-        ],
-        "the SMTP listener takes messages in and stores them; delivery is not its business",
+        &["http", "engine", "dispatch", "app", "webhooks", "route"],
+        "the SMTP listeners take messages and reports in and store them; delivery is not their business",
     ),
 ];
 

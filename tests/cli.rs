@@ -262,6 +262,11 @@ fn check_refuses_unsafe_configurations_in_one_line_naming_the_key() {
             "submission.trusted_networks",
             "[submission]\ntrusted_networks = [\"everyone\"]\n",
         ),
+        ("bounces.secret", "[bounces]\ndomains = [\"b.example\"]\n"),
+        (
+            "message.return_path",
+            "[bounces]\ndomains = [\"b.example\"]\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+        ),
     ] {
         let cfg = write(dir.path(), "refused.toml", &format!("{templates}{section}"));
         let out = volley()

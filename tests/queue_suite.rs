@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use queue_common::*;
 use volley::queue::{
-    Completion, DeliveryId, EventKind, JobState, Leased, NewRecipient, Queue, RecipientState,
-    Resolution, RetentionConfig, SubmitOutcome, Suppression, SuppressionScope,
+    Completion, DeliveryId, EventKind, JobState, LateOutcome, LateReport, Leased, NewRecipient,
+    Queue, RecipientState, Resolution, RetentionConfig, SubmitOutcome, Suppression,
+    SuppressionScope,
 };
 
 /// Short, so that lease expiry can be shown with a real sleep (Redis measures idle time on
@@ -113,6 +114,7 @@ scenarios!(
     depth,
     recent_jobs_newest_first,
     a_batch_answers_each_submission,
+    late_reports_are_events_and_may_suppress,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -895,4 +897,59 @@ async fn a_batch_answers_each_submission<Q: Queue>(q: Q) {
     let leased = q.lease(10, t).await.expect("lease");
     assert_eq!(leased.len(), 2);
     assert!(leased.iter().all(|l| l.id.job == first_id));
+}
+
+async fn late_reports_are_events_and_may_suppress<Q: Queue>(q: Q) {
+    let t = t0();
+    let id = created(q.submit(job(t), recipients(2), t).await.expect("submit"));
+    let leased = q.lease(10, t).await.expect("lease");
+    let batch = leased.iter().map(|l| done(l, delivered())).collect();
+    q.complete(batch, t).await.expect("complete");
+    let report = |index, kind, suppress: Option<&str>| LateReport {
+        id: DeliveryId { job: id, index },
+        kind,
+        reply: format!("{kind} later"),
+        suppress: suppress.map(str::to_owned),
+    };
+    let bounced = report(0, EventKind::Bounced, Some("bounced later: 5.1.1"));
+    assert_eq!(
+        q.record_late(bounced, t).await.expect("late"),
+        LateOutcome::Recorded {
+            to: "user0@example.com".into()
+        }
+    );
+    let delayed = report(1, EventKind::Deferred, None);
+    assert!(matches!(
+        q.record_late(delayed, t).await.expect("late"),
+        LateOutcome::Recorded { .. }
+    ));
+    let unknown = report(7, EventKind::Complained, Some("complaint"));
+    assert_eq!(
+        q.record_late(unknown, t).await.expect("late"),
+        LateOutcome::UnknownDelivery
+    );
+    let events = q.events(0, 100).await.expect("events");
+    let late: Vec<_> = events
+        .iter()
+        .filter(|e| e.late)
+        .map(|e| (e.index, e.kind))
+        .collect();
+    assert_eq!(late, [(0, EventKind::Bounced), (1, EventKind::Deferred)]);
+    assert_eq!(
+        events.iter().filter(|e| !e.late).count(),
+        2,
+        "the deliveries"
+    );
+    let addresses = vec![
+        ("USER0@example.com".to_owned(), None),
+        ("user1@example.com".to_owned(), None),
+    ];
+    let suppressed = q.suppressed_among(addresses).await.expect("lookup");
+    assert_eq!(
+        suppressed,
+        [true, false],
+        "a hard bounce suppresses, a delay does not"
+    );
+    let status = q.job(&id).await.expect("job").expect("exists");
+    assert_eq!(status.counts.delivered, 2, "the handoff counts stay");
 }

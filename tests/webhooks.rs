@@ -134,6 +134,7 @@ fn store(log: &Log, count: u64) -> Arc<Store> {
             kind: EventKind::ALL[usize::try_from(cursor).unwrap() % EventKind::ALL.len()],
             reply: (cursor % 2 == 0).then(|| "250 2.0.0 ok".to_owned()),
             at: SystemTime::now(),
+            late: cursor % 7 == 0,
         })
         .collect();
     Arc::new(Store {

@@ -54,6 +54,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// `[submission]`: the SMTP submission listener; absent means none.
     pub submission: Option<SubmissionConfig>,
+    /// `[bounces]`: the bounce and complaint intake; absent means none.
+    pub bounces: Option<BouncesConfig>,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -164,6 +166,44 @@ impl Default for SubmissionConfig {
     }
 }
 
+/// `[bounces]`: receiving servers and feedback loops send bounces and complaints here.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BouncesConfig {
+    /// Where it listens. Default `127.0.0.1:2526` (port 25 in production, behind the MX of
+    /// the bounce domains).
+    pub listen: SocketAddr,
+    /// The name in its greeting. Default: `[smtp] helo_name`.
+    pub hostname: String,
+    /// The domains mail is taken for: the return path's, and the address registered with
+    /// feedback loops. Required.
+    pub domains: Vec<String>,
+    /// Signs VERP return paths (HMAC key, 32+ bytes; `VOLLEY_BOUNCES_SECRET`). Required.
+    pub secret: String,
+    /// Connections at once. Default 100.
+    pub max_connections: usize,
+    /// Largest report. Default `"10MiB"`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_message_size: usize,
+    /// How long a client may stay silent. Default `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for BouncesConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2526)),
+            hostname: String::new(),
+            domains: Vec::new(),
+            secret: String::new(),
+            max_connections: 100,
+            max_message_size: 10 << 20,
+            timeout: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
 /// `[message]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -265,7 +305,8 @@ impl Config {
     /// Secrets (and a few deployment keys) from the environment:
     /// `VOLLEY_API_KEYS` (comma-separated), `VOLLEY_RELAY_PASSWORD`,
     /// `VOLLEY_RELAY_USERNAME`, `VOLLEY_UNSUBSCRIBE_SECRET`, `VOLLEY_WEBHOOKS_SECRET`,
-    /// `VOLLEY_REDIS_URL`, `VOLLEY_DKIM_KEY_FILE`, `VOLLEY_LISTEN`.
+    /// `VOLLEY_REDIS_URL`, `VOLLEY_DKIM_KEY_FILE`, `VOLLEY_LISTEN`, and `VOLLEY_BOUNCES_SECRET`
+    /// when `[bounces]` is present.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(listen) = get("VOLLEY_LISTEN") {
             self.server.listen = listen.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -292,6 +333,9 @@ impl Config {
         }
         if let Some(v) = get("VOLLEY_WEBHOOKS_SECRET") {
             self.webhooks.secret = v;
+        }
+        if let (Some(v), Some(bounces)) = (get("VOLLEY_BOUNCES_SECRET"), self.bounces.as_mut()) {
+            bounces.secret = v;
         }
         if let Some(v) = get("VOLLEY_REDIS_URL") {
             self.queue.redis_url = v;

@@ -7,6 +7,7 @@
 //! - [`suppress`]: `volley suppress import|export`, the suppression list as CSV.
 //! - `webhooks`: the event log fed to the webhook sender.
 
+pub mod bounces;
 pub mod config;
 pub mod send;
 pub mod submission;
@@ -55,6 +56,9 @@ pub enum StartError {
     /// A `[submission]` setting cannot be used.
     #[error(transparent)]
     Submission(#[from] submission::SubmissionError),
+    /// A `[bounces]` setting (or the return path it needs) cannot be used.
+    #[error(transparent)]
+    Bounces(#[from] bounces::BouncesError),
     /// At a graceful stop, outcomes could not be stored before the shutdown timeout.
     #[error(
         "{0} outcomes could not be stored before the shutdown timeout; their leases run out and the deliveries are tried again"
@@ -104,6 +108,7 @@ impl App {
             &config.unsubscribe,
             config.message.max_size,
         )?;
+        bounces::check(&config)?;
         let queue = AnyQueue::open(&config.queue).await?;
         Ok(Self {
             config: Arc::new(config),
@@ -141,7 +146,7 @@ impl App {
             capacity: BACKLOG,
             lease: c.queue.lease,
             retry: c.retry.clone(),
-            return_path: c.message.return_path.clone(),
+            return_path: bounces::return_path(c)?,
             metrics: Arc::clone(&self.metrics),
             wake: Arc::clone(&self.wake),
             cache_bytes: c.dispatch.cache,
@@ -182,52 +187,57 @@ impl App {
         self.serve_on(listener, stop).await
     }
 
-    /// Like [`Self::serve`] on a bound listener (tests bind port 0); the submission
-    /// listener, when configured, binds its own address.
+    /// Like [`Self::serve`] on a bound listener (tests bind port 0); the SMTP
+    /// listeners, when configured, bind their own addresses.
     pub async fn serve_on(
         self,
         listener: TcpListener,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let submission =
-            match &self.config.submission {
-                Some(c) => Some(TcpListener::bind(c.listen).await.map_err(|source| {
-                    StartError::Listen {
-                        addr: c.listen,
-                        source,
-                    }
-                })?),
-                None => None,
-            };
-        self.serve_sockets(listener, submission, stop).await
+        let bind = |addr: Option<std::net::SocketAddr>| async move {
+            match addr {
+                Some(addr) => TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .map_err(|source| StartError::Listen { addr, source }),
+                None => Ok(None),
+            }
+        };
+        let sockets = Sockets {
+            http: listener,
+            submission: bind(self.config.submission.as_ref().map(|c| c.listen)).await?,
+            bounces: bind(self.config.bounces.as_ref().map(|c| c.listen)).await?,
+        };
+        self.serve_sockets(sockets, stop).await
     }
 
-    /// Like [`Self::serve_on`] with the submission socket bound too (tests bind port 0
-    /// for both).
+    /// Like [`Self::serve_on`] with every socket bound (tests bind port 0 for all).
     pub async fn serve_sockets(
         self,
-        listener: TcpListener,
-        submission: Option<TcpListener>,
+        sockets: Sockets,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let inbound = submission::listener(
+        let listener = sockets.http;
+        let mut smtp = Vec::new();
+        let submission_listener = submission::listener(
             &self.config,
             Arc::clone(&self.queue),
             Arc::clone(&self.wake),
         )?;
-        let inbound = match (inbound, submission) {
-            (Some(inbound), Some(socket)) => {
-                let addr = socket
-                    .local_addr()
-                    .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
-                tracing::info!(listen = %addr, tls = inbound.tls.is_some(), "SMTP submission is listening");
-                Some(tokio::spawn(
-                    Arc::new(inbound).run(socket, shutdown_rx.clone()),
-                ))
-            }
-            _ => None,
-        };
+        if let (Some(l), Some(socket)) = (submission_listener, sockets.submission) {
+            log_listening("SMTP submission", &socket, l.tls.is_some());
+            smtp.push(tokio::spawn(Arc::new(l).run(socket, shutdown_rx.clone())));
+        }
+        let bounce_listener = bounces::listener(
+            &self.config,
+            Arc::clone(&self.queue),
+            Arc::clone(&self.metrics),
+        )?;
+        if let (Some(l), Some(socket)) = (bounce_listener, sockets.bounces) {
+            log_listening("bounce intake", &socket, false);
+            smtp.push(tokio::spawn(Arc::new(l).run(socket, shutdown_rx.clone())));
+        }
         let webhooks = webhooks::start(
             &self.config.webhooks,
             Arc::clone(&self.queue),
@@ -275,8 +285,8 @@ impl App {
         tracing::info!("stopping: no new requests; finishing deliveries in flight");
         let _ = shutdown_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        if let Some(inbound) = inbound {
-            let _ = inbound.await;
+        for listener in smtp {
+            let _ = listener.await;
         }
         let unstored = dispatch.join().await;
         let _ = sampler.await;
@@ -290,6 +300,24 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The sockets `serve` listens on: the API's, and the SMTP listeners' when configured.
+#[derive(Debug)]
+pub struct Sockets {
+    /// The HTTP API.
+    pub http: TcpListener,
+    /// `[submission]`.
+    pub submission: Option<TcpListener>,
+    /// `[bounces]`.
+    pub bounces: Option<TcpListener>,
+}
+
+fn log_listening(what: &'static str, socket: &TcpListener, tls: bool) {
+    let addr = socket
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+    tracing::info!(listen = %addr, tls, "{what} is listening");
 }
 
 /// How often retention runs.

@@ -39,7 +39,7 @@ pub fn listener(
     config: &Config,
     queue: Arc<AnyQueue>,
     wake: Arc<Notify>,
-) -> Result<Option<Listener>, SubmissionError> {
+) -> Result<Option<Listener<Intake>>, SubmissionError> {
     let Some(p) = parts(config)? else {
         return Ok(None);
     };

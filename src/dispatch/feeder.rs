@@ -288,7 +288,10 @@ impl Feeder {
             }
         };
         let from = match &self.return_path {
-            Some(path) => Some(path.envelope_sender(&s.address)),
+            Some(path) => {
+                let job = s.key.id.job.to_string();
+                Some(path.envelope_sender(&job, s.key.id.index, &s.address))
+            }
             None => Address::parse(&s.spec.from.address).ok(),
         };
         let waited = SystemTime::now()

@@ -256,3 +256,21 @@ fn unavailable() -> ServerReply {
         "cannot store the message now; try again later",
     )
 }
+
+impl super::listener::Policy for Intake {
+    fn mail(&self, sender: Option<&Sender>, from: &str) -> Result<(), ServerReply> {
+        Intake::mail(self, sender, from)
+    }
+
+    fn rcpt(&self, _: Option<&Sender>, to: &str) -> Result<(), ServerReply> {
+        Intake::rcpt(self, to)
+    }
+
+    async fn store(
+        &self,
+        sender: Option<&Sender>,
+        envelope: Envelope,
+    ) -> Result<String, ServerReply> {
+        Intake::store(self, sender, envelope).await
+    }
+}

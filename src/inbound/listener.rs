@@ -14,15 +14,30 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::intake::{Intake, Sender};
+use super::intake::Sender;
 use super::users::Users;
-use crate::smtp::server::{Event, ServerSettings, Session};
+use crate::smtp::server::{Envelope, Event, ServerReply, ServerSettings, Session};
+
+/// What a listener decides and does with what it receives: submission and bounce
+/// intake differ only in this.
+pub trait Policy: Send + Sync + 'static {
+    /// MAIL FROM by `sender` (`None`: neither authenticated nor trusted).
+    fn mail(&self, sender: Option<&Sender>, from: &str) -> Result<(), ServerReply>;
+    /// RCPT TO.
+    fn rcpt(&self, sender: Option<&Sender>, to: &str) -> Result<(), ServerReply>;
+    /// A complete message: the text after `250 2.0.0 queued as`, or the refusal.
+    fn store(
+        &self,
+        sender: Option<&Sender>,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<String, ServerReply>> + Send;
+}
 
 /// How long a stop waits for connections to finish what they are storing.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Everything a listener's connections share.
-pub struct Listener {
+pub struct Listener<P> {
     /// What the sessions offer.
     pub settings: Arc<ServerSettings>,
     /// STARTTLS, when a certificate is configured.
@@ -36,10 +51,10 @@ pub struct Listener {
     /// How long a client may stay silent.
     pub timeout: Duration,
     /// Decisions and storage.
-    pub intake: Arc<Intake>,
+    pub intake: Arc<P>,
 }
 
-impl std::fmt::Debug for Listener {
+impl<P> std::fmt::Debug for Listener<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener")
             .field("settings", &self.settings)
@@ -50,7 +65,7 @@ impl std::fmt::Debug for Listener {
     }
 }
 
-impl Listener {
+impl<P: Policy> Listener<P> {
     fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -191,7 +206,7 @@ impl Listener {
                     session.mail_decided(from, decision);
                 }
                 Event::Rcpt { to } => {
-                    let decision = self.intake.rcpt(&to);
+                    let decision = self.intake.rcpt(sender.as_ref(), &to);
                     session.rcpt_decided(to, decision);
                 }
                 Event::Message(envelope) => {

@@ -26,7 +26,7 @@ mod unsubscribe;
 pub use build::{Attachment, Mailbox, MessageSpec, build_message};
 pub use dkim::{DkimAlgorithm, DkimConfig, DkimSigner};
 pub use error::MessageError;
-pub use return_path::{ReturnPath, parse_verp, verp};
+pub use return_path::{BounceKey, ReturnPath, parse_verp, signed_verp, verify_signed_verp, verp};
 pub use submitted::prepare_submitted;
 pub use unsubscribe::{
     ListUnsubscribe, MIN_SECRET as MIN_UNSUBSCRIBE_SECRET, TokenFor, UnsubscribeConfig,

@@ -1,8 +1,14 @@
 //! The envelope sender (return path): a fixed address, or VERP — an address per
 //! recipient, `bounces+alice=example.org@bounce.example.com`, so that an asynchronous
-//! bounce names the recipient it is about even when its content is useless.
+//! bounce names the recipient it is about even when its content is useless — or, when
+//! volley reads its own bounces, a signed VERP naming the delivery,
+//! `bounces+JOB.INDEX.MAC@bounce.example.com`, which nobody else can make up.
 
 use std::fmt;
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use serde::{Deserialize, Deserializer};
 
@@ -16,6 +22,74 @@ pub enum ReturnPath {
     Fixed(Address),
     /// VERP: the recipient is encoded into this base address's local part.
     Verp(Address),
+    /// Signed VERP: the delivery (job and index) and an HMAC of it under the key are
+    /// encoded into the base's local part.
+    Signed {
+        /// The base address.
+        base: Address,
+        /// The HMAC key (`[bounces] secret`).
+        key: BounceKey,
+    },
+}
+
+/// The key that signs VERP return paths.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BounceKey(Arc<[u8]>);
+
+impl fmt::Debug for BounceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BounceKey(..)")
+    }
+}
+
+impl BounceKey {
+    /// A key from the configured secret.
+    pub fn new(secret: &[u8]) -> Self {
+        Self(Arc::from(secret))
+    }
+
+    fn mac(&self, job: &str, index: u32) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key");
+        mac.update(format!("{job}.{index}").as_bytes());
+        mac
+    }
+}
+
+/// Bytes of the HMAC kept in a signed address (hex): 48 bits, so a forger must guess
+/// among 2^48 values for each delivery.
+const MAC_BYTES: usize = 6;
+
+/// The signed VERP address of a delivery under `base`, or `None` when it would not be a
+/// valid address (a base local part too long to carry it).
+pub fn signed_verp(base: &Address, job: &str, index: u32, key: &BounceKey) -> Option<Address> {
+    let job = job.to_ascii_lowercase();
+    let tag = key.mac(&job, index).finalize().into_bytes();
+    let hex: String = tag[..MAC_BYTES]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let local = format!("{}+{job}.{index}.{hex}", base.local_part());
+    Address::parse(&format!("{local}@{}", base.domain())).ok()
+}
+
+/// The delivery (job text, lower case, and index) a signed VERP address names, when its
+/// MAC is right under `key`; `None` for any other address. Case-insensitive: some
+/// servers change the case of the address they bounce to.
+pub fn verify_signed_verp(addr: &str, key: &BounceKey) -> Option<(String, u32)> {
+    let address = Address::parse(addr.trim_matches(['<', '>'])).ok()?;
+    let (_, signed) = address.local_part().split_once('+')?;
+    let signed = signed.to_ascii_lowercase();
+    let mut parts = signed.split('.');
+    let (job, index, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || hex.len() != MAC_BYTES * 2 {
+        return None;
+    }
+    let index: u32 = index.parse().ok()?;
+    let tag: Vec<u8> = (0..MAC_BYTES)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    key.mac(job, index).verify_truncated_left(&tag).ok()?;
+    Some((job.to_owned(), index))
 }
 
 impl ReturnPath {
@@ -25,12 +99,39 @@ impl ReturnPath {
         Ok(Self::Verp(base))
     }
 
-    /// The envelope sender for a message to `recipient`.
-    pub fn envelope_sender(&self, recipient: &Address) -> Address {
+    /// A signed VERP return path; refuses a base that cannot carry a delivery.
+    pub fn signed(base: Address, key: BounceKey) -> Result<Self, MessageError> {
+        check_base(&base)?;
+        // The longest a job and index can be: 26 characters and u32::MAX.
+        if signed_verp(&base, &"z".repeat(26), u32::MAX, &key).is_none() {
+            return Err(MessageError::Verp {
+                base: base.to_string(),
+                reason: "the local part is too long to carry a signed delivery id (keep it \
+                         under 15 characters)"
+                    .to_owned(),
+            });
+        }
+        Ok(Self::Signed { base, key })
+    }
+
+    /// The envelope sender for delivery `index` of `job`, to `recipient`.
+    pub fn envelope_sender(&self, job: &str, index: u32, recipient: &Address) -> Address {
         match self {
             Self::Fixed(address) => address.clone(),
             // The base was checked when this value was made.
             Self::Verp(base) => verp(base, recipient).unwrap_or_else(|_| base.clone()),
+            Self::Signed { base, key } => {
+                signed_verp(base, job, index, key).unwrap_or_else(|| base.clone())
+            }
+        }
+    }
+
+    /// The base address (the fixed one for `Fixed`).
+    pub fn base(&self) -> &Address {
+        match self {
+            Self::Fixed(address) | Self::Verp(address) | Self::Signed { base: address, .. } => {
+                address
+            }
         }
     }
 }
@@ -40,6 +141,7 @@ impl fmt::Display for ReturnPath {
         match self {
             Self::Fixed(address) => write!(f, "{address}"),
             Self::Verp(base) => write!(f, "{base} (VERP)"),
+            Self::Signed { base, .. } => write!(f, "{base} (signed VERP)"),
         }
     }
 }
@@ -105,6 +207,45 @@ fn check_base(base: &Address) -> Result<(), MessageError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn signed_verp_names_the_delivery_and_cannot_be_forged() {
+        let key = BounceKey::new(b"0123456789abcdef0123456789abcdef");
+        let base = Address::parse("bounces@bounce.example.com").unwrap();
+        let path = ReturnPath::signed(base.clone(), key.clone()).unwrap();
+        let to = Address::parse("ann@example.org").unwrap();
+        let job = "01M8TQN3QCPB74QT8SP7RF4KY9";
+        let signed = path.envelope_sender(job, 42, &to);
+        assert!(
+            signed
+                .as_str()
+                .starts_with("bounces+01m8tqn3qcpb74qt8sp7rf4ky9.42."),
+            "{signed}"
+        );
+        assert!(signed.as_str().ends_with("@bounce.example.com"));
+        let named = Some((job.to_ascii_lowercase(), 42));
+        assert_eq!(verify_signed_verp(signed.as_str(), &key), named);
+        let upper = signed.as_str().to_ascii_uppercase();
+        assert_eq!(verify_signed_verp(&format!("<{upper}>"), &key), named);
+        // Another index, another key, a made-up MAC, or plain VERP: nothing.
+        let other = signed.as_str().replace(".42.", ".43.");
+        assert_eq!(verify_signed_verp(&other, &key), None);
+        assert_eq!(
+            verify_signed_verp(signed.as_str(), &BounceKey::new(b"other")),
+            None
+        );
+        let forged = format!(
+            "bounces+{}.42.000000000000@bounce.example.com",
+            job.to_ascii_lowercase()
+        );
+        assert_eq!(verify_signed_verp(&forged, &key), None);
+        assert_eq!(
+            verify_signed_verp("bounces+ann=example.org@bounce.example.com", &key),
+            None
+        );
+        let long = Address::parse("a-very-long-bounce-local-part@x.example").unwrap();
+        assert!(ReturnPath::signed(long, key).is_err());
+    }
+
     fn addr(s: &str) -> Address {
         Address::parse(s).unwrap()
     }
@@ -136,7 +277,10 @@ mod tests {
             let got = verp(&base, &addr(recipient)).unwrap();
             assert_eq!(got.as_str(), *expected, "{recipient}");
             let path = ReturnPath::Verp(base.clone());
-            assert_eq!(path.envelope_sender(&addr(recipient)).as_str(), *expected);
+            assert_eq!(
+                path.envelope_sender("job", 0, &addr(recipient)).as_str(),
+                *expected
+            );
             if got != base {
                 assert_eq!(parse_verp(got.as_str()).as_deref(), Some(*recipient));
             }
@@ -170,7 +314,7 @@ mod tests {
     fn fixed_return_path() {
         let fixed = ReturnPath::Fixed(addr("bounces@ex.com"));
         assert_eq!(
-            fixed.envelope_sender(&addr("a@b.c")).as_str(),
+            fixed.envelope_sender("job", 0, &addr("a@b.c")).as_str(),
             "bounces@ex.com"
         );
     }

@@ -140,13 +140,13 @@ impl History {
 /// task: nothing here is shared.
 #[derive(Debug, Default)]
 struct Sampler {
-    previous: [u64; 5],
+    previous: [u64; EventKind::ALL.len()],
     /// Each site's `(ms, recipients so far)` over the rate window.
     sites: BTreeMap<Arc<str>, VecDeque<(u64, u64)>>,
 }
 
 impl Sampler {
-    fn new(totals: [u64; 5]) -> Self {
+    fn new(totals: [u64; EventKind::ALL.len()]) -> Self {
         Sampler {
             previous: totals,
             sites: BTreeMap::new(),
@@ -156,7 +156,7 @@ impl Sampler {
     fn sample(
         &mut self,
         t: u64,
-        totals: [u64; 5],
+        totals: [u64; EventKind::ALL.len()],
         depth: Depth,
         in_flight: u64,
         sites: impl IntoIterator<Item = (Arc<str>, u64)>,
@@ -201,7 +201,7 @@ impl Sampler {
     }
 }
 
-fn totals(metrics: &Metrics) -> [u64; 5] {
+fn totals(metrics: &Metrics) -> [u64; EventKind::ALL.len()] {
     metrics.outcome_totals()
 }
 
@@ -275,8 +275,8 @@ mod tests {
 
     #[test]
     fn points_are_per_second_deltas_and_depth_is_a_gauge() {
-        let mut s = Sampler::new([10, 0, 0, 0, 0]);
-        let (p, _) = s.sample(1000, [15, 1, 0, 0, 2], depth(7), 1, []);
+        let mut s = Sampler::new([10, 0, 0, 0, 0, 0]);
+        let (p, _) = s.sample(1000, [15, 1, 0, 0, 2, 0], depth(7), 1, []);
         assert_eq!(
             p,
             Point {
@@ -292,7 +292,7 @@ mod tests {
                 ..Point::default()
             }
         );
-        let (p, _) = s.sample(2000, [15, 1, 0, 0, 2], depth(3), 0, []);
+        let (p, _) = s.sample(2000, [15, 1, 0, 0, 2, 0], depth(3), 0, []);
         assert_eq!((p.delivered, p.deferred, p.ready), (0, 0, 3));
     }
 
@@ -300,12 +300,18 @@ mod tests {
     fn site_rates_cover_the_last_seconds() {
         let site: Arc<str> = Arc::from("mx.example");
         let mut s = Sampler::default();
-        let (_, r) = s.sample(0, [0; 5], depth(0), 0, [(Arc::clone(&site), 100)]);
+        let (_, r) = s.sample(
+            0,
+            [0; EventKind::ALL.len()],
+            depth(0),
+            0,
+            [(Arc::clone(&site), 100)],
+        );
         assert_eq!(r[&site], 0.0, "one sample is no rate");
         for i in 1..=30u64 {
             let (_, r) = s.sample(
                 i * 1000,
-                [0; 5],
+                [0; EventKind::ALL.len()],
                 depth(0),
                 0,
                 [(Arc::clone(&site), 100 + i * 50)],
@@ -316,7 +322,13 @@ mod tests {
         let mut rate = 50.0;
         for i in 31..=42u64 {
             rate = s
-                .sample(i * 1000, [0; 5], depth(0), 0, [(Arc::clone(&site), 1600)])
+                .sample(
+                    i * 1000,
+                    [0; EventKind::ALL.len()],
+                    depth(0),
+                    0,
+                    [(Arc::clone(&site), 1600)],
+                )
                 .1[&site];
         }
         assert_eq!(rate, 0.0);

@@ -81,14 +81,21 @@ pub enum Counter {
     LeasesLost,
     /// Deliveries sent back to the queue because their domain had its share of the engine.
     Postponed,
+    /// Reports (bounces, complaints) recorded against their delivery.
+    LateReports,
+    /// Mail at the bounce listener that named no delivery with a valid signature (forged,
+    /// or not a report volley can read): ignored.
+    LateReportsIgnored,
 }
 
 impl Counter {
-    const ALL: [Counter; 4] = [
+    const ALL: [Counter; 6] = [
         Counter::QueueErrors,
         Counter::StaleCompletions,
         Counter::LeasesLost,
         Counter::Postponed,
+        Counter::LateReports,
+        Counter::LateReportsIgnored,
     ];
 
     /// The metric's name.
@@ -98,6 +105,8 @@ impl Counter {
             Counter::StaleCompletions => "volley_stale_completions_total",
             Counter::LeasesLost => "volley_leases_lost_total",
             Counter::Postponed => "volley_postponed_total",
+            Counter::LateReports => "volley_late_reports_total",
+            Counter::LateReportsIgnored => "volley_late_reports_ignored_total",
         }
     }
 }

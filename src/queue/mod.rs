@@ -30,9 +30,9 @@ pub use self::error::{QueueError, Result};
 pub use self::id::{DeliveryId, JobId, ParseIdError};
 pub use self::redis_streams::RedisQueue;
 pub use self::types::{
-    Completion, Counts, Depth, Event, EventKind, Held, JobKind, JobState, JobStatus, LeaseToken,
-    Leased, NewJob, NewRecipient, Pruned, RecipientState, RecipientStatus, Resolution,
-    RetentionConfig, SubmitOutcome, Suppression, SuppressionScope, valid_list_name,
+    Completion, Counts, Depth, Event, EventKind, Held, JobKind, JobState, JobStatus, LateOutcome,
+    LateReport, LeaseToken, Leased, NewJob, NewRecipient, Pruned, RecipientState, RecipientStatus,
+    Resolution, RetentionConfig, SubmitOutcome, Suppression, SuppressionScope, valid_list_name,
 };
 
 /// Which storage the queue uses.
@@ -175,6 +175,15 @@ pub trait Queue: Send + Sync {
     /// Adds (or replaces) a suppression entry, durably.
     fn suppress(&self, entry: Suppression) -> impl Future<Output = Result<()>> + Send;
 
+    /// Records a report received after the handoff as an event marked late, with the
+    /// address's suppression (scope `all`) when it asks for one, in one durable write.
+    /// The delivery's state and its job's counts stay what the SMTP exchange made them.
+    fn record_late(
+        &self,
+        report: LateReport,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<LateOutcome>> + Send;
+
     /// Removes an address's entries: of one scope, or all of them. Returns how many.
     fn unsuppress(
         &self,
@@ -300,6 +309,9 @@ impl Queue for AnyQueue {
     }
     async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         delegate!(self, q => q.events(after, limit))
+    }
+    async fn record_late(&self, report: LateReport, now: SystemTime) -> Result<LateOutcome> {
+        delegate!(self, q => q.record_late(report, now))
     }
     async fn suppress(&self, entry: Suppression) -> Result<()> {
         delegate!(self, q => q.suppress(entry))

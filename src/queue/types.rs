@@ -458,6 +458,36 @@ pub struct Event {
     /// When it was recorded (RFC 3339, UTC, to the second).
     #[serde(serialize_with = "crate::time::serialize_rfc3339")]
     pub at: SystemTime,
+    /// Reported after the SMTP handoff (a DSN or a complaint arriving as mail): `async`
+    /// in the JSON, present only when true.
+    #[serde(rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+}
+
+/// A report that arrives after a message was handed over: a delivery status
+/// notification (RFC 3464) or a complaint (RFC 5965), tied to its delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateReport {
+    /// The delivery it is about.
+    pub id: DeliveryId,
+    /// `Bounced` (a failed DSN), `Deferred` (a delayed DSN) or `Complained`.
+    pub kind: EventKind,
+    /// The status and diagnostic it gives, or the feedback type.
+    pub reply: String,
+    /// Suppress the address for all mail, with this reason (hard bounces, complaints).
+    pub suppress: Option<String>,
+}
+
+/// What recording a late report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LateOutcome {
+    /// The event is in the log (and the suppression stored, when asked).
+    Recorded {
+        /// The recipient's address.
+        to: String,
+    },
+    /// No such delivery (pruned, or never existed): nothing stored.
+    UnknownDelivery,
 }
 
 /// How much work is waiting.

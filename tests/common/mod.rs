@@ -46,6 +46,9 @@ pub(crate) struct Running {
     /// The SMTP submission listener's address, when `[submission]` is configured.
     #[allow(dead_code, reason = "only the submission tests read it")]
     pub submission: Option<SocketAddr>,
+    /// The bounce listener's address, when `[bounces]` is configured.
+    #[allow(dead_code, reason = "only the bounce tests read it")]
+    pub bounces: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -57,13 +60,23 @@ impl Running {
             Some(c) => Some(TcpListener::bind(c.listen).await.unwrap()),
             None => None,
         };
+        let bounces = match &config.bounces {
+            Some(c) => Some(TcpListener::bind(c.listen).await.unwrap()),
+            None => None,
+        };
         let submission_addr = submission.as_ref().map(|s| s.local_addr().unwrap());
+        let bounces_addr = bounces.as_ref().map(|s| s.local_addr().unwrap());
         let app = App::open(config).await.expect("volley opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            app.serve_sockets(listener, submission, async move {
+            let sockets = volley::app::Sockets {
+                http: listener,
+                submission,
+                bounces,
+            };
+            app.serve_sockets(sockets, async move {
                 let _ = rx.await;
             })
             .await
@@ -72,6 +85,7 @@ impl Running {
         Running {
             addr,
             submission: submission_addr,
+            bounces: bounces_addr,
             stop: Some(tx),
             task,
         }

@@ -31,9 +31,9 @@ use super::Queue;
 use super::error::{QueueError, Result};
 use super::id::{DeliveryId, JobId};
 use super::types::{
-    Completion, Depth, Event, Held, JobStatus, Leased, NewJob, NewRecipient, Pruned,
-    RecipientStatus, RetentionConfig, SubmitOutcome, Suppression, SuppressionScope,
-    check_recipient, to_ms,
+    Completion, Depth, Event, Held, JobStatus, LateOutcome, LateReport, Leased, NewJob,
+    NewRecipient, Pruned, RecipientStatus, RetentionConfig, SubmitOutcome, Suppression,
+    SuppressionScope, check_recipient, to_ms,
 };
 
 /// The embedded queue. Cheap to clone: clones share the open store.
@@ -281,6 +281,11 @@ impl Queue for EmbeddedQueue {
 
     async fn suppress(&self, entry: Suppression) -> Result<()> {
         self.run(move |db| read::suppress(db, &entry)).await
+    }
+
+    async fn record_late(&self, report: LateReport, now: SystemTime) -> Result<LateOutcome> {
+        self.run(move |db| read::record_late(db, &report, now))
+            .await
     }
 
     async fn unsuppress(&self, address: &str, scope: Option<SuppressionScope>) -> Result<usize> {

@@ -1,6 +1,8 @@
 //! The embedded store's read side (status, recipients, events, depth) and the suppression
 //! list. Reads run in redb read transactions, which never wait for the writer.
 
+use std::time::SystemTime;
+
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::records::{
@@ -11,7 +13,8 @@ use crate::address::suppression_key as address_key;
 use crate::queue::error::{QueueError, Result};
 use crate::queue::id::{DeliveryId, JobId};
 use crate::queue::types::{
-    Depth, Event, JobStatus, RecipientStatus, Suppression, SuppressionScope, from_ms, to_ms,
+    Depth, Event, JobStatus, LateOutcome, LateReport, RecipientStatus, Suppression,
+    SuppressionScope, from_ms, to_ms,
 };
 
 pub(super) fn job(db: &Database, id: JobId) -> Result<Option<JobStatus>> {
@@ -111,6 +114,7 @@ pub(super) fn events(db: &Database, after: u64, limit: usize) -> Result<Vec<Even
             kind: r.kind,
             reply: r.reply,
             at: from_ms(r.at_ms),
+            late: r.late,
         });
     }
     Ok(out)
@@ -139,6 +143,52 @@ pub(super) fn suppress(db: &Database, entry: &Suppression) -> Result<()> {
         .insert(key.as_str(), &record.encode()[..])?;
     tx.commit()?;
     Ok(())
+}
+
+/// A late report: its event, and the address's suppression when asked, in one write.
+pub(super) fn record_late(
+    db: &Database,
+    report: &LateReport,
+    now: SystemTime,
+) -> Result<LateOutcome> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    let to = {
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let record = deliveries.get(&report.id.to_bytes()[..])?;
+        record
+            .map(|v| Delivery::decode(v.value()))
+            .transpose()?
+            .map(|d| d.to)
+    };
+    let Some(to) = to else {
+        tx.abort()?;
+        return Ok(LateOutcome::UnknownDelivery);
+    };
+    {
+        let mut events = tx.open_table(EVENTS)?;
+        let cursor = events.last()?.map_or(0, |(k, _)| k.value()) + 1;
+        let event = EventRecord {
+            id: report.id,
+            kind: report.kind,
+            at_ms: to_ms(now),
+            to: to.clone(),
+            reply: Some(report.reply.clone()),
+            late: true,
+        };
+        events.insert(cursor, &event.encode()[..])?;
+    }
+    if let Some(reason) = &report.suppress {
+        let key = suppression_key(&address_key(&to), &SuppressionScope::All.as_text());
+        let record = SuppressionRecord {
+            at_ms: to_ms(now),
+            reason: reason.clone(),
+        };
+        tx.open_table(SUPPRESSIONS)?
+            .insert(key.as_str(), &record.encode()[..])?;
+    }
+    tx.commit()?;
+    Ok(LateOutcome::Recorded { to })
 }
 
 /// An address's entries as (table key, entry), every scope.

@@ -276,6 +276,8 @@ pub(super) struct EventRecord {
     pub(super) at_ms: u64,
     pub(super) to: String,
     pub(super) reply: Option<String>,
+    /// Reported after the handoff (a trailing marker byte; absent in older records).
+    pub(super) late: bool,
 }
 
 impl EventRecord {
@@ -287,6 +289,9 @@ impl EventRecord {
         out.extend_from_slice(&address_len(&self.to).to_be_bytes());
         out.extend_from_slice(self.to.as_bytes());
         put_opt_string(&mut out, self.reply.as_deref());
+        if self.late {
+            out.push(1);
+        }
         out
     }
 
@@ -305,12 +310,14 @@ impl EventRecord {
         let n = usize::from(r.u16()?);
         let to = r.string(n)?;
         let reply = r.opt_string()?;
+        let late = !r.buf.is_empty() && r.u8()? == 1;
         Ok(EventRecord {
             id,
             kind,
             at_ms,
             to,
             reply,
+            late,
         })
     }
 }
@@ -426,8 +433,15 @@ mod tests {
             at_ms: 1,
             to: "x@y".into(),
             reply: None,
+            late: false,
         };
-        assert_eq!(EventRecord::decode(&e.encode()).ok(), Some(e));
+        assert_eq!(EventRecord::decode(&e.encode()).ok(), Some(e.clone()));
+        let late = EventRecord {
+            late: true,
+            reply: Some("5.1.1 gone".into()),
+            ..e
+        };
+        assert_eq!(EventRecord::decode(&late.encode()).ok(), Some(late));
         assert_eq!(split_index_key(&index_key(77, id)).ok(), Some((77, id)));
     }
 

@@ -475,6 +475,7 @@ pub(super) fn complete(db: &Database, batch: Vec<Completion>, now: SystemTime) -
                 at_ms: now_ms,
                 to: d.to.clone(),
                 reply: reply.map(str::to_string),
+                late: false,
             };
             events.insert(cursor, &event.encode()[..])?;
             deliveries.insert(&key[..], &d.encode()[..])?;

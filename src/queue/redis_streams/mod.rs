@@ -38,8 +38,9 @@ use super::error::{QueueError, Result};
 use super::id::{DeliveryId, JobId};
 use super::types::{
     Completion, Counts, Depth, Event, EventKind, Held, IDEMPOTENCY_TTL, JobKind, JobStatus,
-    LeaseToken, Leased, NewJob, NewRecipient, Pruned, RecipientState, RecipientStatus, Resolution,
-    RetentionConfig, SubmitOutcome, Suppression, SuppressionScope, check_recipient, from_ms, to_ms,
+    LateOutcome, LateReport, LeaseToken, Leased, NewJob, NewRecipient, Pruned, RecipientState,
+    RecipientStatus, Resolution, RetentionConfig, SubmitOutcome, Suppression, SuppressionScope,
+    check_recipient, from_ms, to_ms,
 };
 use crate::address::suppression_key;
 
@@ -720,9 +721,51 @@ impl Queue for RedisQueue {
                     kind,
                     reply: f.get("reply").cloned(),
                     at: from_ms(num(&f, "at", "events")?),
+                    late: f.get("async").is_some_and(|v| v == "1"),
                 })
             })
             .collect()
+    }
+
+    async fn record_late(&self, report: LateReport, now: SystemTime) -> Result<LateOutcome> {
+        let mut inv = self.scripts.late.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(report.id.job.to_string())
+            .arg(report.id.index)
+            .arg(report.kind.as_str())
+            .arg(&report.reply)
+            .arg(to_ms(now));
+        let to: redis::Value = match &report.suppress {
+            Some(reason) => {
+                // The suppression key is the delivery's address normalised in Rust (one
+                // normalisation for every backend): read the address first; the script
+                // then writes the event and the suppression together.
+                let to: Option<String> = redis::cmd("HGET")
+                    .arg(self.key(&format!("rcpt:{}", report.id.job)))
+                    .arg(report.id.index)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                let Some(to) = to.map(|v| v.split('\n').next().unwrap_or("").to_owned()) else {
+                    return Ok(LateOutcome::UnknownDelivery);
+                };
+                let field = format!(
+                    "{}\0{}",
+                    suppression_key(&to),
+                    SuppressionScope::All.as_text()
+                );
+                inv.arg(field).arg(format!("{}|{}", to_ms(now), reason));
+                inv.invoke_async(&mut self.conn.clone()).await?
+            }
+            None => inv.invoke_async(&mut self.conn.clone()).await?,
+        };
+        let outcome = match to {
+            redis::Value::BulkString(b) => LateOutcome::Recorded {
+                to: String::from_utf8_lossy(&b).into_owned(),
+            },
+            _ => LateOutcome::UnknownDelivery,
+        };
+        self.sync().await?;
+        Ok(outcome)
     }
 
     async fn suppress(&self, entry: Suppression) -> Result<()> {

@@ -65,7 +65,7 @@ local function recipient_to(job, idx)
   if nl then return string.sub(v, 1, nl - 1), string.sub(v, nl + 1) end
   return v, ''
 end
-local function add_event(job, idx, kind, reply, now)
+local function add_event(job, idx, kind, reply, now, late)
   local seq = redis.call('INCR', K .. 'eventseq')
   local minute = math.floor(tonumber(now) / 60000)
   if tonumber(redis.call('GET', K .. 'evlast') or '-1') ~= minute then
@@ -75,6 +75,7 @@ local function add_event(job, idx, kind, reply, now)
   local to = recipient_to(job, idx)
   local fields = {'job', job, 'index', idx, 'to', to, 'kind', kind, 'at', now}
   if reply then table.insert(fields, 'reply'); table.insert(fields, reply) end
+  if late then table.insert(fields, 'async'); table.insert(fields, '1') end
   redis.call('XADD', K .. 'events', seq .. '-1', unpack(fields))
 end
 local function drop_entry(entry)
@@ -329,6 +330,21 @@ end
 return {events, #jobs}
 "#;
 
+/// ARGV: prefix, job, index, kind, reply, now ms, then either nothing or the suppression
+/// field and value. A report after the handoff: its event (marked `async`) and the
+/// suppression, or 0 when the delivery is unknown. Returns the recipient's address.
+const LATE: &str = r#"
+local job, idx = ARGV[2], ARGV[3]
+local to = recipient_to(job, idx)
+if to == '' then return 0 end
+add_event(job, idx, ARGV[4], ARGV[5], ARGV[6], true)
+if ARGV[7] then
+  redis.call('HSET', K .. 'sup', ARGV[7], ARGV[8])
+  redis.call('ZADD', K .. 'supidx', 0, ARGV[7])
+end
+return to
+"#;
+
 /// The scripts, compiled once per queue.
 #[derive(Debug)]
 pub(super) struct Scripts {
@@ -339,6 +355,7 @@ pub(super) struct Scripts {
     pub(super) release: redis::Script,
     pub(super) depth: redis::Script,
     pub(super) prune: redis::Script,
+    pub(super) late: redis::Script,
 }
 
 impl Scripts {
@@ -352,6 +369,7 @@ impl Scripts {
             release: with_helpers(RELEASE),
             depth: with_helpers(DEPTH),
             prune: with_helpers(PRUNE),
+            late: with_helpers(LATE),
         }
     }
 }
