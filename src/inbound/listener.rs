@@ -1,7 +1,8 @@
 //! The socket side of an SMTP listener: accepts connections under a cap, runs a
-//! [`Session`] on each (plain, then TLS after STARTTLS), answers its events with the
-//! [`Intake`]'s decisions, and times out idle clients. At shutdown it stops accepting,
-//! lets messages being stored finish, and says 421 to the rest.
+//! [`Session`] on each (plain, then TLS after STARTTLS), answers its events with its
+//! [`Policy`]'s decisions (submission or bounce intake), and times out idle clients. At
+//! shutdown it stops accepting, lets messages being stored finish, and says 421 to the
+//! rest.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
