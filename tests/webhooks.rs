@@ -224,6 +224,9 @@ struct Posted {
     event: String,
     reply: Option<String>,
     at: String,
+    /// Present (and true) only on reports that arrived after the handoff.
+    #[serde(rename = "async", default)]
+    late: bool,
 }
 
 impl From<&Event> for Posted {
@@ -236,6 +239,7 @@ impl From<&Event> for Posted {
             event: e.kind.as_str().to_owned(),
             reply: e.reply.clone(),
             at: rfc3339(e.at),
+            late: e.late,
         }
     }
 }
@@ -319,7 +323,7 @@ async fn events_arrive_in_signed_batches_of_batch_size_and_the_cursor_follows() 
 async fn the_wire_format_is_as_documented_and_tampering_breaks_the_signature() {
     let log = Log::default();
     let url = receiver(&log, &[]).await;
-    let events = store(&log, 2).events.clone();
+    let events = store(&log, 7).events.clone();
     let client = WebhookClient::new(&config(&url, 100)).unwrap();
     client.post(&events).await.unwrap();
 
@@ -340,6 +344,14 @@ async fn the_wire_format_is_as_documented_and_tampering_breaks_the_signature() {
         "no reply is null, not absent: {first}"
     );
     assert_eq!(json["events"][1]["reply"], "250 2.0.0 ok");
+    assert!(
+        first.get("async").is_none(),
+        "`async` appears only on late reports: {first}"
+    );
+    assert_eq!(
+        json["events"][6]["async"], true,
+        "cursor 7 is a late report"
+    );
 
     let tampered = String::from_utf8(body.to_vec())
         .unwrap()

@@ -77,10 +77,13 @@ impl BounceIntake {
         let (verdict, reply) = match report {
             Report::Delivery(recipients) => recipients.iter().find_map(|r| {
                 let verdict = classify_late(&r.action, &r.status, &r.diagnostic);
+                // The status first, unless the diagnostic quotes it already.
                 let reply = if r.diagnostic.is_empty() {
                     format!("{} {}", r.status, r.action)
-                } else {
+                } else if r.diagnostic.contains(r.status.as_str()) {
                     r.diagnostic.clone()
+                } else {
+                    format!("{} {}", r.status, r.diagnostic)
                 };
                 (verdict != LateVerdict::Nothing).then_some((verdict, reply))
             })?,
