@@ -198,6 +198,18 @@ async fn reports_come_back_to_their_delivery_and_forgeries_change_nothing() {
             .await
             .is_some_and(|r| r.contains("complaint"))
     );
+    // The dashboard counts what came back: one failed DSN (the delay is not a bounce),
+    // one complaint, one forgery ignored.
+    let stats = volley.get("/v1/dashboard/stats", &[]).await.json();
+    assert_eq!(
+        (
+            stats["late"]["bounced"].as_u64(),
+            stats["late"]["ignored"].as_u64(),
+            stats["totals"]["complained"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{stats}"
+    );
 
     // The next message goes to Cat only.
     let again = volley.post("/v1/messages", &body, &[]).await.json()["id"]

@@ -158,8 +158,10 @@ impl Policy for BounceIntake {
         match self.queue.record_late(report, SystemTime::now()).await {
             Ok(LateOutcome::Recorded { to }) => {
                 self.metrics.add(Counter::LateReports, 1);
-                if kind == EventKind::Complained {
-                    self.metrics.count(EventKind::Complained);
+                match kind {
+                    EventKind::Complained => self.metrics.count(EventKind::Complained),
+                    EventKind::Bounced => self.metrics.add(Counter::LateBounces, 1),
+                    _ => {}
                 }
                 tracing::info!(job = %id.job, index = id.index, to, event = kind.as_str(), "late report");
                 Ok(format!("{id}"))

@@ -83,18 +83,21 @@ pub enum Counter {
     Postponed,
     /// Reports (bounces, complaints) recorded against their delivery.
     LateReports,
+    /// Of those, failed DSNs: deliveries handed over that bounced afterwards.
+    LateBounces,
     /// Mail at the bounce listener that named no delivery with a valid signature (forged,
     /// or not a report volley can read): ignored.
     LateReportsIgnored,
 }
 
 impl Counter {
-    const ALL: [Counter; 6] = [
+    const ALL: [Counter; 7] = [
         Counter::QueueErrors,
         Counter::StaleCompletions,
         Counter::LeasesLost,
         Counter::Postponed,
         Counter::LateReports,
+        Counter::LateBounces,
         Counter::LateReportsIgnored,
     ];
 
@@ -106,6 +109,7 @@ impl Counter {
             Counter::LeasesLost => "volley_leases_lost_total",
             Counter::Postponed => "volley_postponed_total",
             Counter::LateReports => "volley_late_reports_total",
+            Counter::LateBounces => "volley_late_bounces_total",
             Counter::LateReportsIgnored => "volley_late_reports_ignored_total",
         }
     }

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crate::event::EventKind;
 use crate::http::query::{Query, limit};
 use crate::http::{ApiError, ApiState};
-use crate::metrics::SiteCounters;
 use crate::metrics::history::{HISTOGRAM_STAGE, Latency};
+use crate::metrics::{Counter, SiteCounters};
 use crate::queue::Queue;
 use crate::time::unix_ms;
 
@@ -81,6 +81,12 @@ pub(super) async fn stats(
             .iter()
             .map(|&k| (k.as_str().to_owned(), Value::from(m.counted(k))))
             .collect::<serde_json::Map<_, _>>(),
+        // Reports that came back as mail after the handoff (their deliveries are counted
+        // as delivered above): failed DSNs, and forged or unreadable mail ignored.
+        "late": {
+            "bounced": m.counter(Counter::LateBounces),
+            "ignored": m.counter(Counter::LateReportsIgnored),
+        },
         "series": snapshot.points,
         "depth": {
             "ready": depth.ready,

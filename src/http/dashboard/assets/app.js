@@ -280,6 +280,8 @@
 
   function renderTotals(stats) {
     for (const k of OUTCOMES) setText('total-' + k, int.format(stats.totals[k]));
+    setText('total-complained', int.format(stats.totals.complained));
+    setText('late-bounced', int.format(stats.late.bounced));
     setText('current-rate', dec.format(recentRate()));
     for (const k of DEPTHS) setText('depth-' + k, int.format(stats.depth[k]));
   }
