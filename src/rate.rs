@@ -1,9 +1,14 @@
 //! Rate limits: specs like `"500/s"` or `"10000/h"` and the limiters built from
-//! them (governor's GCRA), on tokio's clock so that paused-time tests control them.
+//! them: governor's GCRA in the process, on tokio's clock so that paused-time tests
+//! control them, or one GCRA shared by a cluster ([`PermitSource`], kept in Redis by
+//! `cluster`), taken a few permits at a time.
 
 use std::fmt;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -45,21 +50,144 @@ impl Rate {
         self.limit.is_some()
     }
 
-    /// The limiter for this rate, `None` when unlimited. The burst is 10 ms' worth (at
-    /// least one message): the receiver sees the rate evenly spread, never a second's
-    /// worth at once, while a fast rate still needs no timer finer than tokio's 1 ms.
-    pub fn limiter(&self) -> Option<Limiter> {
+    /// One permit's period and the burst: 10 ms' worth (at least one message), so the
+    /// receiver sees the rate evenly spread, never a second's worth at once, while a fast
+    /// rate still needs no timer finer than tokio's 1 ms.
+    fn period_and_burst(&self) -> Option<(Duration, NonZeroU32)> {
         let (count, per) = self.limit?;
         let period = per / count.get();
         let burst = BURST_SPAN.as_nanos() / period.as_nanos().max(1);
         let burst = u32::try_from(burst).unwrap_or(u32::MAX);
         let burst = NonZeroU32::new(burst.clamp(1, count.get())).unwrap_or(NonZeroU32::MIN);
+        Some((period, burst))
+    }
+
+    /// The limiter for this rate in this process, `None` when unlimited.
+    pub fn limiter(&self) -> Option<Limiter> {
+        let (period, burst) = self.period_and_burst()?;
         let quota = Quota::with_period(period)?.allow_burst(burst);
         Some(Limiter {
-            gcra: RateLimiter::direct_with_clock(quota, TokioClock),
+            kind: Kind::Local(RateLimiter::direct_with_clock(quota, TokioClock)),
             turn: tokio::sync::Mutex::new(()),
         })
     }
+
+    /// The limiter for this rate shared by every process that uses `key` in `source`:
+    /// `None` when unlimited.
+    pub fn shared_limiter(&self, key: String, source: Arc<dyn PermitSource>) -> Option<Limiter> {
+        let (period, burst) = self.period_and_burst()?;
+        Some(Limiter {
+            kind: Kind::Shared(Shared {
+                key,
+                source,
+                period,
+                burst: burst.get(),
+                held: Mutex::new(Held::default()),
+            }),
+            turn: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// What a [`PermitSource`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// This many permits (at least one, at most those asked) are ours, to use now.
+    Granted(u32),
+    /// None is free: ask again after this long.
+    Wait(Duration),
+}
+
+/// A boxed future, for the object-safe [`PermitSource`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A GCRA kept outside the process, shared by every worker of a cluster: one permit per
+/// `period` for `key`, at most `burst` permits ahead of time.
+pub trait PermitSource: Send + Sync + fmt::Debug {
+    /// Takes up to `want` permits of `key`. An error means the store could not be asked:
+    /// no permit is taken (the limiter waits and asks again; it never sends without).
+    fn take<'a>(
+        &'a self,
+        key: &'a str,
+        period: Duration,
+        burst: u32,
+        want: u32,
+    ) -> BoxFuture<'a, Result<Take, String>>;
+}
+
+/// Permits taken from the shared source but not used yet: used within [`HELD_FOR`] of
+/// being granted, or dropped (a worker never saves up another's share).
+#[derive(Debug, Default)]
+struct Held {
+    count: u32,
+    granted: Option<tokio::time::Instant>,
+}
+
+/// How long permits taken from a shared source stay usable.
+const HELD_FOR: Duration = Duration::from_millis(50);
+
+/// Permits asked from a shared source at most at once: few, so that one worker does not
+/// take the whole burst while the others wait.
+const SHARED_BATCH: u32 = 16;
+
+/// After the shared source failed, ask again this much later.
+const SHARED_RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+struct Shared {
+    key: String,
+    source: Arc<dyn PermitSource>,
+    period: Duration,
+    burst: u32,
+    held: Mutex<Held>,
+}
+
+impl Shared {
+    /// Uses one held permit if there is a fresh one.
+    fn use_held(&self) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = held.granted.is_some_and(|at| at.elapsed() <= HELD_FOR);
+        if held.count > 0 && fresh {
+            held.count -= 1;
+            true
+        } else {
+            held.count = 0;
+            false
+        }
+    }
+
+    /// Asks the source until a permit is ours; keeps the rest of the grant.
+    async fn take(&self) {
+        loop {
+            let want = self.burst.clamp(1, SHARED_BATCH);
+            match self
+                .source
+                .take(&self.key, self.period, self.burst, want)
+                .await
+            {
+                Ok(Take::Granted(n)) if n > 0 => {
+                    let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                    held.count = n - 1;
+                    held.granted = Some(tokio::time::Instant::now());
+                    return;
+                }
+                Ok(Take::Granted(_)) => tokio::time::sleep(self.period).await,
+                Ok(Take::Wait(wait)) => {
+                    tokio::time::sleep(wait.max(Duration::from_micros(50))).await;
+                }
+                Err(error) => {
+                    tracing::warn!(key = %self.key, %error, "shared rate limit unavailable; waiting");
+                    tokio::time::sleep(SHARED_RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+/// A limiter's state: in this process, or shared.
+enum Kind {
+    Local(RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>),
+    Shared(Shared),
 }
 
 impl FromStr for Rate {
@@ -127,7 +255,7 @@ impl Clock for TokioClock {
 
 /// A rate limiter for one scope (global, a site, a domain).
 pub struct Limiter {
-    gcra: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>,
+    kind: Kind,
     /// Waiters queue here (tokio's mutex is FIFO), and only the first one sleeps until
     /// the next permit: otherwise every waiter would wake for every permit and all but
     /// one go back to sleep, which under a low limit and many connections cost more CPU
@@ -144,19 +272,33 @@ impl fmt::Debug for Limiter {
 impl Limiter {
     /// Waits (with tokio's sleep) until one message may go; waiters are served in turn.
     pub async fn acquire(&self) {
-        if self.gcra.check().is_ok() {
+        if self.try_acquire() {
             return;
         }
         let _turn = self.turn.lock().await;
-        while let Err(not_until) = self.gcra.check() {
-            let wait = not_until.wait_time_from(TokioClock.now());
-            tokio::time::sleep(wait.max(Duration::from_micros(50))).await;
+        match &self.kind {
+            Kind::Local(gcra) => {
+                while let Err(not_until) = gcra.check() {
+                    let wait = not_until.wait_time_from(TokioClock.now());
+                    tokio::time::sleep(wait.max(Duration::from_micros(50))).await;
+                }
+            }
+            Kind::Shared(shared) => {
+                // A waiter ahead may have left permits behind.
+                if !shared.use_held() {
+                    shared.take().await;
+                }
+            }
         }
     }
 
-    /// Takes a slot if one is free now.
+    /// Takes a slot if one is free now (for a shared limit: one already taken from the
+    /// source and not used yet; asking the source means waiting).
     pub fn try_acquire(&self) -> bool {
-        self.gcra.check().is_ok()
+        match &self.kind {
+            Kind::Local(gcra) => gcra.check().is_ok(),
+            Kind::Shared(shared) => shared.use_held(),
+        }
     }
 }
 
@@ -278,15 +420,12 @@ mod tests {
     /// one-second window the receiver sees at most the rate plus one per connection.
     #[tokio::test(start_paused = true)]
     async fn groups_follow_the_rate_in_every_second() {
-        let limiter = std::sync::Arc::new("10/s".parse::<Rate>().unwrap().limiter().unwrap());
+        let limiter = Arc::new("10/s".parse::<Rate>().unwrap().limiter().unwrap());
         let start = tokio::time::Instant::now();
-        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
         let connections: Vec<_> = (0..2)
             .map(|_| {
-                let (limiter, sent) = (
-                    std::sync::Arc::clone(&limiter),
-                    std::sync::Arc::clone(&sent),
-                );
+                let (limiter, sent) = (Arc::clone(&limiter), Arc::clone(&sent));
                 tokio::spawn(async move {
                     let mut pending: std::collections::VecDeque<u32> = (0..16).collect();
                     let mut held = None;

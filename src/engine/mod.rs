@@ -16,13 +16,14 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-pub use self::lane::{Delivery, Report};
+pub use self::lane::{Delivery, Report, SlotSource};
 pub use config::{ConfigError, LimitsConfig, SessionConfigs, SmtpConfig};
 
 use self::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};
 use crate::event::EventKind;
 use crate::metrics::Metrics;
 use crate::outcome::{Disposition, classify_route};
+use crate::rate::{PermitSource, Rate};
 use crate::route::{RelayConfig, Router, Site, SiteKind};
 
 /// What the engine needs from the configuration.
@@ -36,6 +37,22 @@ pub struct EngineConfig {
     pub relay: RelayConfig,
     /// Most deliveries inside the engine at once. Default 0 means 50,000.
     pub backlog: usize,
+    /// When several workers share one queue: their shared limits. `None` keeps every
+    /// limit in this process.
+    pub cluster: Option<Cluster>,
+}
+
+/// How long a connection with nothing to send stays open when workers share slots.
+const CLUSTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the workers of a cluster share, so that a receiving site sees one sender's
+/// limits: per-site connection slots, and the global, per-site and per-domain rates.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// The connection slots.
+    pub slots: Arc<dyn SlotSource>,
+    /// The rate permits.
+    pub permits: Arc<dyn PermitSource>,
 }
 
 /// The engine has shut down; the delivery is handed back.
@@ -60,14 +77,20 @@ impl<K: Send + Sync + 'static> Engine<K> {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Report<K>>), ConfigError> {
         let sessions = config.smtp.session_configs(&config.relay)?;
+        let limiter = |rate: &Rate, key: String| match &config.cluster {
+            Some(cluster) => rate.shared_limiter(key, Arc::clone(&cluster.permits)),
+            None => rate.limiter(),
+        };
         let mut shared = SharedLimits {
-            global: config.limits.global.limiter(),
+            global: limiter(&config.limits.global, "global".to_owned()),
             domains: HashMap::new(),
             connections: Arc::new(lane::Budget::new(config.smtp.max_connections)),
+            cluster: config.cluster.clone(),
         };
         for (domain, rate) in &config.limits.domains {
-            if let Some(limiter) = rate.limiter() {
-                shared.domains.insert(domain.to_ascii_lowercase(), limiter);
+            let domain = domain.to_ascii_lowercase();
+            if let Some(limiter) = limiter(rate, format!("domain:{domain}")) {
+                shared.domains.insert(domain, limiter);
             }
         }
         let (report_tx, report_rx) = mpsc::unbounded_channel();
@@ -85,7 +108,12 @@ impl<K: Send + Sync + 'static> Engine<K> {
                 max_connections: config.smtp.max_connections_per_site,
                 max_messages: config.smtp.max_messages_per_connection,
                 batch_size: config.smtp.batch_size,
-                idle_timeout: config.smtp.idle_timeout,
+                // In a cluster an idle connection holds a slot another worker may be
+                // waiting for: it goes after a second, not after the usual idle time.
+                idle_timeout: match &config.cluster {
+                    Some(_) => config.smtp.idle_timeout.min(CLUSTER_IDLE),
+                    None => config.smtp.idle_timeout,
+                },
                 throttle_pause: config.smtp.throttle_pause,
                 throttle_step: config.smtp.throttle_step,
             },
@@ -134,7 +162,7 @@ struct Dispatcher<K> {
     metrics: Arc<Metrics>,
     sessions: SessionConfigs,
     settings: LaneSettings,
-    site_rate: crate::rate::Rate,
+    site_rate: Rate,
     shared_limits: Arc<SharedLimits>,
     reports: mpsc::UnboundedSender<Report<K>>,
     lanes: HashMap<Arc<str>, LaneHandle<K>>,

@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use pool::{Budget, PooledSession, SessionManager};
+pub use pool::{Budget, PooledSession, SessionManager, SlotSource};
 pub use throttle::Throttle;
 
 use self::worker::{Done, report, work};
@@ -78,6 +78,8 @@ pub(crate) struct SharedLimits {
     pub(crate) domains: HashMap<String, Limiter>,
     /// One permit per open connection, all sites together (`[smtp] max_connections`).
     pub(crate) connections: Arc<Budget>,
+    /// When workers share limits: the cluster's connection slots and rate permits.
+    pub(crate) cluster: Option<super::Cluster>,
 }
 
 /// Lane settings taken from `[smtp]`.
@@ -144,6 +146,12 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         config: deps.session,
         plain,
         slots: Arc::new(Semaphore::new(max)),
+        cap: max,
+        cluster: deps
+            .shared_limits
+            .cluster
+            .as_ref()
+            .map(|c| Arc::clone(&c.slots)),
         all: Arc::clone(&deps.shared_limits.connections),
         max_messages: deps.settings.max_messages,
         metrics: Arc::clone(&deps.metrics),
@@ -156,7 +164,12 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
     let ctx = Arc::new(LaneContext {
         site_key: Arc::clone(&site.key),
         pool,
-        site_limit: deps.site_rate.limiter(),
+        site_limit: match &deps.shared_limits.cluster {
+            Some(cluster) => deps
+                .site_rate
+                .shared_limiter(format!("site:{}", site.key), Arc::clone(&cluster.permits)),
+            None => deps.site_rate.limiter(),
+        },
         shared_limits: deps.shared_limits,
         reports: deps.reports,
         metrics: deps.metrics,

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::metrics::{Metrics, SiteCounters, Stage};
 use crate::outcome::{ConnectFailure, classify_connect};
+use crate::rate::BoxFuture;
 use crate::route::Site;
 use crate::smtp::{Phase, Session, SessionConfig, SmtpError};
 
@@ -63,6 +64,60 @@ impl Budget {
     }
 }
 
+/// Connection slots shared by the workers of a cluster (kept in Redis by `cluster`):
+/// a site's cap counts every worker's connections. A slot whose holder dies comes back
+/// by itself after a while (a lease), so a crash never shrinks the cap for good.
+pub trait SlotSource: Send + Sync + std::fmt::Debug {
+    /// Takes one of the `cap` slots of `site`: its id, or `None` while all are taken. An
+    /// error means the store could not be asked (no slot is taken).
+    fn take_slot<'a>(
+        &'a self,
+        site: &'a str,
+        cap: usize,
+    ) -> BoxFuture<'a, Result<Option<u64>, String>>;
+    /// Gives a slot back (in the background: a drop cannot wait).
+    fn release_slot(&self, site: &str, id: u64);
+}
+
+/// While every cluster slot of a site is taken, ask again this often.
+const SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// After the slot store failed, ask again this much later (never connect without).
+const SLOT_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A cluster slot held by one connection; given back when dropped.
+#[derive(Debug)]
+struct ClusterSlot {
+    source: Arc<dyn SlotSource>,
+    site: Arc<str>,
+    id: u64,
+}
+
+impl Drop for ClusterSlot {
+    fn drop(&mut self) {
+        self.source.release_slot(&self.site, self.id);
+    }
+}
+
+/// Waits for one of the cluster's `cap` slots of `site`.
+async fn cluster_slot(source: &Arc<dyn SlotSource>, site: &Arc<str>, cap: usize) -> ClusterSlot {
+    loop {
+        match source.take_slot(site, cap).await {
+            Ok(Some(id)) => {
+                return ClusterSlot {
+                    source: Arc::clone(source),
+                    site: Arc::clone(site),
+                    id,
+                };
+            }
+            Ok(None) => tokio::time::sleep(SLOT_POLL).await,
+            Err(error) => {
+                tracing::warn!(%site, %error, "cluster connection slots unavailable; waiting");
+                tokio::time::sleep(SLOT_RETRY).await;
+            }
+        }
+    }
+}
+
 /// A session that holds one of the site's connection slots.
 #[derive(Debug)]
 pub struct PooledSession {
@@ -70,6 +125,7 @@ pub struct PooledSession {
     open: OpenGuard,
     slot: OwnedSemaphorePermit,
     all: OwnedSemaphorePermit,
+    cluster: Option<ClusterSlot>,
 }
 
 /// Keeps the site's open-connection gauge right however the session ends.
@@ -103,10 +159,11 @@ impl PooledSession {
             open,
             slot,
             all,
+            cluster,
         } = self;
         session.quit().await;
         drop(open);
-        drop((slot, all));
+        drop((slot, all, cluster));
     }
 }
 
@@ -120,6 +177,9 @@ pub struct SessionManager {
     /// handshake fails still gets its mail in clear text, as MTAs do (RFC 7435).
     pub(super) plain: Option<Arc<SessionConfig>>,
     pub(super) slots: Arc<Semaphore>,
+    /// The site's cap, and the cluster's slots when workers share it.
+    pub(super) cap: usize,
+    pub(super) cluster: Option<Arc<dyn SlotSource>>,
     /// The engine-wide connection permits, shared by every site.
     pub(super) all: Arc<Budget>,
     pub(super) max_messages: u64,
@@ -140,6 +200,11 @@ impl managed::Manager for SessionManager {
         // holding an engine-wide permit another site could use.
         let all = self.all.acquire().await.ok_or(SmtpError::Unusable)?;
         let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
+        // The cluster's slot last: held only while this process could connect at once.
+        let cluster = match &self.cluster {
+            Some(source) => Some(cluster_slot(source, &site.key, self.cap).await),
+            None => None,
+        };
         let mut last = None;
         for (host, addr) in site.targets().take(MAX_TARGETS) {
             let result = match (
@@ -168,6 +233,7 @@ impl managed::Manager for SessionManager {
                         open,
                         slot,
                         all,
+                        cluster,
                     });
                 }
                 Err(e) if classify_connect(&e) != ConnectFailure::Stop => {
