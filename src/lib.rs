@@ -33,8 +33,10 @@
 //! cross-site and rebound requests, its server with timeouts, and the operators'
 //! dashboard), [`webhooks`] (events pushed in signed batches), [`metrics`] (per-phase
 //! histograms, counters, Prometheus text, the last five minutes for the dashboard),
-//! [`rate`] (`"500/s"` specs and limiters), [`retry`] (the schedule and expiry), and
-//! [`app`], the wiring: configuration, the running process, `volley send`.
+//! [`rate`] (`"500/s"` specs and limiters), [`retry`] (the schedule and expiry),
+//! [`cluster`] (workers on one Redis sharing connection slots, rates, the webhook
+//! sender and a heartbeat), and [`app`], the wiring: configuration, the running
+//! process, `volley send`.
 //!
 //! Small shared values sit at the bottom: [`address`] (validated RFC 5321 addresses),
 //! [`event`] (the one vocabulary of outcomes) and [`time`] (Unix milliseconds and RFC
@@ -50,6 +52,7 @@
 
 pub mod address;
 pub mod app;
+pub mod cluster;
 pub mod compose;
 pub mod dispatch;
 pub mod engine;

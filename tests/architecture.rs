@@ -195,8 +195,22 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
         "engine",
         &[
             "queue", "http", "template", "message", "compose", "submit", "dispatch", "app",
+            "cluster",
         ],
-        "the engine delivers what it is handed",
+        "the engine delivers what it is handed; shared limits come in through its traits",
+    ),
+    (
+        "cluster",
+        &[
+            "http", "dispatch", "app", "compose", "submit", "template", "message", "smtp",
+            "inbound", "webhooks", "queue",
+        ],
+        "the cluster keeps shared limits and leads in Redis; it knows no delivery",
+    ),
+    (
+        "rate",
+        &["engine", "cluster", "queue", "http", "dispatch", "app"],
+        "a rate limiter takes permits, from its own clock or a source it is handed",
     ),
     (
         "inbound",

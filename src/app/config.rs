@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::cluster::ClusterConfig;
 use crate::engine::{LimitsConfig, SmtpConfig};
 use crate::message::{DkimConfig, ReturnPath, UnsubscribeConfig};
 use crate::queue::{QueueConfig, RetentionConfig};
@@ -56,6 +57,8 @@ pub struct Config {
     pub submission: Option<SubmissionConfig>,
     /// `[bounces]`: the bounce and complaint intake; absent means none.
     pub bounces: Option<BouncesConfig>,
+    /// `[cluster]`: how workers on one Redis share limits.
+    pub cluster: ClusterConfig,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,

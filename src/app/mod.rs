@@ -8,6 +8,7 @@
 //! - `webhooks`: the event log fed to the webhook sender.
 
 pub mod bounces;
+mod cluster;
 pub mod config;
 pub mod send;
 pub mod submission;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::config::Config;
+use crate::cluster::RedisCluster;
 use crate::compose::Composer;
 use crate::dispatch::{Dispatch, DispatchDeps};
 use crate::engine::{Engine, EngineConfig};
@@ -28,7 +30,7 @@ use crate::http::{ApiState, ServerLimits, router};
 use crate::message::DkimSigner;
 use crate::metrics::Metrics;
 use crate::metrics::history::{History, start_sampler};
-use crate::queue::AnyQueue;
+use crate::queue::{AnyQueue, Backend};
 use crate::route::Router;
 use crate::template::Templates;
 
@@ -88,6 +90,12 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Signals the dispatcher that new work was stored, so it leases at once.
     pub wake: Arc<tokio::sync::Notify>,
+    /// On the Redis backend: this worker's handle on what the cluster shares.
+    pub cluster: Option<Arc<RedisCluster>>,
+    /// This process's id (as the cluster lists it) and start time.
+    pub worker: Arc<str>,
+    /// When this process opened its queue.
+    pub started: std::time::SystemTime,
 }
 
 /// Deliveries inside the engine at most (its back-pressure).
@@ -110,12 +118,29 @@ impl App {
         )?;
         bounces::check(&config)?;
         let queue = AnyQueue::open(&config.queue).await?;
+        let worker = crate::cluster::worker_id();
+        let cluster = match config.queue.backend {
+            Backend::Redis => Some(
+                RedisCluster::open(
+                    &config.queue.redis_url,
+                    &config.queue.redis_prefix,
+                    worker.clone(),
+                    config.cluster.clone(),
+                )
+                .await
+                .map_err(|e| StartError::Queue(e.into()))?,
+            ),
+            Backend::Embedded => None,
+        };
         Ok(Self {
             config: Arc::new(config),
             queue: Arc::new(queue),
             composer: Arc::new(composer),
             metrics: Arc::new(Metrics::default()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            cluster,
+            worker: worker.into(),
+            started: std::time::SystemTime::now(),
         })
     }
 
@@ -130,11 +155,20 @@ impl App {
             Arc::clone(&self.metrics),
         )
         .map_err(StartError::Dns)?;
+        let shared = self
+            .cluster
+            .as_ref()
+            .filter(|_| c.cluster.shared_limits)
+            .map(|cluster| crate::engine::Cluster {
+                slots: Arc::clone(cluster) as Arc<dyn crate::engine::SlotSource>,
+                permits: Arc::clone(cluster) as Arc<dyn crate::rate::PermitSource>,
+            });
         let engine_config = EngineConfig {
             smtp: c.smtp.clone(),
             limits: c.limits.clone(),
             relay: c.relay.clone(),
             backlog: BACKLOG,
+            cluster: shared,
         };
         let (engine, reports) =
             Engine::start(engine_config, Arc::new(router), Arc::clone(&self.metrics))?;
@@ -171,6 +205,9 @@ impl App {
                 allowed_hosts: self.config.server.allowed_hosts.clone(),
                 allowed_origins: self.config.server.allowed_origins.clone(),
             }),
+            cluster: self.cluster.clone(),
+            worker: Arc::clone(&self.worker),
+            started: self.started,
         }
     }
 
@@ -238,18 +275,40 @@ impl App {
             log_listening("bounce intake", &socket, false);
             smtp.push(tokio::spawn(Arc::new(l).run(socket, shutdown_rx.clone())));
         }
-        let webhooks = webhooks::start(
-            &self.config.webhooks,
-            Arc::clone(&self.queue),
-            &self.config.queue.path,
-            shutdown_rx.clone(),
-        )?;
+        let webhooks = match &self.cluster {
+            Some(cluster) => webhooks::start_cluster(
+                &self.config.webhooks,
+                Arc::clone(&self.queue),
+                Arc::clone(cluster),
+                shutdown_rx.clone(),
+            )?,
+            None => webhooks::start(
+                &self.config.webhooks,
+                Arc::clone(&self.queue),
+                &self.config.queue.path,
+                shutdown_rx.clone(),
+            )?,
+        };
         let dispatch = self.start_delivery(shutdown_rx.clone())?;
-        let pruner = tokio::spawn(prune(
-            Arc::clone(&self.queue),
-            self.config.retention,
-            shutdown_rx.clone(),
-        ));
+        let (queue, retention) = (Arc::clone(&self.queue), self.config.retention);
+        let mut background = Vec::new();
+        let pruner = match &self.cluster {
+            Some(cluster) => {
+                background.push(tokio::spawn(
+                    Arc::clone(cluster).renew_slots(shutdown_rx.clone()),
+                ));
+                background.push(tokio::spawn(
+                    Arc::clone(cluster).heartbeat(Arc::clone(&self.metrics), shutdown_rx.clone()),
+                ));
+                tokio::spawn(cluster::while_leading(
+                    Arc::clone(cluster),
+                    "retention",
+                    shutdown_rx.clone(),
+                    move |stop| prune(Arc::clone(&queue), retention, stop),
+                ))
+            }
+            None => tokio::spawn(prune(queue, retention, shutdown_rx.clone())),
+        };
         let history = Arc::new(History::default());
         let sampler = start_sampler(
             Arc::clone(&history),
@@ -291,6 +350,12 @@ impl App {
         let unstored = dispatch.join().await;
         let _ = sampler.await;
         let _ = pruner.await;
+        for task in background {
+            let _ = task.await;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.release_all().await;
+        }
         if let Some(webhooks) = webhooks {
             let _ = webhooks.await;
         }

@@ -1,5 +1,6 @@
 //! Feeds the queue's event log to the webhooks loop, and keeps the webhook cursor in
-//! a file next to the embedded store, so a restart resumes where it stopped.
+//! a file next to the embedded store, so a restart resumes where it stopped; on Redis,
+//! one worker of the cluster posts, with the cursor in Redis.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::RedisCluster;
 use crate::queue::{AnyQueue, Event, Queue};
 use crate::webhooks::{self, EventSource, WebhookClient, WebhooksConfig};
 
@@ -77,5 +79,66 @@ pub(crate) fn start(
     let source = Arc::new(QueueEvents { queue, cursor_file });
     Ok(Some(tokio::spawn(webhooks::run(
         client, source, start, POLL, shutdown,
+    ))))
+}
+
+/// The cluster's events, posted by the worker that leads `webhooks`, with the cursor in
+/// Redis: saved only while this worker still leads, so a worker that lost the lead can
+/// never move the cursor past events the new leader has not posted.
+struct ClusterEvents {
+    queue: Arc<AnyQueue>,
+    cluster: Arc<RedisCluster>,
+}
+
+impl EventSource for ClusterEvents {
+    async fn events_after(&self, cursor: u64, limit: usize) -> Result<Vec<Event>, String> {
+        self.queue
+            .events(cursor, limit)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn save_cursor(&self, cursor: u64) -> Result<(), String> {
+        match self.cluster.save_webhook_cursor(cursor).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("another worker leads the webhooks now".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Starts the cluster's webhook delivery when `[webhooks] url` is set: one worker posts
+/// each event (at least once across failures), whichever leads `webhooks`.
+pub(crate) fn start_cluster(
+    config: &WebhooksConfig,
+    queue: Arc<AnyQueue>,
+    cluster: Arc<RedisCluster>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<JoinHandle<()>>, webhooks::WebhookError> {
+    if !config.enabled() {
+        return Ok(None);
+    }
+    let client = WebhookClient::new(config)?;
+    let source = Arc::new(ClusterEvents {
+        queue,
+        cluster: Arc::clone(&cluster),
+    });
+    let lead = Arc::clone(&cluster);
+    Ok(Some(tokio::spawn(super::cluster::while_leading(
+        lead,
+        "webhooks",
+        shutdown,
+        move |stop| {
+            let (client, source, cluster) =
+                (client.clone(), Arc::clone(&source), Arc::clone(&cluster));
+            async move {
+                match cluster.webhook_cursor().await {
+                    Ok(start) => webhooks::run(client, source, start, POLL, stop).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the cluster's webhook cursor");
+                    }
+                }
+            }
+        },
     ))))
 }

@@ -59,6 +59,12 @@ pub struct ApiState {
     pub submitted: Arc<tokio::sync::Notify>,
     /// The hosts and origins allowed besides loopback.
     pub access: Arc<Access>,
+    /// On the Redis backend, the cluster this worker belongs to (`/v1/cluster`).
+    pub cluster: Option<Arc<crate::cluster::RedisCluster>>,
+    /// This process's id and start time, as `/v1/cluster` lists it.
+    pub worker: Arc<str>,
+    /// When this process started.
+    pub started: std::time::SystemTime,
 }
 
 /// The API's routes.
@@ -76,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(suppressions::delete),
         )
         .route("/metrics", get(ops::metrics))
+        .route("/v1/cluster", get(ops::cluster))
         .merge(dashboard::api_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     // The dashboard's page holds no data; it asks for the key itself. It is guarded

@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, ApiState};
+use crate::cluster::WorkerInfo;
 use crate::queue::Queue;
 
 /// `GET /metrics`: the engine's metrics and the queue's depth, Prometheus text.
@@ -31,4 +32,40 @@ pub(super) async fn health(State(state): State<ApiState>) -> Response {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// `GET /v1/cluster`: the live workers (on Redis, every worker whose heartbeat is fresh;
+/// embedded, this process) and their totals.
+pub(super) async fn cluster(
+    State(state): State<ApiState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (backend, workers) = match &state.cluster {
+        Some(cluster) => (
+            "redis",
+            cluster
+                .workers()
+                .await
+                .map_err(|e| ApiError::from(crate::queue::QueueError::from(e)))?,
+        ),
+        None => (
+            "embedded",
+            vec![WorkerInfo::current(
+                &state.worker,
+                state.started,
+                &state.metrics,
+            )],
+        ),
+    };
+    let in_flight: u64 = workers.iter().map(|w| w.in_flight).sum();
+    let connections: u64 = workers.iter().flat_map(|w| w.connections.values()).sum();
+    Ok(axum::Json(serde_json::json!({
+        "backend": backend,
+        "this_worker": &*state.worker,
+        "totals": {
+            "workers": workers.len(),
+            "in_flight": in_flight,
+            "connections": connections,
+        },
+        "workers": workers,
+    })))
 }

@@ -1,0 +1,444 @@
+//! Three `volley serve` processes on one Redis behave, towards receivers and webhook
+//! consumers, like one sender: a site's connection cap and the global rate hold across
+//! the cluster, each recipient gets one message, each event is posted once, and a worker
+//! killed with SIGKILL gives its connection slots back within the slot lease (otherwise
+//! the others could never finish the site it was sending to).
+
+// The tests report what they measured on stderr.
+#![allow(clippy::print_stderr)]
+
+mod queue_common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use queue_common::{REDIS_URL, redis_available, redis_cleanup, unique_prefix};
+use volley_loadtest::{DnsRecords, DnsServer, Sink, SinkConfig};
+
+const PATIENCE: Duration = Duration::from_secs(90);
+const MX_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const MX_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const CAP: u64 = 2;
+const RATE: f64 = 60.0;
+
+/// Two sinks on one port (the port every MX is reached on), one per MX address.
+async fn sinks() -> (Sink, Sink, u16) {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind((MX_A, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let start = |ip: Ipv4Addr| {
+            Sink::start(SinkConfig {
+                listen: vec![SocketAddr::from((ip, port))],
+                track_recipients: true,
+                ..SinkConfig::default()
+            })
+        };
+        if let (Ok(a), Ok(b)) = (start(MX_A).await, start(MX_B).await) {
+            return (a, b, port);
+        }
+    }
+    panic!("no common free port on {MX_A} and {MX_B}");
+}
+
+/// Every event a webhook receiver was posted: (job, index, event).
+type Posted = Arc<Mutex<Vec<(String, u64, String)>>>;
+
+async fn webhook_receiver() -> (String, Posted) {
+    use axum::routing::post;
+    let posted = Posted::default();
+    let seen = Arc::clone(&posted);
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: axum::body::Bytes| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let batch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let mut seen = seen.lock().unwrap();
+                for e in batch["events"].as_array().unwrap() {
+                    seen.push((
+                        e["job"].as_str().unwrap().to_owned(),
+                        e["index"].as_u64().unwrap(),
+                        e["event"].as_str().unwrap().to_owned(),
+                    ));
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), posted)
+}
+
+struct Worker {
+    child: Child,
+    api: String,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(dir: &Path, name: &str, prefix: &str, shared: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let api = format!("127.0.0.1:{port}");
+        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let config = format!(
+            "[server]\nlisten = \"{api}\"\nshutdown_timeout = \"2s\"\n\
+             [queue]\nbackend = \"redis\"\nredis_url = \"{REDIS_URL}\"\nredis_prefix = \"{prefix}\"\nlease = \"3s\"\n\
+             [templates]\npath = {templates:?}\n\
+             [retry]\nschedule = [\"300ms\"]\nmax_age = \"5m\"\n\
+             [cluster]\nslot_lease = \"2s\"\nheartbeat = \"1s\"\n\
+             {shared}"
+        );
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_volley"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .env("VOLLEY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker { child, api, log }
+    }
+
+    async fn request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.api).await.ok()?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            self.api,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    }
+
+    async fn json(&self, path: &str) -> Option<serde_json::Value> {
+        let (status, body) = self.request("GET", path, "").await?;
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    }
+
+    async fn ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self
+                .request("GET", "/healthz", "")
+                .await
+                .is_some_and(|(s, _)| s == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("volley did not start: {}", self.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn campaign(&self, to: &[String]) -> String {
+        let recipients: Vec<serde_json::Value> = to
+            .iter()
+            .map(|t| serde_json::json!({"to": t, "vars": {"name": "N"}}))
+            .collect();
+        let body = serde_json::json!({"template": "welcome", "from": "news@example.com", "recipients": recipients});
+        let (status, answer) = self
+            .request("POST", "/v1/campaigns", &body.to_string())
+            .await
+            .expect("the API answers");
+        assert_eq!(status, 202, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        answer["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn wait_done(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(job) = self.json(&format!("/v1/jobs/{id}?limit=1")).await
+                && job["state"] == "done"
+            {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "never done: {}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+struct Cluster {
+    workers: Vec<Worker>,
+    a: Sink,
+    b: Sink,
+    _dns: DnsServer,
+    posted: Posted,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Three workers sharing a cap of 2 connections per site and 60 messages/s, delivering
+/// to `a.test` (MX on 127.0.0.2) and `b.test` (127.0.0.3), posting webhooks.
+async fn cluster() -> Cluster {
+    let (a, b, port) = sinks().await;
+    let dns = DnsServer::start(
+        DnsRecords::new()
+            .mx("a.test", 10, "mx.a.test")
+            .a("mx.a.test", MX_A)
+            .mx("b.test", 10, "mx.b.test")
+            .a("mx.b.test", MX_B),
+    )
+    .await
+    .unwrap();
+    let (hook, posted) = webhook_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let shared = format!(
+        "[smtp]\nhelo_name = \"volley.test\"\nport = {port}\nmax_connections_per_site = {CAP}\n\
+         [dns]\nnameservers = [\"{}\"]\n[security]\nallow_loopback_mx = true\n\
+         [limits]\nglobal = \"{RATE}/s\"\n\
+         [webhooks]\nurl = \"{hook}\"\nsecret = \"a webhook secret of 32 bytes or more\"\n",
+        dns.addr()
+    );
+    let workers: Vec<Worker> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|name| Worker::start(dir.path(), name, &prefix, &shared))
+        .collect();
+    for w in &workers {
+        w.ready().await;
+    }
+    Cluster {
+        workers,
+        a,
+        b,
+        _dns: dns,
+        posted,
+        prefix,
+        _dir: dir,
+    }
+}
+
+fn recipients(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("user{i}@{}.test", if i % 2 == 0 { "a" } else { "b" }))
+        .collect()
+}
+
+async fn wait_posted(posted: &Posted, event: &str, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let seen = posted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.2 == event)
+            .count();
+        if seen >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{seen} of {n} {event} events posted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_keep_one_cap_one_rate_and_post_each_event_once() {
+    if !redis_available().await {
+        return;
+    }
+    let mut c = cluster().await;
+    let listed = c.workers[0].json("/v1/cluster").await.unwrap();
+    assert_eq!(listed["backend"], "redis");
+    assert_eq!(listed["totals"]["workers"], 3, "{listed}");
+
+    // One campaign submitted to each worker at once: each starts sending its own.
+    let to = recipients(600);
+    let started = Instant::now();
+    let (w, t) = (&c.workers, &to);
+    let ids = tokio::join!(
+        w[0].campaign(&t[..200]),
+        w[1].campaign(&t[200..400]),
+        w[2].campaign(&t[400..])
+    );
+    for id in [ids.0, ids.1, ids.2] {
+        let job = c.workers[0].wait_done(&id).await;
+        assert_eq!(job["counts"]["delivered"], 200, "{job}");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    // One copy each, at either MX.
+    let mut counts: HashMap<String, u64> = c.a.delivery_counts();
+    counts.extend(c.b.delivery_counts());
+    assert_eq!(counts.len(), 600);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a recipient got two copies"
+    );
+
+    // The cap held at each MX, and the rate across the cluster.
+    let (sa, sb) = (c.a.stats(), c.b.stats());
+    eprintln!(
+        "cluster: peak connections {} / {} (cap {CAP}); busiest second {} / {} messages (limit {RATE}/s overall); {:.1} msg/s overall",
+        sa.peak_connections,
+        sb.peak_connections,
+        sa.peak_one_second,
+        sb.peak_one_second,
+        600.0 / elapsed
+    );
+    assert!(sa.peak_connections <= CAP && sb.peak_connections <= CAP);
+    assert!(
+        sa.peak_connections + sb.peak_connections > CAP,
+        "the workers did share the sending"
+    );
+    assert!(
+        600.0 / elapsed <= RATE * 1.1,
+        "{:.1} msg/s",
+        600.0 / elapsed
+    );
+
+    // Each event posted once, by whichever worker leads the webhooks.
+    wait_posted(&c.posted, "delivered", 600).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let posted = c.posted.lock().unwrap().clone();
+    let mut once: HashMap<(String, u64, String), u32> = HashMap::new();
+    for e in posted {
+        *once.entry(e).or_default() += 1;
+    }
+    let twice = once.values().filter(|&&n| n > 1).count();
+    assert_eq!(twice, 0, "{twice} events posted more than once");
+    assert_eq!(once.keys().filter(|k| k.2 == "delivered").count(), 600);
+
+    // A graceful stop leaves the list at once.
+    c.workers[2].stop();
+    let listed = c.workers[0].json("/v1/cluster").await.unwrap();
+    assert_eq!(listed["totals"]["workers"], 2, "{listed}");
+    for w in &mut c.workers {
+        w.stop();
+    }
+    // Stopped workers hold no connection slot (without giving them back, they would
+    // stay taken for the slot lease).
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{}}}:slots:*", c.prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for key in keys {
+        let held: u64 = redis::cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(held, 0, "{key} still holds slots after a graceful stop");
+    }
+    redis_cleanup(&c.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_gives_its_slots_back_and_its_deliveries_finish_elsewhere() {
+    if !redis_available().await {
+        return;
+    }
+    let mut c = cluster().await;
+    let to = recipients(400);
+    let id = c.workers[0].campaign(&to).await;
+    // Kill the worker that holds the most connections once it holds some.
+    let mut ids = Vec::new();
+    for w in &c.workers {
+        ids.push(w.json("/v1/cluster").await.unwrap()["this_worker"].clone());
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let victim = loop {
+        let listed = c.workers[0].json("/v1/cluster").await.unwrap();
+        let busiest = listed["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let open: u64 = w["connections"].as_object().map_or(0, |m| {
+                    m.values().filter_map(serde_json::Value::as_u64).sum()
+                });
+                (open, w["id"].clone())
+            })
+            .max_by_key(|(open, _)| *open);
+        if let Some((open, id)) = busiest
+            && open > 0
+        {
+            break ids.iter().position(|i| *i == id).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no worker ever connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    c.workers[victim].kill();
+    let survivor = (victim + 1) % 3;
+    let job = c.workers[survivor].wait_done(&id).await;
+    assert_eq!(job["counts"]["delivered"], 400, "{job}");
+    let mut counts: HashMap<String, u64> = c.a.delivery_counts();
+    for (k, n) in c.b.delivery_counts() {
+        *counts.entry(k).or_default() += n;
+    }
+    assert_eq!(counts.len(), 400, "every recipient delivered");
+    let duplicates: u64 = counts.values().map(|n| n - 1).sum();
+    eprintln!("cluster kill: {duplicates} duplicates of 400");
+    // At most what the killed worker had on its connections: 2 sites × cap × a batch (16).
+    assert!(duplicates <= 2 * CAP * 16, "{duplicates} duplicates");
+    let (sa, sb) = (c.a.stats(), c.b.stats());
+    assert!(
+        sa.peak_connections <= CAP && sb.peak_connections <= CAP,
+        "peaks {} {}",
+        sa.peak_connections,
+        sb.peak_connections
+    );
+    for w in &mut c.workers {
+        w.stop();
+    }
+    redis_cleanup(&c.prefix).await;
+}
