@@ -50,6 +50,10 @@ struct Args {
     /// Redis server for --backend redis (its keys are removed at the end).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// With --backend redis: keep connection caps and rates in this process
+    /// (`[cluster] shared_limits = false`), to measure what sharing them costs.
+    #[arg(long)]
+    local_limits: bool,
     /// Keep volley's opportunistic STARTTLS (default: tls = "disabled").
     #[arg(long)]
     tls: bool,
@@ -166,6 +170,7 @@ fn options(args: &Args, volley: PathBuf, sink: PathBuf, repo: PathBuf) -> LoadOp
         Backend::Redis => QueueBackend::Redis,
     };
     o.redis_url = args.redis_url.clone();
+    o.shared_limits = !args.local_limits;
     o.tls = args.tls;
     o.tempfail_percent = args.tempfail_percent;
     o.permfail_percent = args.permfail_percent;

@@ -78,6 +78,9 @@ pub struct LoadOptions {
     pub backend: QueueBackend,
     /// Redis server for [`QueueBackend::Redis`]. Default `redis://127.0.0.1:6379`.
     pub redis_url: String,
+    /// On Redis, share connection caps and rates through Redis (`[cluster]
+    /// shared_limits`). Default true, as volley's.
+    pub shared_limits: bool,
     /// Keep volley's opportunistic STARTTLS instead of `tls = "disabled"`.
     pub tls: bool,
     /// Percentage of RCPT attempts the sink answers 451 (decided per attempt).
@@ -116,6 +119,7 @@ impl LoadOptions {
             dkim: DkimMode::None,
             backend: QueueBackend::Embedded,
             redis_url: "redis://127.0.0.1:6379".to_owned(),
+            shared_limits: true,
             tls: false,
             tempfail_percent: 0.0,
             permfail_percent: 0.0,

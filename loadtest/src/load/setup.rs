@@ -112,6 +112,9 @@ pub(crate) fn volley_toml(options: &LoadOptions, inputs: &ConfigInputs<'_>) -> S
     if let Some(rate) = options.rate {
         let _ = writeln!(t, "[limits]\nglobal = \"{rate}/s\"\n");
     }
+    if !options.shared_limits {
+        t.push_str("[cluster]\nshared_limits = false\n\n");
+    }
     let _ = writeln!(t, "[dns]\nnameservers = [\"{}\"]\n", inputs.dns);
     t.push_str("[security]\nallow_loopback_mx = true\n\n");
     t.push_str("[retry]\nschedule = [\"1s\"]\nmax_age = \"10m\"\n");
