@@ -221,6 +221,11 @@ struct Cluster {
 /// Three workers sharing a cap of 2 connections per site and 60 messages/s, delivering
 /// to `a.test` (MX on 127.0.0.2) and `b.test` (127.0.0.3), posting webhooks.
 async fn cluster() -> Cluster {
+    cluster_with("").await
+}
+
+/// Like [`cluster`], with more `[smtp]` settings.
+async fn cluster_with(smtp: &str) -> Cluster {
     let (a, b, port) = sinks().await;
     let dns = DnsServer::start(
         DnsRecords::new()
@@ -235,7 +240,7 @@ async fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
     let shared = format!(
-        "[smtp]\nhelo_name = \"volley.test\"\nport = {port}\nmax_connections_per_site = {CAP}\n\
+        "[smtp]\nhelo_name = \"volley.test\"\nport = {port}\nmax_connections_per_site = {CAP}\n{smtp}\n\
          [dns]\nnameservers = [\"{}\"]\n[security]\nallow_loopback_mx = true\n\
          [limits]\nglobal = \"{RATE}/s\"\n\
          [webhooks]\nurl = \"{hook}\"\nsecret = \"a webhook secret of 32 bytes or more\"\n",
@@ -436,6 +441,55 @@ async fn a_killed_worker_gives_its_slots_back_and_its_deliveries_finish_elsewher
         "peaks {} {}",
         sa.peak_connections,
         sb.peak_connections
+    );
+    for w in &mut c.workers {
+        w.stop();
+    }
+    redis_cleanup(&c.prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_throttles_one_worker_is_paused_by_all() {
+    if !redis_available().await {
+        return;
+    }
+    let mut c = cluster_with("throttle_pause = \"4s\"").await;
+    // 600 recipients at a.test; the sink answers `421 4.7.0` to `bye-...` and closes.
+    let mut to: Vec<String> = (0..600).map(|i| format!("user{i}@a.test")).collect();
+    to[230] = "bye-1@a.test".to_owned();
+    let (w, t) = (&c.workers, &to);
+    let _ = tokio::join!(
+        w[0].campaign(&t[..200]),
+        w[1].campaign(&t[200..400]),
+        w[2].campaign(&t[400..])
+    );
+    // When the 421 is recorded, every worker must stop sending to the site for the pause.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = c.workers[0].json("/v1/events?limit=1000").await.unwrap();
+        let throttled = events["events"].as_array().unwrap().iter().any(|e| {
+            e["to"] == "bye-1@a.test" && e["reply"].as_str().is_some_and(|r| r.contains("421"))
+        });
+        if throttled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the 421 never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Half a second for the other workers to read it, and the batches already on a
+    // connection to finish.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let before = c.a.stats().messages;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let during = c.a.stats().messages - before;
+    eprintln!("cluster throttle: {during} messages accepted during the pause ({before} before)");
+    assert!(
+        before < 599,
+        "the campaign was still sending when the site throttled"
+    );
+    assert_eq!(
+        during, 0,
+        "a worker kept sending to a site that asked the cluster to slow down"
     );
     for w in &mut c.workers {
         w.stop();

@@ -8,6 +8,9 @@
 //! - `K slots:SITE` sorted set: `WORKER:ID` → expiry ms. A slot is taken only while fewer
 //!   than the cap are unexpired; its holder renews it every third of `slot_lease`; a dead
 //!   worker's slots expire.
+//! - `K throttle:SITE` string: `MS|WORKER`, the latest slow-down a site asked for (a
+//!   `421` or `4.7.x`), expiring with its pause; every worker's lane reads it twice a
+//!   second and pauses too.
 //! - `K gcra:KEY` string: the theoretical arrival time (µs, Redis's clock) of the next
 //!   permit of a rate (`global`, `site:SITE`, `domain:DOMAIN`).
 //! - `K lead:NAME` string: the worker leading `NAME` (`webhooks`, `retention`), with a TTL.
@@ -28,7 +31,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::engine::SlotSource;
+use crate::engine::{SharedThrottle, SlotSource};
 use crate::metrics::Metrics;
 use crate::rate::{BoxFuture, PermitSource, Take};
 
@@ -423,6 +426,54 @@ impl SlotSource for RedisCluster {
                     other.map(|_| None).map_err(|e| e.to_string())
                 }
             }
+        })
+    }
+
+    fn report_throttle(&self, site: &str, pause: Duration) {
+        let key = format!("{}throttle:{site}", self.k);
+        let (worker, mut conn, script) = (
+            self.worker.clone(),
+            self.conn.clone(),
+            self.scripts.report_throttle.clone(),
+        );
+        let report = async move {
+            let reported: Result<i64, _> = script
+                .key(&key)
+                .arg(&worker)
+                .arg(ms(pause).max(1))
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = reported {
+                tracing::warn!(error = %e, "cannot tell the cluster about a throttling site");
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(report));
+        }
+    }
+
+    fn throttle_of<'a>(
+        &'a self,
+        site: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SharedThrottle>, String>> {
+        Box::pin(async move {
+            let (value, left): (Option<String>, i64) = redis::pipe()
+                .get(format!("{}throttle:{site}", self.k))
+                .pttl(format!("{}throttle:{site}", self.k))
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (Some(value), Ok(left)) = (value, u64::try_from(left)) else {
+                return Ok(None);
+            };
+            let mine = value
+                .split_once('|')
+                .is_some_and(|(_, worker)| worker == self.worker);
+            Ok(Some(SharedThrottle {
+                id: value,
+                mine,
+                remaining: Duration::from_millis(left),
+            }))
         })
     }
 

@@ -63,6 +63,12 @@ end
 return n
 ";
 
+/// Records a slow-down. KEYS[1] the site's throttle; ARGV worker, pause ms.
+const REPORT_THROTTLE: &str = "
+redis.call('SET', KEYS[1], now_ms .. '|' .. ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+";
+
 /// Leads or keeps leading. KEYS[1] the lead; ARGV worker, ttl ms. Returns 1 when led.
 const LEAD: &str = "
 local holder = redis.call('GET', KEYS[1])
@@ -107,6 +113,7 @@ pub(super) struct Scripts {
     pub(super) renew: redis::Script,
     pub(super) release_all: redis::Script,
     pub(super) lead: redis::Script,
+    pub(super) report_throttle: redis::Script,
     pub(super) save_cursor: redis::Script,
     pub(super) beat: redis::Script,
     pub(super) workers: redis::Script,
@@ -121,6 +128,7 @@ impl Scripts {
             renew: timed(RENEW),
             release_all: redis::Script::new(RELEASE_ALL),
             lead: redis::Script::new(LEAD),
+            report_throttle: timed(REPORT_THROTTLE),
             save_cursor: redis::Script::new(SAVE_CURSOR),
             beat: timed(BEAT),
             workers: timed(WORKERS),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-pub use self::lane::{Delivery, Report, SlotSource};
+pub use self::lane::{Delivery, Report, SharedThrottle, SlotSource};
 pub use config::{ConfigError, LimitsConfig, SessionConfigs, SmtpConfig};
 
 use self::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};

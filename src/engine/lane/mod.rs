@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use pool::{Budget, PooledSession, SessionManager, SlotSource};
+pub use pool::{Budget, PooledSession, SessionManager, SharedThrottle, SlotSource};
 pub use throttle::Throttle;
 
 use self::worker::{Done, report, work};
@@ -205,6 +205,12 @@ async fn run_lane<K: Send + Sync + 'static>(
     let tick_every = (settings.idle_timeout / 2).max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(tick_every);
     let mut last_activity = Instant::now();
+    let cluster = ctx
+        .shared_limits
+        .cluster
+        .as_ref()
+        .map(|c| Arc::clone(&c.slots));
+    let mut applied: Option<String> = None;
     ctx.counters.limit.store(
         settings.max_connections as u64,
         std::sync::atomic::Ordering::Relaxed,
@@ -257,11 +263,17 @@ async fn run_lane<K: Send + Sync + 'static>(
                     let until = std::time::SystemTime::now() + settings.throttle_pause;
                     ctx.counters.paused_until_ms.store(unix_ms(until), std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(site = %ctx.site_key, "site is throttling us: fewer connections for a while");
+                    if let Some(cluster) = &cluster {
+                        cluster.report_throttle(&ctx.site_key, settings.throttle_pause);
+                    }
                 }
             },
             () = sleep_until(wake) => {},
             () = ctx.shared_limits.connections.reclaimed() => close_idle(&ctx.pool, Duration::ZERO),
             _ = tick.tick() => {
+                if let Some(cluster) = &cluster {
+                    follow_cluster_throttle(&ctx, cluster.as_ref(), &mut throttle, &mut applied).await;
+                }
                 close_idle(&ctx.pool, settings.idle_timeout);
                 let idle = queue.is_empty() && active == 0 && ctx.pool.status().size == 0;
                 if idle && last_activity.elapsed() >= settings.idle_timeout && !shutting_down {
@@ -278,6 +290,30 @@ async fn run_lane<K: Send + Sync + 'static>(
     // Shutting down or retiring: every pooled session says QUIT before the lane ends.
     let removed = ctx.pool.retain(|_, _| false).removed;
     futures::future::join_all(removed.into_iter().map(PooledSession::quit)).await;
+}
+
+/// Applies a slow-down another worker of the cluster was asked for, once.
+async fn follow_cluster_throttle<K>(
+    ctx: &LaneContext<K>,
+    cluster: &dyn SlotSource,
+    throttle: &mut Throttle,
+    applied: &mut Option<String>,
+) {
+    match cluster.throttle_of(&ctx.site_key).await {
+        Ok(Some(shared)) if !shared.mine && applied.as_ref() != Some(&shared.id) => {
+            throttle.on_throttle_for(Instant::now(), shared.remaining);
+            let until = std::time::SystemTime::now() + shared.remaining;
+            ctx.counters
+                .paused_until_ms
+                .store(unix_ms(until), std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(site = %ctx.site_key, "another worker was asked to slow down: pausing this site here too");
+            *applied = Some(shared.id);
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::debug!(site = %ctx.site_key, %error, "cannot read the cluster's throttle");
+        }
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -77,6 +77,26 @@ pub trait SlotSource: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Option<u64>, String>>;
     /// Gives a slot back (in the background: a drop cannot wait).
     fn release_slot(&self, site: &str, id: u64);
+    /// Tells every worker that `site` asked this one to slow down for `pause` (in the
+    /// background).
+    fn report_throttle(&self, site: &str, pause: std::time::Duration);
+    /// The latest slow-down of `site` still running, as another worker or this one
+    /// reported it.
+    fn throttle_of<'a>(
+        &'a self,
+        site: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SharedThrottle>, String>>;
+}
+
+/// A site's slow-down, as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedThrottle {
+    /// Tells one report from the next.
+    pub id: String,
+    /// Whether this worker reported it (and so has applied it already).
+    pub mine: bool,
+    /// How much of its pause is left.
+    pub remaining: std::time::Duration,
 }
 
 /// While every cluster slot of a site is taken, ask again this often.

@@ -49,9 +49,15 @@ impl Throttle {
 
     /// The site asked us to slow down.
     pub fn on_throttle(&mut self, now: Instant) {
+        self.on_throttle_for(now, self.pause);
+    }
+
+    /// The site asked another worker of the cluster to slow down, and its pause has
+    /// `pause` left: the same halving, for the rest of that pause.
+    pub fn on_throttle_for(&mut self, now: Instant, pause: Duration) {
         self.current = (self.current / 2).max(1);
-        self.paused_until = Some(now + self.pause);
-        self.last_step = now + self.pause;
+        self.paused_until = Some(now + pause);
+        self.last_step = now + pause;
     }
 
     /// When [`Self::allowed`] will next change, if it is below the maximum.
@@ -96,5 +102,10 @@ mod tests {
         let mut one = Throttle::new(1, s(1), s(1), t0);
         one.on_throttle(t0);
         assert_eq!(one.allowed(t0 + s(1)), 1, "never below one connection");
+        // Another worker's report: the same halving, for what is left of its pause.
+        let mut other = Throttle::new(8, s(30), s(10), t0);
+        other.on_throttle_for(t0, s(5));
+        assert_eq!(other.allowed(t0 + s(4)), 0);
+        assert_eq!(other.allowed(t0 + s(5)), 4);
     }
 }

@@ -42,6 +42,17 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
                 };
             }
         };
+        if paused(ctx) {
+            // The site asked for a pause (here, or another worker of the cluster) while
+            // these waited for permits: nothing more goes until it ends.
+            for job in group.into_iter().rev() {
+                pending.push_front(job);
+            }
+            return Done {
+                throttled: false,
+                unsent: pending.into(),
+            };
+        }
         let live = match session.take() {
             Some(s) => s,
             None => match checkout(ctx).await {
@@ -68,6 +79,11 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
         throttled: false,
         unsent: Vec::new(),
     }
+}
+
+/// Whether the site is in a pause it asked for.
+fn paused<K>(ctx: &LaneContext<K>) -> bool {
+    ctx.counters.paused_until_ms.load(Relaxed) > crate::time::unix_ms(std::time::SystemTime::now())
 }
 
 /// The limits one delivery must pass: global, its site's, its domain's.
