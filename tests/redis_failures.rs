@@ -68,6 +68,20 @@ impl AclUser {
     }
 }
 
+/// A sample line without its `worker="..."` label.
+fn without_worker(line: &str) -> String {
+    let Some(start) = line.find("worker=\"") else {
+        return line.to_owned();
+    };
+    let value = start + "worker=\"".len();
+    let Some(len) = line[value..].find('"') else {
+        return line.to_owned();
+    };
+    format!("{}{}", &line[..start], &line[value + len + 1..])
+        .replace("{,", "{")
+        .replace("{}", "")
+}
+
 /// A `volley serve` process on Redis, relaying to a sink.
 struct Worker {
     child: Child,
@@ -187,9 +201,17 @@ impl Worker {
         }
     }
 
+    /// A series' value, `name` written without the `worker` label every series of a
+    /// cluster's worker carries.
     async fn metric(&self, name: &str) -> u64 {
         let (_, text) = self.get("/metrics").await.unwrap_or_default();
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.contains("worker=\"")),
+            "every series is labelled with its worker: {text}"
+        );
         text.lines()
+            .map(without_worker)
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or(0)
     }

@@ -22,6 +22,10 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
     ] {
         text.push_str(&format!("volley_queue_depth{{state=\"{name}\"}} {value}\n"));
     }
+    // A worker of a cluster labels its series; Prometheus adds the workers up.
+    if state.cluster.is_some() {
+        text = crate::metrics::with_label(&text, "worker", &state.worker);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

@@ -468,6 +468,27 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
     }
 }
 
+/// Adds `name="value"` to every sample of Prometheus text (comments unchanged): how a
+/// worker of a cluster labels its series, so that Prometheus can add workers up.
+pub fn with_label(text: &str, name: &str, value: &str) -> String {
+    let label = format!("{name}=\"{}\"", escape_label(value));
+    let mut out = String::with_capacity(text.len() + text.lines().count() * (label.len() + 3));
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some(open) = line.find('{') {
+            let (metric, rest) = line.split_at(open + 1);
+            let _ = write!(out, "{metric}{label},{rest}");
+        } else if let Some((metric, sample)) = line.split_once(' ') {
+            let _ = write!(out, "{metric}{{{label}}} {sample}");
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -528,6 +549,15 @@ mod tests {
         assert!(text.contains("volley_deliveries_total{outcome=\"delivered\"} 1"));
         assert!(text.contains("volley_site_connections_opened_total{site=\"mx.example\"} 2"));
         assert_eq!(metrics.percentiles(Stage::Dns).count, 0);
+    }
+
+    #[test]
+    fn a_worker_label_goes_on_every_sample() {
+        let text = "# TYPE a counter\na 1\nb{site=\"x\"} 2\n";
+        assert_eq!(
+            with_label(text, "worker", "w\"1"),
+            "# TYPE a counter\na{worker=\"w\\\"1\"} 1\nb{worker=\"w\\\"1\",site=\"x\"} 2\n"
+        );
     }
 
     #[test]

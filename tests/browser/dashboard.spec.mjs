@@ -119,6 +119,11 @@ async function run() {
     await page.locator('#sites tbody tr').first().waitFor({ timeout: TIMEOUT });
     const siteRow = await page.locator('#sites tbody tr').first().textContent();
     check(/\d+ \/ \d+ \/ 7/.test(siteRow), `the site shows its limit: ${siteRow}`);
+    // The workers card: the embedded backend is this one process.
+    await page.locator('#workers tbody tr').first().waitFor({ timeout: TIMEOUT });
+    const workerRow = await page.locator('#workers tbody tr').first().textContent();
+    check(/\(this one\)/.test(workerRow), `the worker row names this process: ${workerRow}`);
+    check(await page.locator('#cluster-backend').textContent() === 'embedded', 'the backend is shown');
     const delivery = page.locator('#stages tbody tr', { hasText: 'Delivery (whole)' });
     const samples = Number(((await delivery.locator('td').first().textContent()) || '').replace(/\D/g, ''));
     check(samples > 0, `the delivery stage has samples: ${samples}`);

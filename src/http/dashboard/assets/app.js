@@ -375,13 +375,36 @@
     $('jobs-empty').hidden = jobs.length > 0;
   }
 
+  function renderCluster(cluster) {
+    setText('cluster-backend', cluster.backend);
+    setText('cluster-workers', int.format(cluster.totals.workers));
+    setText('cluster-in-flight', int.format(cluster.totals.in_flight));
+    setText('cluster-connections', int.format(cluster.totals.connections));
+    const body = $('workers').tBodies[0];
+    body.replaceChildren(...cluster.workers.map((w) => {
+      const open = Object.values(w.connections).reduce((a, b) => a + b, 0);
+      const sites = Object.keys(w.connections).length;
+      const name = w.id === cluster.this_worker ? `${w.id} (this one)` : w.id;
+      return el('tr', null,
+        el('th', { scope: 'row' }, el('code', { text: name })),
+        el('td', { text: w.host }),
+        el('td', { text: w.version }),
+        el('td', null, el('time', { datetime: w.started, text: new Date(w.started).toLocaleString() })),
+        el('td', null, el('time', { datetime: w.seen, text: new Date(w.seen).toLocaleTimeString() })),
+        el('td', { class: 'num', text: int.format(w.in_flight) }),
+        el('td', { class: 'num', text: `${int.format(open)} to ${int.format(sites)} sites` }));
+    }));
+  }
+
   async function refreshOverview(generation) {
     const since = state.lastT;
-    const [stats, jobs] = await Promise.all([
+    const [stats, jobs, cluster] = await Promise.all([
       api('/v1/dashboard/stats' + (since ? '?since=' + since : '')),
       api('/v1/dashboard/jobs?limit=10'),
+      api('/v1/cluster'),
     ]);
     if (generation !== state.generation) return;
+    renderCluster(cluster);
     mergeSeries(stats.series);
     renderTotals(stats);
     renderCharts(stats);
