@@ -496,3 +496,48 @@ async fn a_site_that_throttles_one_worker_is_paused_by_all() {
     }
     redis_cleanup(&c.prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_and_duplicates_nothing() {
+    if !redis_available().await {
+        return;
+    }
+    let mut c = cluster().await;
+    let to = recipients(600);
+    let (w, t) = (&c.workers, &to);
+    let ids = tokio::join!(
+        w[0].campaign(&t[..200]),
+        w[1].campaign(&t[200..400]),
+        w[2].campaign(&t[400..])
+    );
+    // Replace each worker in turn with a new process while the campaigns go out: SIGTERM
+    // (it finishes its transactions, gives back its leases and slots), then a new one.
+    let dir = c._dir.path().to_owned();
+    let shared = std::fs::read_to_string(dir.join("w1.toml")).unwrap();
+    let shared = &shared[shared.find("[smtp]").unwrap()..];
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.workers[i].stop();
+        let log = c.workers[i].log_text();
+        assert!(!log.contains("not stored"), "a stop lost outcomes: {log}");
+        let fresh = Worker::start(&dir, name, &c.prefix, shared);
+        fresh.ready().await;
+        c.workers[i] = fresh;
+    }
+    for id in [ids.0, ids.1, ids.2] {
+        let job = c.workers[0].wait_done(&id).await;
+        assert_eq!(job["counts"]["delivered"], 200, "{job}");
+    }
+    let mut counts: HashMap<String, u64> = c.a.delivery_counts();
+    counts.extend(c.b.delivery_counts());
+    assert_eq!(counts.len(), 600, "every recipient delivered");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "sent twice across a rolling restart: {twice:?}"
+    );
+    for w in &mut c.workers {
+        w.stop();
+    }
+    redis_cleanup(&c.prefix).await;
+}

@@ -257,6 +257,11 @@ async fn run_lane<K: Send + Sync + 'static>(
                         queue.push_front(job);
                     }
                 }
+                if cluster.is_some() && queue.is_empty() {
+                    // Nothing more for this site here: its idle connections go now, so
+                    // that a worker with work for it gets their slots.
+                    close_idle(&ctx.pool, Duration::ZERO);
+                }
                 if done.throttled {
                     throttle.on_throttle(Instant::now());
                     ctx.counters.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
