@@ -126,9 +126,10 @@ struct Held {
 /// How long permits taken from a shared source stay usable.
 const HELD_FOR: Duration = Duration::from_millis(50);
 
-/// Permits asked from a shared source at most at once: few, so that one worker does not
-/// take the whole burst while the others wait.
-const SHARED_BATCH: u32 = 16;
+/// Permits asked from a shared source at most at once. A worker asks for the whole burst
+/// (10 ms' worth), so that one round trip to the source buys as much sending as the limit
+/// allows; the others get what frees up next.
+const SHARED_BATCH: u32 = 256;
 
 /// After the shared source failed, ask again this much later.
 const SHARED_RETRY: Duration = Duration::from_millis(500);
@@ -173,7 +174,11 @@ impl Shared {
                 }
                 Ok(Take::Granted(_)) => tokio::time::sleep(self.period).await,
                 Ok(Take::Wait(wait)) => {
-                    tokio::time::sleep(wait.max(Duration::from_micros(50))).await;
+                    // Until half the burst is free rather than one permit: a timer is no
+                    // finer than a millisecond anyway, and nothing is lost by waiting less
+                    // than the burst's span (the source keeps what was not taken).
+                    let half = self.period * (want / 2);
+                    tokio::time::sleep(wait + half).await;
                 }
                 Err(error) => {
                     tracing::warn!(key = %self.key, %error, "shared rate limit unavailable; waiting");

@@ -257,7 +257,7 @@ async fn run_lane<K: Send + Sync + 'static>(
                         queue.push_front(job);
                     }
                 }
-                if cluster.is_some() && queue.is_empty() {
+                if cluster.is_some() && queue.is_empty() && active == 0 {
                     // Nothing more for this site here: its idle connections go now, so
                     // that a worker with work for it gets their slots.
                     close_idle(&ctx.pool, Duration::ZERO);
