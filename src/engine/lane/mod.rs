@@ -257,9 +257,10 @@ async fn run_lane<K: Send + Sync + 'static>(
                         queue.push_front(job);
                     }
                 }
-                if cluster.is_some() && queue.is_empty() && active == 0 {
-                    // Nothing more for this site here: its idle connections go now, so
-                    // that a worker with work for it gets their slots.
+                if cluster.is_some() && queue.is_empty() {
+                    // Nothing waiting for this site here: its idle connections go now,
+                    // so that a worker with work for it gets their slots (keeping them
+                    // for this worker's next batch halved the cluster's throughput).
                     close_idle(&ctx.pool, Duration::ZERO);
                 }
                 if done.throttled {
