@@ -453,15 +453,15 @@ async fn a_site_that_throttles_one_worker_is_paused_by_all() {
     if !redis_available().await {
         return;
     }
-    let mut c = cluster_with("throttle_pause = \"4s\"").await;
-    // 600 recipients at a.test; the sink answers `421 4.7.0` to `bye-...` and closes.
-    let mut to: Vec<String> = (0..600).map(|i| format!("user{i}@a.test")).collect();
-    to[230] = "bye-1@a.test".to_owned();
+    let mut c = cluster_with("throttle_pause = \"6s\"").await;
+    // 900 recipients at a.test; the sink answers `421 4.7.0` to `bye-...` and closes.
+    let mut to: Vec<String> = (0..900).map(|i| format!("user{i}@a.test")).collect();
+    to[330] = "bye-1@a.test".to_owned();
     let (w, t) = (&c.workers, &to);
     let _ = tokio::join!(
-        w[0].campaign(&t[..200]),
-        w[1].campaign(&t[200..400]),
-        w[2].campaign(&t[400..])
+        w[0].campaign(&t[..300]),
+        w[1].campaign(&t[300..600]),
+        w[2].campaign(&t[600..])
     );
     // When the 421 is recorded, every worker must stop sending to the site for the pause.
     let deadline = Instant::now() + PATIENCE;
@@ -476,11 +476,12 @@ async fn a_site_that_throttles_one_worker_is_paused_by_all() {
         assert!(Instant::now() < deadline, "the 421 never came");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Half a second for the other workers to read it, and the batches already on a
-    // connection to finish.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Time for the other workers to read it (twice a second, later on a loaded machine)
+    // and for exchanges already on a connection to finish; then three seconds of the
+    // six-second pause.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = c.a.stats().messages;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let during = c.a.stats().messages - before;
     eprintln!("cluster throttle: {during} messages accepted during the pause ({before} before)");
     assert!(
