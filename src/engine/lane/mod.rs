@@ -211,6 +211,10 @@ async fn run_lane<K: Send + Sync + 'static>(
         .as_ref()
         .map(|c| Arc::clone(&c.slots));
     let mut applied: Option<String> = None;
+    if let Some(cluster) = &cluster {
+        // A lane started during a pause another worker was asked for starts paused.
+        follow_cluster_throttle(&ctx, cluster.as_ref(), &mut throttle, &mut applied).await;
+    }
     ctx.counters.limit.store(
         settings.max_connections as u64,
         std::sync::atomic::Ordering::Relaxed,

@@ -42,17 +42,6 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
                 };
             }
         };
-        if paused(ctx) {
-            // The site asked for a pause (here, or another worker of the cluster) while
-            // these waited for permits: nothing more goes until it ends.
-            for job in group.into_iter().rev() {
-                pending.push_front(job);
-            }
-            return Done {
-                throttled: false,
-                unsent: pending.into(),
-            };
-        }
         let live = match session.take() {
             Some(s) => s,
             None => match checkout(ctx).await {
@@ -66,6 +55,18 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
                 }
             },
         };
+        if paused(ctx) {
+            // The site asked for a pause (here, or another worker of the cluster) while
+            // these waited for permits or a connection: nothing more goes until it ends.
+            drop(live);
+            for job in group.into_iter().rev() {
+                pending.push_front(job);
+            }
+            return Done {
+                throttled: false,
+                unsent: pending.into(),
+            };
+        }
         let (live, throttled) = send_group(ctx, live, group).await;
         session = live;
         if throttled {
