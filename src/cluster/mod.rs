@@ -402,15 +402,7 @@ impl SlotSource for RedisCluster {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(site.to_owned());
-            // Registered before asking, so a slot taken is renewed even if this future is
-            // dropped while Redis answers; a slot refused is removed again below.
-            self.held
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(site.to_owned())
-                .or_default()
-                .insert(id);
-            let taken: Result<i64, _> = self
+            let taken: i64 = self
                 .scripts
                 .take_slot
                 .key(format!("{}slots:{site}", self.k))
@@ -418,14 +410,21 @@ impl SlotSource for RedisCluster {
                 .arg(self.member(id))
                 .arg(ms(self.config.slot_lease))
                 .invoke_async(&mut self.conn.clone())
-                .await;
-            match taken {
-                Ok(1) => Ok(Some(id)),
-                other => {
-                    self.forget(site, id);
-                    other.map(|_| None).map_err(|e| e.to_string())
-                }
+                .await
+                .map_err(|e| e.to_string())?;
+            if taken != 1 {
+                return Ok(None);
             }
+            // Held (and so renewed) only once taken. Were this future dropped while Redis
+            // answers, a slot it took has no holder here and expires after the slot lease;
+            // registering it before asking would have renewed it for the process's life.
+            self.held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(site.to_owned())
+                .or_default()
+                .insert(id);
+            Ok(Some(id))
         })
     }
 
