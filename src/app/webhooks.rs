@@ -18,7 +18,16 @@ const POLL: Duration = Duration::from_millis(500);
 
 struct QueueEvents {
     queue: Arc<AnyQueue>,
-    cursor_file: PathBuf,
+    cursor: CursorStore,
+}
+
+/// Where the webhook cursor is kept.
+enum CursorStore {
+    /// A file next to the embedded store.
+    File(PathBuf),
+    /// Redis, saved only while this worker still leads the webhooks, so a worker that
+    /// lost the lead can never move the cursor past events the new leader has not posted.
+    Cluster(Arc<RedisCluster>),
 }
 
 impl EventSource for QueueEvents {
@@ -30,14 +39,23 @@ impl EventSource for QueueEvents {
     }
 
     async fn save_cursor(&self, cursor: u64) -> Result<(), String> {
-        // Write then rename, so a crash never leaves a torn cursor.
-        let tmp = self.cursor_file.with_extension("tmp");
-        tokio::fs::write(&tmp, cursor.to_string())
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::fs::rename(&tmp, &self.cursor_file)
-            .await
-            .map_err(|e| e.to_string())
+        match &self.cursor {
+            CursorStore::File(file) => {
+                // Write then rename, so a crash never leaves a torn cursor.
+                let tmp = file.with_extension("tmp");
+                tokio::fs::write(&tmp, cursor.to_string())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::fs::rename(&tmp, file)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            CursorStore::Cluster(cluster) => match cluster.save_webhook_cursor(cursor).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("another worker leads the webhooks now".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
     }
 }
 
@@ -76,35 +94,13 @@ pub(crate) fn start(
             });
         }
     };
-    let source = Arc::new(QueueEvents { queue, cursor_file });
+    let source = Arc::new(QueueEvents {
+        queue,
+        cursor: CursorStore::File(cursor_file),
+    });
     Ok(Some(tokio::spawn(webhooks::run(
         client, source, start, POLL, shutdown,
     ))))
-}
-
-/// The cluster's events, posted by the worker that leads `webhooks`, with the cursor in
-/// Redis: saved only while this worker still leads, so a worker that lost the lead can
-/// never move the cursor past events the new leader has not posted.
-struct ClusterEvents {
-    queue: Arc<AnyQueue>,
-    cluster: Arc<RedisCluster>,
-}
-
-impl EventSource for ClusterEvents {
-    async fn events_after(&self, cursor: u64, limit: usize) -> Result<Vec<Event>, String> {
-        self.queue
-            .events(cursor, limit)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn save_cursor(&self, cursor: u64) -> Result<(), String> {
-        match self.cluster.save_webhook_cursor(cursor).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("another worker leads the webhooks now".to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
 }
 
 /// Starts the cluster's webhook delivery when `[webhooks] url` is set: one worker posts
@@ -119,9 +115,9 @@ pub(crate) fn start_cluster(
         return Ok(None);
     }
     let client = WebhookClient::new(config)?;
-    let source = Arc::new(ClusterEvents {
+    let source = Arc::new(QueueEvents {
         queue,
-        cluster: Arc::clone(&cluster),
+        cursor: CursorStore::Cluster(Arc::clone(&cluster)),
     });
     let lead = Arc::clone(&cluster);
     Ok(Some(tokio::spawn(super::cluster::while_leading(
