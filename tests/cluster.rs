@@ -8,18 +8,18 @@
 #![allow(clippy::print_stderr)]
 
 mod queue_common;
+mod serve_process;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use queue_common::{REDIS_URL, redis_available, redis_cleanup, unique_prefix};
+use serve_process::{PATIENCE, Serve, templates_toml};
 use volley_loadtest::{DnsRecords, DnsServer, Sink, SinkConfig};
 
-const PATIENCE: Duration = Duration::from_secs(90);
 const MX_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const MX_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const CAP: u64 = 2;
@@ -78,138 +78,23 @@ async fn webhook_receiver() -> (String, Posted) {
     (format!("http://{addr}/hook"), posted)
 }
 
-struct Worker {
-    child: Child,
-    api: String,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(dir: &Path, name: &str, prefix: &str, shared: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let api = format!("127.0.0.1:{port}");
-        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-        let config = format!(
+/// A worker of the cluster: `shared` is the configuration every worker has in common.
+fn start_worker(dir: &Path, name: &str, prefix: &str, shared: &str) -> Serve {
+    let templates = templates_toml();
+    Serve::spawn(dir, name, |api| {
+        format!(
             "[server]\nlisten = \"{api}\"\nshutdown_timeout = \"2s\"\n\
              [queue]\nbackend = \"redis\"\nredis_url = \"{REDIS_URL}\"\nredis_prefix = \"{prefix}\"\nlease = \"3s\"\n\
-             [templates]\npath = {templates:?}\n\
+             [templates]\npath = {templates}\n\
              [retry]\nschedule = [\"300ms\"]\nmax_age = \"5m\"\n\
              [cluster]\nslot_lease = \"2s\"\nheartbeat = \"1s\"\n\
              {shared}"
-        );
-        let file = dir.join(format!("{name}.toml"));
-        std::fs::write(&file, config).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_volley"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&file)
-            .env("VOLLEY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Worker { child, api, log }
-    }
-
-    async fn request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.api).await.ok()?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            self.api,
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
-    }
-
-    async fn json(&self, path: &str) -> Option<serde_json::Value> {
-        let (status, body) = self.request("GET", path, "").await?;
-        (status == 200).then(|| serde_json::from_str(&body).unwrap())
-    }
-
-    async fn ready(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if self
-                .request("GET", "/healthz", "")
-                .await
-                .is_some_and(|(s, _)| s == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("volley did not start: {}", self.log_text());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn campaign(&self, to: &[String]) -> String {
-        let recipients: Vec<serde_json::Value> = to
-            .iter()
-            .map(|t| serde_json::json!({"to": t, "vars": {"name": "N"}}))
-            .collect();
-        let body = serde_json::json!({"template": "welcome", "from": "news@example.com", "recipients": recipients});
-        let (status, answer) = self
-            .request("POST", "/v1/campaigns", &body.to_string())
-            .await
-            .expect("the API answers");
-        assert_eq!(status, 202, "{answer}");
-        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        answer["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn wait_done(&self, id: &str) -> serde_json::Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(job) = self.json(&format!("/v1/jobs/{id}?limit=1")).await
-                && job["state"] == "done"
-            {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "never done: {}", self.log_text());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill();
-        }
-    }
+        )
+    })
 }
 
 struct Cluster {
-    workers: Vec<Worker>,
+    workers: Vec<Serve>,
     a: Sink,
     b: Sink,
     _dns: DnsServer,
@@ -246,9 +131,9 @@ async fn cluster_with(smtp: &str) -> Cluster {
          [webhooks]\nurl = \"{hook}\"\nsecret = \"a webhook secret of 32 bytes or more\"\n",
         dns.addr()
     );
-    let workers: Vec<Worker> = ["w1", "w2", "w3"]
+    let workers: Vec<Serve> = ["w1", "w2", "w3"]
         .iter()
-        .map(|name| Worker::start(dir.path(), name, &prefix, &shared))
+        .map(|name| start_worker(dir.path(), name, &prefix, &shared))
         .collect();
     for w in &workers {
         w.ready().await;
@@ -521,7 +406,7 @@ async fn a_rolling_restart_loses_and_duplicates_nothing() {
         c.workers[i].stop();
         let log = c.workers[i].log_text();
         assert!(!log.contains("not stored"), "a stop lost outcomes: {log}");
-        let fresh = Worker::start(&dir, name, &c.prefix, shared);
+        let fresh = start_worker(&dir, name, &c.prefix, shared);
         fresh.ready().await;
         c.workers[i] = fresh;
     }

@@ -8,12 +8,13 @@
 #![allow(clippy::print_stderr)]
 
 mod queue_common;
+mod serve_process;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use queue_common::{REDIS_URL, redis_available, redis_cleanup, unique_prefix};
+use serve_process::{Serve, templates_toml};
 use volley_loadtest::{Sink, SinkConfig};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -83,176 +84,40 @@ fn without_worker(line: &str) -> String {
 }
 
 /// A `volley serve` process on Redis, relaying to a sink.
-struct Worker {
-    child: Child,
-    api: String,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Worker {
-    fn start(
-        dir: &Path,
-        name: &str,
-        redis_url: &str,
-        prefix: &str,
-        relay: &str,
-        extra: &str,
-    ) -> Self {
-        let port = free_port();
-        let api = format!("127.0.0.1:{port}");
-        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-        let config = format!(
+fn start_worker(
+    dir: &Path,
+    name: &str,
+    redis_url: &str,
+    prefix: &str,
+    relay: &str,
+    extra: &str,
+) -> Serve {
+    let templates = templates_toml();
+    Serve::spawn(dir, name, |api| {
+        format!(
             "[server]\nlisten = \"{api}\"\nshutdown_timeout = \"2s\"\n\
              [queue]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\nredis_prefix = \"{prefix}\"\nlease = \"3s\"\n\
-             [templates]\npath = {templates:?}\n\
+             [templates]\npath = {templates}\n\
              [smtp]\nhelo_name = \"volley.test\"\n\
              [relay]\nhost = \"{relay}\"\ntls = \"none\"\n\
              [retry]\nschedule = [\"300ms\"]\nmax_age = \"5m\"\n{extra}"
-        );
-        let file = dir.join(format!("{name}.toml"));
-        std::fs::write(&file, config).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_volley"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&file)
-            .env("VOLLEY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Worker { child, api, log }
-    }
-
-    async fn ready(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if self.get("/healthz").await.is_some_and(|(s, _)| s == 200) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("volley did not start: {}", self.log_text());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.api).await.ok()?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            self.api,
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        self.request("GET", path, "").await
-    }
-
-    async fn campaign(&self, to: &[String]) -> String {
-        let recipients: Vec<serde_json::Value> = to
-            .iter()
-            .map(|t| serde_json::json!({"to": t, "vars": {"name": "N"}}))
-            .collect();
-        let body = serde_json::json!({"template": "welcome", "from": "news@example.com", "recipients": recipients});
-        let (status, answer) = self
-            .request("POST", "/v1/campaigns", &body.to_string())
-            .await
-            .expect("the API answers");
-        assert_eq!(status, 202, "{answer}");
-        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        answer["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn job(&self, id: &str) -> Option<serde_json::Value> {
-        let (status, body) = self.get(&format!("/v1/jobs/{id}?limit=1")).await?;
-        (status == 200).then(|| serde_json::from_str(&body).unwrap())
-    }
-
-    async fn wait_done(&self, id: &str) -> serde_json::Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(job) = self.job(id).await
-                && (job["state"] == "done" || Instant::now() > deadline)
-            {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "never done: {}", self.log_text());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// A series' value, `name` written without the `worker` label every series of a
-    /// cluster's worker carries.
-    async fn metric(&self, name: &str) -> u64 {
-        let (_, text) = self.get("/metrics").await.unwrap_or_default();
-        assert!(
-            text.lines()
-                .all(|l| l.starts_with('#') || l.contains("worker=\"")),
-            "every series is labelled with its worker: {text}"
-        );
-        text.lines()
-            .map(without_worker)
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to end; its exit code and log.
-    /// Waits for the worker to end (at most a minute: a stop that hangs is a failure,
-    /// not a stuck test run).
-    fn wait(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code(), self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the worker did not stop within a minute: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+        )
+    })
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // Only our own child, by its PID; nothing to do when it already ended.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A series' value, `name` written without the `worker` label every series of a
+/// cluster's worker carries.
+async fn metric(worker: &Serve, name: &str) -> u64 {
+    let (_, text) = worker.get("/metrics").await.unwrap_or_default();
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with('#') || l.contains("worker=\"")),
+        "every series is labelled with its worker: {text}"
+    );
+    text.lines()
+        .map(without_worker)
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn addresses(n: usize, tag: &str) -> Vec<String> {
@@ -273,7 +138,7 @@ async fn a_redis_that_refuses_reads_defers_and_never_sends_blind() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = sink.addrs()[0].to_string();
-    let worker = Worker::start(dir.path(), "a", &user.url(), &prefix, &relay, "");
+    let worker = start_worker(dir.path(), "a", &user.url(), &prefix, &relay, "");
     worker.ready().await;
     let (status, body) = worker
         .request("PUT", "/v1/suppressions/blocked@example.org", "")
@@ -286,7 +151,7 @@ async fn a_redis_that_refuses_reads_defers_and_never_sends_blind() {
     to.push("blocked@example.org".into());
     let id = worker.campaign(&to).await;
     let deadline = Instant::now() + PATIENCE;
-    while worker.metric("volley_queue_errors_total").await < 2 {
+    while metric(&worker, "volley_queue_errors_total").await < 2 {
         assert!(
             Instant::now() < deadline,
             "no queue error seen: {}",
@@ -301,9 +166,7 @@ async fn a_redis_that_refuses_reads_defers_and_never_sends_blind() {
         "nothing sent while suppression is unknown"
     );
     assert_eq!(
-        worker
-            .metric("volley_deliveries_total{outcome=\"bounced\"}")
-            .await,
+        metric(&worker, "volley_deliveries_total{outcome=\"bounced\"}").await,
         0
     );
     user.set(&["+hmget"]).await;
@@ -333,7 +196,7 @@ async fn leasing_resumes_after_redis_lost_its_data() {
     let sink = Sink::start(SinkConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = sink.addrs()[0].to_string();
-    let worker = Worker::start(dir.path(), "a", REDIS_URL, &prefix, &relay, "");
+    let worker = start_worker(dir.path(), "a", REDIS_URL, &prefix, &relay, "");
     worker.ready().await;
     let id = worker.campaign(&addresses(5, "before")).await;
     worker.wait_done(&id).await;
@@ -367,13 +230,13 @@ async fn a_stop_whose_outcomes_cannot_be_stored_ends_in_time_and_says_so() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = sink.addrs()[0].to_string();
-    let worker = Worker::start(dir.path(), "a", &user.url(), &prefix, &relay, "");
+    let mut worker = start_worker(dir.path(), "a", &user.url(), &prefix, &relay, "");
     worker.ready().await;
     worker.campaign(&addresses(4, "slow")).await;
     // Wait until they are on connections, then take the scripts away: no outcome can be
     // stored any more.
     let deadline = Instant::now() + PATIENCE;
-    while worker.metric("volley_in_flight").await == 0 {
+    while metric(&worker, "volley_in_flight").await == 0 {
         assert!(
             Instant::now() < deadline,
             "nothing in flight: {}",
@@ -452,8 +315,8 @@ async fn a_killed_worker_duplicates_at_most_what_it_had_in_flight() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let relay = sink.addrs()[0].to_string();
-    let a = Worker::start(dir.path(), "a", REDIS_URL, &prefix, &relay, "");
-    let b = Worker::start(dir.path(), "b", REDIS_URL, &prefix, &relay, "");
+    let a = start_worker(dir.path(), "a", REDIS_URL, &prefix, &relay, "");
+    let mut b = start_worker(dir.path(), "b", REDIS_URL, &prefix, &relay, "");
     a.ready().await;
     b.ready().await;
     let total = 3000;
@@ -464,7 +327,7 @@ async fn a_killed_worker_duplicates_at_most_what_it_had_in_flight() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let pid = b.pid();
-    let in_flight = b.metric("volley_in_flight").await;
+    let in_flight = metric(&b, "volley_in_flight").await;
     b.signal("KILL"); // no destructor, no flush, no goodbye
     let (code, _) = b.wait();
     assert_eq!(code, None, "killed by a signal");
