@@ -18,6 +18,7 @@ use volley::app::{App, shutdown_signal};
 
 /// mimalloc returns freed memory to the system promptly; with glibc's allocator the
 /// memory of parsed 100k-recipient requests stayed resident after they were queued.
+/// Transparent huge pages are off for the process (see [`no_huge_pages`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -135,6 +136,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
@@ -160,6 +162,18 @@ fn main() -> ExitCode {
             eprintln!("volley: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process, before the runtime's threads start
+/// (the flag is the process's). mimalloc asks for huge pages on its arena, and each page
+/// it touched again after giving memory back cost the kernel zeroing 2 MiB: 12 % of
+/// volley's CPU when taking SMTP submissions (`perf`, `clear_page_erms` under
+/// `mi_page_free_list_extend`). Memory use is no higher with small pages.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("volley: cannot turn transparent huge pages off: {e}");
     }
 }
 
