@@ -261,9 +261,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 |f| f.display().to_string(),
             );
             config.smtp.session_configs(&config.relay)?;
-            if let Some(dkim) = &config.dkim {
-                volley::message::DkimSigner::from_config(dkim)?;
-            }
+            volley::message::load_signers(&config.dkim)?;
             config.unsubscribe.validate()?;
             volley::app::submission::check(&config)?;
             volley::app::bounces::check(&config)?;

@@ -1,5 +1,6 @@
 //! DKIM signatures checked by an independent verifier (Python's dkimpy), over many
-//! messages so that header folding lands in every position. Needs `python3` with
+//! messages so that header folding lands in every position: RSA, Ed25519, and both on
+//! one message (two `[[dkim]]` keys). Needs `python3` with
 //! `dkimpy` and `pynacl` (`.ci/run` installs them); with `CI` set their absence is
 //! a failure, otherwise the test says so and returns.
 
@@ -39,8 +40,25 @@ fn dkimpy_verifies_our_signatures() {
         ))
         .unwrap(),
     ];
+    // Both keys at once, as `[[dkim]]` twice: one RSA and one Ed25519 signature.
+    let dual = volley::message::load_signers(&[
+        DkimConfig::new(
+            "example.com",
+            "rsa",
+            data("dkim-test-rsa2048.pem"),
+            DkimAlgorithm::RsaSha256,
+        ),
+        DkimConfig::new(
+            "example.com",
+            "ed",
+            data("dkim-test-ed25519.pem"),
+            DkimAlgorithm::Ed25519Sha256,
+        ),
+    ])
+    .unwrap();
     let mut n = 0;
-    for (k, signer) in signers.iter().enumerate() {
+    let keys: [&[DkimSigner]; 3] = [&signers[..1], &signers[1..], &dual];
+    for (k, signers) in keys.iter().enumerate() {
         for i in 0..40 {
             let spec = MessageSpec {
                 from: Mailbox::named("News", Address::parse("news@example.com").unwrap()),
@@ -57,11 +75,13 @@ fn dkimpy_verifies_our_signatures() {
                 list_unsubscribe: None,
             };
             let built = build_message(&spec, "example.com").unwrap();
-            std::fs::write(
-                dir.path().join(format!("{k}-{i:02}.eml")),
-                signer.sign(&built).unwrap(),
-            )
-            .unwrap();
+            let signed = volley::message::sign_all(signers, &built).unwrap();
+            let count = String::from_utf8_lossy(&signed)
+                .lines()
+                .filter(|l| l.starts_with("DKIM-Signature:"))
+                .count();
+            assert_eq!(count, signers.len());
+            std::fs::write(dir.path().join(format!("{k}-{i:02}.eml")), signed).unwrap();
             n += 1;
         }
     }

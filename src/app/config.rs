@@ -39,8 +39,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[retry]`: schedule and maximum age.
     pub retry: RetryConfig,
-    /// `[dkim]`: absent means no signing.
-    pub dkim: Option<DkimConfig>,
+    /// `[dkim]` (one key) or `[[dkim]]` (several, each message signed by all): absent
+    /// means no signing.
+    #[serde(deserialize_with = "crate::message::one_or_many")]
+    pub dkim: Vec<DkimConfig>,
     /// `[unsubscribe]`: List-Unsubscribe on campaign messages.
     pub unsubscribe: UnsubscribeConfig,
     /// `[webhooks]`: event delivery to a URL.
@@ -343,7 +345,7 @@ impl Config {
         if let Some(v) = get("VOLLEY_REDIS_URL") {
             self.queue.redis_url = v;
         }
-        if let (Some(v), Some(dkim)) = (get("VOLLEY_DKIM_KEY_FILE"), self.dkim.as_mut()) {
+        if let (Some(v), Some(dkim)) = (get("VOLLEY_DKIM_KEY_FILE"), self.dkim.first_mut()) {
             dkim.key_file = PathBuf::from(v);
         }
         Ok(())
@@ -526,15 +528,47 @@ allow_loopback_mx = false
         assert_eq!(config.server.max_body, 16 << 20);
         assert_eq!(config.smtp.port, 25);
         assert_eq!(config.retry.schedule.len(), 6);
-        assert_eq!(config.dkim.unwrap().selector, "s1");
+        assert_eq!(config.dkim[0].selector, "s1");
         assert!(config.limits.domains["gmail.com"].is_limited());
+    }
+
+    #[test]
+    fn dkim_takes_one_key_or_several() {
+        let two = Config::parse(
+            "[[dkim]]\ndomain = \"example.com\"\nselector = \"rsa\"\nkey_file = \"r.pem\"\n\
+             [[dkim]]\ndomain = \"example.com\"\nselector = \"ed\"\nkey_file = \"e.pem\"\n\
+             algorithm = \"ed25519-sha256\"\n",
+        )
+        .unwrap();
+        let selectors: Vec<_> = two.dkim.iter().map(|k| k.selector.as_str()).collect();
+        assert_eq!(selectors, ["rsa", "ed"]);
+        let err = Config::parse("[[dkim]]\ndomain = \"example.com\"\nselector = \"a\"\nkey_file = \"k\"\nkeyfile = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keyfile"), "{err}");
+        let same = [
+            DkimConfig::new(
+                "example.com",
+                "s1",
+                "a.pem",
+                crate::message::DkimAlgorithm::RsaSha256,
+            ),
+            DkimConfig::new(
+                "EXAMPLE.com",
+                "S1",
+                "b.pem",
+                crate::message::DkimAlgorithm::Ed25519Sha256,
+            ),
+        ];
+        let err = crate::message::load_signers(&same).unwrap_err().to_string();
+        assert!(err.contains("own selector"), "{err}");
     }
 
     #[test]
     fn an_empty_file_is_all_defaults() {
         let config = Config::parse("").unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:8025".parse().unwrap());
-        assert!(config.dkim.is_none());
+        assert!(config.dkim.is_empty());
         assert!(config.validate().is_ok());
     }
 

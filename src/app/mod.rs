@@ -27,7 +27,7 @@ use crate::compose::Composer;
 use crate::dispatch::{Dispatch, DispatchDeps};
 use crate::engine::{Engine, EngineConfig};
 use crate::http::{ApiState, ServerLimits, router};
-use crate::message::DkimSigner;
+use crate::message::load_signers;
 use crate::metrics::Metrics;
 use crate::metrics::history::{History, start_sampler};
 use crate::queue::{AnyQueue, Backend};
@@ -105,11 +105,7 @@ impl App {
     /// Loads templates and keys and opens the queue.
     pub async fn open(config: Config) -> Result<Self, StartError> {
         let templates = Arc::new(Templates::load(&config.templates.path)?);
-        let dkim = config
-            .dkim
-            .as_ref()
-            .map(DkimSigner::from_config)
-            .transpose()?;
+        let dkim = load_signers(&config.dkim)?;
         let composer = Composer::new(
             templates,
             dkim,

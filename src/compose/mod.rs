@@ -22,7 +22,7 @@ pub use self::spec::{
 use crate::address::Address;
 use crate::message::{
     Attachment, DkimSigner, ListUnsubscribe, Mailbox, MessageError, MessageSpec, TokenFor,
-    UnsubscribeConfig, UnsubscribeTokens, Unsubscription, build_message,
+    UnsubscribeConfig, UnsubscribeTokens, Unsubscription, build_message, sign_all,
 };
 use crate::queue::JobKind;
 use crate::template::{TemplateError, Templates, html_to_text};
@@ -64,7 +64,7 @@ impl ComposeError {
 /// Builds messages; shared by the API (to check submissions) and the dispatcher.
 pub struct Composer {
     templates: Arc<Templates>,
-    dkim: Option<DkimSigner>,
+    dkim: Vec<DkimSigner>,
     unsubscribe: Option<(UnsubscribeConfig, UnsubscribeTokens)>,
     max_size: usize,
 }
@@ -72,18 +72,18 @@ pub struct Composer {
 impl std::fmt::Debug for Composer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Composer")
-            .field("dkim", &self.dkim.is_some())
+            .field("dkim", &self.dkim.len())
             .field("max_size", &self.max_size)
             .finish_non_exhaustive()
     }
 }
 
 impl Composer {
-    /// A composer with its templates, optional signer, unsubscribe settings and size
-    /// limit.
+    /// A composer with its templates, DKIM signers (none, one or several), unsubscribe
+    /// settings and size limit.
     pub fn new(
         templates: Arc<Templates>,
-        dkim: Option<DkimSigner>,
+        dkim: Vec<DkimSigner>,
         unsubscribe: &UnsubscribeConfig,
         max_size: usize,
     ) -> Result<Self, MessageError> {
@@ -104,6 +104,11 @@ impl Composer {
             unsubscribe,
             max_size,
         })
+    }
+
+    /// Whether messages are DKIM-signed (building one then costs far more).
+    pub fn signs(&self) -> bool {
+        !self.dkim.is_empty()
     }
 
     /// Whether a job's messages differ from one recipient to the next (campaigns; list
@@ -214,9 +219,10 @@ impl Composer {
 
     /// DKIM-signs a built message (when a key is configured) and checks its size.
     fn sign(&self, built: Vec<u8>) -> Result<Vec<u8>, ComposeError> {
-        let signed = match &self.dkim {
-            Some(signer) => signer.sign(&built)?,
-            None => built,
+        let signed = if self.dkim.is_empty() {
+            built
+        } else {
+            sign_all(&self.dkim, &built)?
         };
         if signed.len() > self.max_size {
             return Err(ComposeError::TooBig {

@@ -215,61 +215,105 @@ impl Feeder {
         let _ = self.direct.send((id, resolution, to.to_owned()));
     }
 
-    /// Builds the messages of a batch. One-off messages are built once per job and
-    /// shared; campaign messages are built on every core, because rendering, MIME and
-    /// above all RSA signing (about 1 ms each) would otherwise hold one thread.
+    /// Builds the messages of a batch. A one-off message's bytes are built once per job
+    /// and shared by its recipients (no header names a recipient of its own; Bcc
+    /// recipients appear nowhere; messages whose headers would differ are built per
+    /// recipient, see [`Composer::per_recipient`]). What must be built is built on every
+    /// core, because rendering, MIME and above all DKIM signing would otherwise hold one
+    /// thread: SMTP submissions are one-off jobs, one per message.
     async fn build_all(&mut self, staged: Vec<Staged>) -> Vec<Delivery<DeliveryKey>> {
-        let composer = Arc::clone(&self.composer);
-        let (messages, campaigns): (Vec<Staged>, Vec<Staged>) = staged
-            .into_iter()
-            .partition(|s| !composer.per_recipient(&s.spec));
-        let mut built = Vec::with_capacity(messages.len() + campaigns.len());
-        for s in messages {
-            let body = self.message_body(&s);
+        let mut built = Vec::with_capacity(staged.len());
+        // What must be built: every campaign message, and the first delivery of each
+        // one-off job whose body is not cached; its other deliveries wait for it.
+        let mut work = Vec::new();
+        let mut waiting = Vec::new();
+        let mut building = std::collections::HashSet::new();
+        for s in staged {
+            if self.composer.per_recipient(&s.spec) {
+                work.push(s);
+            } else if let Some(body) = self.bodies.get(&s.key.id.job) {
+                let body = Arc::clone(body);
+                built.push((s, Ok(body)));
+            } else if building.insert(s.key.id.job) {
+                work.push(s);
+            } else {
+                waiting.push(s);
+            }
+        }
+        let done = self.build_on_every_core(work).await;
+        let mut one_off: HashMap<JobId, Arc<[u8]>> = HashMap::new();
+        for (s, body) in done {
+            if let (Ok(body), false) = (&body, self.composer.per_recipient(&s.spec)) {
+                self.bodies
+                    .insert(s.key.id.job, Arc::clone(body), body.len());
+                one_off.insert(s.key.id.job, Arc::clone(body));
+            }
             built.push((s, body));
         }
-        let workers = std::thread::available_parallelism().map_or(2, usize::from);
-        if campaigns.len() < 32 || workers < 2 {
-            for s in campaigns {
-                let body = compose(&self.composer, &s).map(Arc::from);
-                built.push((s, body));
-            }
-        } else {
-            let per_worker = campaigns.len().div_ceil(workers);
-            let mut chunks = Vec::with_capacity(workers);
-            let mut rest = campaigns;
-            while !rest.is_empty() {
-                let tail = rest.split_off(per_worker.min(rest.len()));
-                chunks.push(std::mem::replace(&mut rest, tail));
-            }
-            let tasks: Vec<_> = chunks
-                .into_iter()
-                .map(|chunk| {
-                    let composer = Arc::clone(&self.composer);
-                    tokio::task::spawn_blocking(move || {
-                        chunk
-                            .into_iter()
-                            .map(|s| {
-                                let body = compose(&composer, &s).map(Arc::from);
-                                (s, body)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for task in tasks {
-                match task.await {
-                    Ok(done) => built.extend(done),
-                    Err(e) => {
-                        tracing::error!(error = %e, "a message-building task failed; its leases return when they run out");
-                    }
-                }
-            }
+        for s in waiting {
+            let body = match one_off.get(&s.key.id.job) {
+                Some(body) => Ok(Arc::clone(body)),
+                // Its job's build failed: build it again to get its own error.
+                None => compose(&self.composer, &s).map(Arc::from),
+            };
+            built.push((s, body));
         }
         built
             .into_iter()
             .filter_map(|(s, body)| self.finish(s, body))
             .collect()
+    }
+
+    /// Builds messages, on every core when there are enough of them to be worth it: a
+    /// few dozen, or two once messages are DKIM-signed (RSA costs about half a
+    /// millisecond each).
+    async fn build_on_every_core(
+        &self,
+        work: Vec<Staged>,
+    ) -> Vec<(Staged, Result<Arc<[u8]>, ComposeError>)> {
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        let enough = if self.composer.signs() { 2 } else { 32 };
+        if work.len() < enough || workers < 2 {
+            return work
+                .into_iter()
+                .map(|s| {
+                    let body = compose(&self.composer, &s).map(Arc::from);
+                    (s, body)
+                })
+                .collect();
+        }
+        let per_worker = work.len().div_ceil(workers);
+        let mut chunks = Vec::with_capacity(workers);
+        let mut rest = work;
+        while !rest.is_empty() {
+            let tail = rest.split_off(per_worker.min(rest.len()));
+            chunks.push(std::mem::replace(&mut rest, tail));
+        }
+        let tasks: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let composer = Arc::clone(&self.composer);
+                tokio::task::spawn_blocking(move || {
+                    chunk
+                        .into_iter()
+                        .map(|s| {
+                            let body = compose(&composer, &s).map(Arc::from);
+                            (s, body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut built = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok(done) => built.extend(done),
+                Err(e) => {
+                    tracing::error!(error = %e, "a message-building task failed; its leases return when they run out");
+                }
+            }
+        }
+        built
     }
 
     /// The delivery for a built message, or its resolution when it could not be built.
@@ -329,20 +373,6 @@ impl Feeder {
             .map_err(|e| format!("the job's stored payload does not decode: {e}"))?;
         self.specs.insert(*job, Arc::clone(&spec), bytes.len());
         Ok(spec)
-    }
-
-    /// A one-off message's bytes, built once per job: every recipient gets the same
-    /// (no header names a recipient of its own; Bcc recipients appear nowhere; messages
-    /// whose headers would differ are built per recipient, see
-    /// [`Composer::per_recipient`]).
-    fn message_body(&mut self, s: &Staged) -> Result<Arc<[u8]>, ComposeError> {
-        if let Some(body) = self.bodies.get(&s.key.id.job) {
-            return Ok(Arc::clone(body));
-        }
-        let body: Arc<[u8]> = compose(&self.composer, s)?.into();
-        self.bodies
-            .insert(s.key.id.job, Arc::clone(&body), body.len());
-        Ok(body)
     }
 }
 

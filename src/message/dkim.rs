@@ -170,6 +170,11 @@ impl DkimSigner {
 
     /// The message with a `DKIM-Signature` header prepended.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, MessageError> {
+        sign_all(std::slice::from_ref(self), message)
+    }
+
+    /// Appends this key's `DKIM-Signature` header for `message` to `out`.
+    fn write_signature(&self, message: &[u8], out: &mut Vec<u8>) -> Result<(), MessageError> {
         let signature = match &self.key {
             Key::Rsa(signer) => signer.sign(message),
             Key::Ed25519(signer) => signer.sign(message),
@@ -177,11 +182,12 @@ impl DkimSigner {
         .map_err(|e| MessageError::DkimSign {
             reason: e.to_string(),
         })?;
-        let mut signed = Vec::with_capacity(message.len() + 600);
-        signature.write_header(&mut signed);
-        tighten_final_semicolon(&mut signed);
-        signed.extend_from_slice(message);
-        Ok(signed)
+        let start = out.len();
+        signature.write_header(out);
+        let mut header = out.split_off(start);
+        tighten_final_semicolon(&mut header);
+        out.extend_from_slice(&header);
+        Ok(())
     }
 
     /// The algorithm of the loaded key.
@@ -205,6 +211,57 @@ impl DkimSigner {
         };
         format!("v=DKIM1; k={k}; p={}", self.public_key)
     }
+}
+
+/// The message with one `DKIM-Signature` header per key prepended, in the keys' order:
+/// each signs the message as built (none covers another's signature), as large senders
+/// sign with RSA for every verifier and Ed25519 for those that know it (RFC 8463).
+pub fn sign_all(signers: &[DkimSigner], message: &[u8]) -> Result<Vec<u8>, MessageError> {
+    let mut signed = Vec::with_capacity(message.len() + 600 * signers.len());
+    for signer in signers {
+        signer.write_signature(message, &mut signed)?;
+    }
+    signed.extend_from_slice(message);
+    Ok(signed)
+}
+
+/// The `[dkim]` keys: one table (`[dkim]`) or several (`[[dkim]]`, e.g. an RSA and an
+/// Ed25519 key, each with its own selector).
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DkimConfig>, D::Error> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<DkimConfig>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a [dkim] table or [[dkim]] tables")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let one = DkimConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            Ok(vec![one])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    d.deserialize_any(Keys)
+}
+
+/// Loads every configured key; two keys may not share a selector of one domain (they
+/// would need the same DNS record).
+pub fn load_signers(configs: &[DkimConfig]) -> Result<Vec<DkimSigner>, MessageError> {
+    for (i, a) in configs.iter().enumerate() {
+        if configs[..i].iter().any(|b| {
+            a.domain.eq_ignore_ascii_case(&b.domain) && a.selector.eq_ignore_ascii_case(&b.selector)
+        }) {
+            return Err(MessageError::DkimConfig {
+                field: "selector",
+                reason: format!(
+                    "two keys use {}._domainkey.{}; give each key its own selector",
+                    a.selector, a.domain
+                ),
+            });
+        }
+    }
+    configs.iter().map(DkimSigner::from_config).collect()
 }
 
 fn signer<T: SigningKey>(key: T, config: &DkimConfig) -> Signer<T, Done> {
@@ -234,7 +291,9 @@ fn ed25519_key(path: &Path, der: PrivateKeyDer<'_>) -> Result<Ed25519Key, Messag
             "ed25519-sha256 needs an Ed25519 key in PKCS#8 (BEGIN PRIVATE KEY)",
         ));
     };
-    Ed25519Key::from_pkcs8_der(der.secret_pkcs8_der())
+    // OpenSSL writes PKCS#8 v1 (the seed alone); ring's strict parser wants v2 (with
+    // the public key). The lenient one takes both and derives the public key.
+    Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_pkcs8_der())
         .map_err(|e| key_error(path, format!("not an Ed25519 key for ed25519-sha256: {e}")))
 }
 

@@ -24,7 +24,7 @@ mod submitted;
 mod unsubscribe;
 
 pub use build::{Attachment, Mailbox, MessageSpec, build_message};
-pub use dkim::{DkimAlgorithm, DkimConfig, DkimSigner};
+pub use dkim::{DkimAlgorithm, DkimConfig, DkimSigner, load_signers, one_or_many, sign_all};
 pub use error::MessageError;
 pub use return_path::{BounceKey, ReturnPath, parse_verp, signed_verp, verify_signed_verp, verp};
 pub use submitted::prepare_submitted;
