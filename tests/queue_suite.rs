@@ -869,6 +869,8 @@ async fn a_batch_answers_each_submission<Q: Queue>(q: Q) {
     let t = t0();
     let mut later = job(t);
     later.send_at = Some(t + Duration::from_secs(3600));
+    later.payload = br#"{"template":"later"}"#.to_vec();
+    let later_id = later.id;
     let first = job(t);
     let first_id = first.id;
     let answers = q
@@ -897,6 +899,20 @@ async fn a_batch_answers_each_submission<Q: Queue>(q: Q) {
     let leased = q.lease(10, t).await.expect("lease");
     assert_eq!(leased.len(), 2);
     assert!(leased.iter().all(|l| l.id.job == first_id));
+    // Their payloads in one read, in the order asked; an unknown job has none.
+    let unknown = job(t).id;
+    let payloads = q
+        .job_payloads(vec![later_id, unknown, first_id])
+        .await
+        .expect("payloads");
+    assert_eq!(
+        payloads,
+        vec![
+            Some(br#"{"template":"later"}"#.to_vec()),
+            None,
+            Some(br#"{"template":"welcome"}"#.to_vec()),
+        ]
+    );
 }
 
 async fn late_reports_are_events_and_may_suppress<Q: Queue>(q: Q) {

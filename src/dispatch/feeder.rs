@@ -141,8 +141,17 @@ impl Feeder {
         }
         let mut with_spec = Vec::with_capacity(leased.len());
         let mut deferred = Vec::new();
+        let read = self.read_specs(&leased).await;
         for lease in leased {
-            match self.spec(&lease.id.job).await {
+            let spec = match read.get(&lease.id.job) {
+                Some(spec) => spec.clone(),
+                None => self
+                    .specs
+                    .get(&lease.id.job)
+                    .map(Arc::clone)
+                    .ok_or_else(|| "the job's spec is neither cached nor read".to_owned()),
+            };
+            match spec {
                 Ok(spec) => with_spec.push((lease, spec)),
                 Err(reason) => {
                     // Our storage's trouble, never the recipient's: try again later.
@@ -355,24 +364,49 @@ impl Feeder {
         })
     }
 
-    /// The job's stored spec, read once and kept; why not, when it cannot be read.
-    async fn spec(&mut self, job: &JobId) -> Result<Arc<JobSpec>, String> {
-        if let Some(spec) = self.specs.get(job) {
-            return Ok(Arc::clone(spec));
+    /// Reads the specs of the leased jobs that are not cached, all in one read, and
+    /// keeps them in the cache (a job's spec never changes). Returns each one read, or
+    /// why it could not be; the others are in the cache.
+    async fn read_specs(
+        &mut self,
+        leased: &[Leased],
+    ) -> HashMap<JobId, Result<Arc<JobSpec>, String>> {
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<JobId> = leased
+            .iter()
+            .map(|l| l.id.job)
+            .filter(|job| self.specs.get(job).is_none() && seen.insert(*job))
+            .collect();
+        if missing.is_empty() {
+            return HashMap::new();
         }
-        let bytes = match self.queue.job_payload(job).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return Err("the job's payload is missing from the queue".into()),
+        let payloads = match self.queue.job_payloads(missing.clone()).await {
+            Ok(payloads) => payloads,
             Err(e) => {
                 self.metrics.add(Counter::QueueErrors, 1);
-                return Err(format!("cannot read the job's payload: {e}"));
+                let reason = format!("cannot read the job's payload: {e}");
+                return missing
+                    .into_iter()
+                    .map(|job| (job, Err(reason.clone())))
+                    .collect();
             }
         };
-        let spec = JobSpec::from_payload(&bytes)
-            .map(Arc::new)
-            .map_err(|e| format!("the job's stored payload does not decode: {e}"))?;
-        self.specs.insert(*job, Arc::clone(&spec), bytes.len());
-        Ok(spec)
+        let mut read = HashMap::with_capacity(missing.len());
+        for (job, bytes) in missing.into_iter().zip(payloads) {
+            let spec = match bytes {
+                None => Err("the job's payload is missing from the queue".to_owned()),
+                Some(bytes) => match JobSpec::from_payload(&bytes) {
+                    Ok(spec) => {
+                        let spec = Arc::new(spec);
+                        self.specs.insert(job, Arc::clone(&spec), bytes.len());
+                        Ok(spec)
+                    }
+                    Err(e) => Err(format!("the job's stored payload does not decode: {e}")),
+                },
+            };
+            read.insert(job, spec);
+        }
+        read
     }
 }
 

@@ -136,6 +136,14 @@ pub trait Queue: Send + Sync {
     /// A job's opaque payload (callers cache it: it never changes).
     fn job_payload(&self, id: &JobId) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 
+    /// Several jobs' payloads in one read (one per id, in order): a batch of one-off
+    /// messages (each SMTP submission is its own job) costs one round trip, not one per
+    /// message.
+    fn job_payloads(
+        &self,
+        ids: Vec<JobId>,
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send;
+
     /// Records outcomes in one durable write (with the suppressions that hard bounces
     /// ask for). A completion whose token is not the delivery's current lease is refused
     /// and counted: the number refused is returned.
@@ -281,6 +289,9 @@ impl Queue for AnyQueue {
     }
     async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
         delegate!(self, q => q.job_payload(id))
+    }
+    async fn job_payloads(&self, ids: Vec<JobId>) -> Result<Vec<Option<Vec<u8>>>> {
+        delegate!(self, q => q.job_payloads(ids))
     }
     async fn complete(&self, batch: Vec<Completion>, now: SystemTime) -> Result<usize> {
         delegate!(self, q => q.complete(batch, now))

@@ -235,6 +235,13 @@ impl Queue for EmbeddedQueue {
         self.run(move |db| read::payload(db, id)).await
     }
 
+    async fn job_payloads(&self, ids: Vec<JobId>) -> Result<Vec<Option<Vec<u8>>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |db| read::payloads(db, &ids)).await
+    }
+
     async fn complete(&self, batch: Vec<Completion>, now: SystemTime) -> Result<usize> {
         if batch.is_empty() {
             return Ok(0);

@@ -53,11 +53,20 @@ pub(super) fn recent_jobs(db: &Database, limit: usize) -> Result<Vec<JobStatus>>
 }
 
 pub(super) fn payload(db: &Database, id: JobId) -> Result<Option<Vec<u8>>> {
+    Ok(payloads(db, &[id])?.pop().flatten())
+}
+
+/// Several payloads in one read transaction, in the order asked.
+pub(super) fn payloads(db: &Database, ids: &[JobId]) -> Result<Vec<Option<Vec<u8>>>> {
     let tx = db.begin_read()?;
     let payloads = tx.open_table(PAYLOADS)?;
-    Ok(payloads
-        .get(&id.to_bytes()[..])?
-        .map(|v| v.value().to_vec()))
+    ids.iter()
+        .map(|id| {
+            Ok(payloads
+                .get(&id.to_bytes()[..])?
+                .map(|v| v.value().to_vec()))
+        })
+        .collect()
 }
 
 pub(super) fn recipients(

@@ -553,6 +553,17 @@ impl Queue for RedisQueue {
             .await?)
     }
 
+    async fn job_payloads(&self, ids: Vec<JobId>) -> Result<Vec<Option<Vec<u8>>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut mget = redis::cmd("MGET");
+        for id in &ids {
+            mget.arg(self.key(&format!("payload:{id}")));
+        }
+        Ok(mget.query_async(&mut self.conn.clone()).await?)
+    }
+
     async fn complete(&self, batch: Vec<Completion>, now: SystemTime) -> Result<usize> {
         if batch.is_empty() {
             return Ok(0);
