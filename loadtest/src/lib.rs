@@ -7,6 +7,8 @@
 //! * [`DnsServer`]: a real authoritative DNS server on loopback (UDP and TCP) serving
 //!   [`DnsRecords`] (MX, null MX, A, AAAA, TXT, SERVFAIL names), for tests that resolve.
 //! * [`process_cpu_seconds`]: CPU accounting for load-test reports.
+//! * [`proxy`]: a TCP proxy that delays each direction by half a round trip (a wide-area
+//!   network on loopback, `volley-load --rtt-ms`).
 //! * [`load`]: the end-to-end load test of `volley serve` against the sink, with the
 //!   references measured in the same run (the `volley-load` binary).
 
@@ -18,6 +20,7 @@ pub mod blast;
 mod cpu;
 pub mod dns;
 pub mod load;
+pub mod proxy;
 mod sink;
 mod tls;
 

@@ -90,6 +90,14 @@ struct Args {
     /// Keep the temporary directory (volley.toml, volley.log, the queue).
     #[arg(long)]
     keep_temp: bool,
+    /// Put a proxy that holds every byte half this round trip each way between volley
+    /// (and the references) and the sink: a wide-area network on loopback. The report
+    /// adds the bound (connections × transactions per round trip / RTT) and the ratio.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    rtt_ms: u64,
+    /// The sink does not advertise CHUNKING, so volley sends DATA.
+    #[arg(long)]
+    no_chunking: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -173,6 +181,8 @@ fn options(args: &Args, volley: PathBuf, sink: PathBuf, repo: PathBuf) -> LoadOp
     o.shared_limits = !args.local_limits;
     o.tls = args.tls;
     o.tempfail_percent = args.tempfail_percent;
+    o.rtt = (args.rtt_ms > 0).then(|| Duration::from_millis(args.rtt_ms));
+    o.chunking = !args.no_chunking;
     o.permfail_percent = args.permfail_percent;
     o.seed = args.seed;
     // The references run unthrottled against the same sink: they would own its busiest

@@ -57,6 +57,9 @@ struct Args {
     /// Do not advertise PIPELINING.
     #[arg(long)]
     no_pipelining: bool,
+    /// Do not advertise CHUNKING: clients send DATA (one round trip per message at best).
+    #[arg(long)]
+    no_chunking: bool,
     /// Accept bare CR/LF in content and do not count pipelining violations.
     #[arg(long)]
     no_strict: bool,
@@ -99,6 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         spool_dir: args.spool.clone(),
         track_recipients: args.track_recipients,
         pipelining: !args.no_pipelining,
+        chunking: !args.no_chunking,
         strict: !args.no_strict,
         ..SinkConfig::default()
     };

@@ -51,6 +51,9 @@ impl SinkProcess {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(log_file(log)?);
+            if !options.chunking {
+                command.arg("--no-chunking");
+            }
             let mut guard = Guarded::new(spawn(&mut command, "the sink")?, "volley-sink");
             let mut lines = read_lines(&mut guard);
             if listening(&mut lines, n).await {

@@ -14,7 +14,7 @@ use super::events::{self, EventsSummary, unix_seconds};
 use super::http::Client;
 use super::metrics::{self, Scraped};
 use super::process::{cpu_seconds, memory, tail};
-use super::report::{Check, Counts, Reference, Report, SinkUsage, VolleyUsage};
+use super::report::{Check, Counts, Reference, Report, SinkUsage, VolleyUsage, WanBound};
 use super::setup::{
     ConfigInputs, TempDir, dns_records, redis_cleanup, redis_cpu_seconds, volley_toml,
 };
@@ -24,6 +24,7 @@ use super::{
 };
 use crate::DnsServer;
 use crate::blast::{BlastConfig, blast, build_body};
+use crate::proxy::DelayProxy;
 
 /// How often job states are polled while waiting.
 const POLL: Duration = Duration::from_millis(50);
@@ -75,6 +76,17 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
             sink.addrs()[0].port()
         ),
     );
+    // With a round trip to simulate, everything reaches the sink through delaying
+    // proxies on the addresses DNS gives, at one port of their own.
+    let proxies = match options.rtt {
+        Some(rtt) => start_proxies(sink.addrs(), rtt).await?,
+        None => Vec::new(),
+    };
+    let front: Vec<SocketAddr> = if proxies.is_empty() {
+        sink.addrs().to_vec()
+    } else {
+        proxies.iter().map(DelayProxy::addr).collect()
+    };
     let dns = DnsServer::start(dns_records(options.domains, options.sink_addresses))
         .await
         .map_err(LoadError::io("cannot start the DNS server"))?;
@@ -100,7 +112,7 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
             options,
             &ConfigInputs {
                 listen,
-                sink_port: sink.addrs()[0].port(),
+                sink_port: front[0].port(),
                 dns: dns.addr(),
                 templates: &templates,
                 data: &data,
@@ -133,7 +145,7 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
         notes.push("references skipped: the sink's injected failures would stop them".into());
         (None, None)
     } else {
-        match references(options, &sink).await {
+        match references(options, &sink, front[0]).await {
             Ok(refs) => refs,
             Err(e) => {
                 notes.push(format!("references failed: {e}"));
@@ -141,6 +153,7 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
             }
         }
     };
+    drop(proxies);
     let raw = sink.stop().await?;
     dns.shutdown().await;
 
@@ -185,11 +198,56 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
         events,
         volley: measured.volley,
         sink: sink_usage,
+        wan: options.rtt.map(|rtt| wan_bound(options, rtt)),
         ceiling,
         naive,
         checks,
         notes,
     })
+}
+
+/// Tries at a common port for the delaying proxies.
+const PROXY_ATTEMPTS: usize = 10;
+
+/// volley's `[smtp] batch_size` (volley-load keeps the default): the transactions one
+/// connection pipelines per round trip with CHUNKING.
+const VOLLEY_BATCH: u64 = 16;
+
+/// Delaying proxies in front of each sink address, all at one free port.
+async fn start_proxies(sink: &[SocketAddr], rtt: Duration) -> Result<Vec<DelayProxy>, LoadError> {
+    'attempt: for _ in 0..PROXY_ATTEMPTS {
+        let first = DelayProxy::start(SocketAddr::new(sink[0].ip(), 0), sink[0], rtt)
+            .await
+            .map_err(LoadError::io("cannot start the delaying proxy"))?;
+        let port = first.addr().port();
+        let mut proxies = vec![first];
+        for addr in &sink[1..] {
+            match DelayProxy::start(SocketAddr::new(addr.ip(), port), *addr, rtt).await {
+                Ok(proxy) => proxies.push(proxy),
+                // Taken on this address: another port for all.
+                Err(_) => continue 'attempt,
+            }
+        }
+        return Ok(proxies);
+    }
+    Err(LoadError::Process(format!(
+        "no common free port for the delaying proxies after {PROXY_ATTEMPTS} attempts"
+    )))
+}
+
+/// The most a sender can do over the simulated network: each of volley's connections
+/// completes one round trip's worth of transactions per round trip — its pipelined
+/// batch with CHUNKING, one message with DATA (the end of one message and the next
+/// envelope share a write; the 354 costs nothing more only when it is pipelined too).
+fn wan_bound(options: &LoadOptions, rtt: Duration) -> WanBound {
+    let connections = u64::from(options.domains) * options.concurrency as u64;
+    let per_round_trip = if options.chunking { VOLLEY_BATCH } else { 1 };
+    WanBound {
+        rtt_ms: rtt.as_secs_f64() * 1000.0,
+        connections,
+        per_round_trip,
+        messages_per_second: (connections * per_round_trip) as f64 / rtt.as_secs_f64(),
+    }
 }
 
 /// Submits, waits for every job (or, queue-only, lets volley settle), sampling RSS and CPU.
@@ -453,8 +511,8 @@ async fn read_events(
 async fn references(
     options: &LoadOptions,
     sink: &SinkProcess,
+    target: SocketAddr,
 ) -> Result<(Option<Reference>, Option<Reference>), LoadError> {
-    let target = sink.addrs()[0];
     let naive_messages = options.naive_messages();
     say(
         options,
@@ -479,10 +537,11 @@ async fn reference(
     reconnect: bool,
 ) -> Result<Reference, LoadError> {
     let sink_cpu0 = cpu_seconds(sink_pid).unwrap_or(0.0);
+    let connections = reference_connections(options);
     let report = blast(&BlastConfig {
         target,
         messages,
-        connections: REFERENCE_CONNECTIONS,
+        connections,
         size: options.size,
         pipelining: !reconnect,
         reconnect,
@@ -493,13 +552,23 @@ async fn reference(
         connections: if reconnect {
             messages
         } else {
-            REFERENCE_CONNECTIONS as u64
+            connections as u64
         },
         elapsed_s: report.elapsed_s,
         messages_per_second: report.messages_per_second,
         client_cpu_seconds: report.cpu_seconds,
         sink_cpu_seconds: cpu_seconds(sink_pid).unwrap_or(0.0) - sink_cpu0,
     })
+}
+
+/// The references' connections: 50 on loopback; over a simulated network, as many as
+/// volley may open, so that the comparison is per connection.
+fn reference_connections(options: &LoadOptions) -> usize {
+    if options.rtt.is_some() {
+        (options.domains as usize).saturating_mul(options.concurrency)
+    } else {
+        REFERENCE_CONNECTIONS
+    }
 }
 
 /// Bytes `volley-blast` sends for `messages` messages over `connections` connections.

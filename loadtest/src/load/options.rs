@@ -100,6 +100,12 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Keep the temporary directory (config, volley's log, queue) instead of removing it.
     pub keep_temp: bool,
+    /// A wide-area network: every byte between volley (and the references) and the sink
+    /// goes through [`crate::proxy::DelayProxy`], held half this round trip each way.
+    /// `None` (the default): loopback as it is.
+    pub rtt: Option<Duration>,
+    /// The sink advertises CHUNKING. Default true; false makes volley send DATA.
+    pub chunking: bool,
 }
 
 impl LoadOptions {
@@ -129,6 +135,8 @@ impl LoadOptions {
             timeout: Duration::from_secs(300),
             progress: true,
             keep_temp: false,
+            rtt: None,
+            chunking: true,
         }
     }
 

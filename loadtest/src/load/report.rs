@@ -108,6 +108,19 @@ pub struct Check {
     pub detail: String,
 }
 
+/// The bound of a run over a simulated network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WanBound {
+    /// The simulated round trip.
+    pub rtt_ms: f64,
+    /// volley's connections at most (domains × connections per site).
+    pub connections: u64,
+    /// Transactions one connection may complete per round trip.
+    pub per_round_trip: u64,
+    /// connections × per round trip / RTT.
+    pub messages_per_second: f64,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
@@ -131,7 +144,11 @@ pub struct Report {
     pub volley: VolleyUsage,
     /// The sink's counters for volley's traffic.
     pub sink: SinkUsage,
-    /// The pipelined ceiling (`volley-blast`, 50 connections).
+    /// Over a simulated network (`--rtt-ms`): the most volley could send.
+    pub wan: Option<WanBound>,
+    /// The pipelined ceiling (`volley-blast`, 50 connections; over a simulated network,
+    /// as many as volley's, each transaction pipelined, the end of one message and the
+    /// next envelope in one write).
     pub ceiling: Option<Reference>,
     /// The naive client (`volley-blast --reconnect`, 50 connections).
     pub naive: Option<Reference>,
@@ -193,6 +210,10 @@ impl Report {
             "naive": self.naive.as_ref().map(reference_json),
             "ratio_to_ceiling": self.ratio(self.ceiling.as_ref()).map(num),
             "ratio_to_naive": self.ratio(self.naive.as_ref()).map(num),
+            "wan": self.wan.as_ref().map(|w| json!({"rtt_ms": num(w.rtt_ms),
+                "connections": w.connections, "per_round_trip": w.per_round_trip,
+                "bound_per_s": num(w.messages_per_second),
+                "ratio_to_bound": num(self.messages_per_second / w.messages_per_second.max(f64::MIN_POSITIVE))})),
             "checks": self.checks.iter().map(|c| json!({"name": c.name, "ok": c.ok,
                 "detail": c.detail})).collect::<Vec<_>>(),
             "passed": self.passed(),
@@ -359,6 +380,17 @@ impl Report {
     }
 
     fn table_references(&self, t: &mut String) {
+        if let Some(w) = &self.wan {
+            let _ = writeln!(
+                t,
+                "\nround trip {:.0} ms: bound {:.0} messages/s ({} connections x {} per round trip); volley {:.3} of it",
+                w.rtt_ms,
+                w.messages_per_second,
+                w.connections,
+                w.per_round_trip,
+                self.messages_per_second / w.messages_per_second.max(f64::MIN_POSITIVE)
+            );
+        }
         let rows = [
             ("ceiling: volley-blast pipelined", self.ceiling.as_ref()),
             ("naive: --reconnect, 1 cmd/round trip", self.naive.as_ref()),
