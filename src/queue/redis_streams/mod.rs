@@ -95,6 +95,56 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl RedisQueue {
+    /// A submission stored, before the wait for the append-only file (the caller waits
+    /// once for all it submitted).
+    async fn submit_unsynced(
+        &self,
+        job: NewJob,
+        recipients: impl Iterator<Item = NewRecipient> + Send,
+        now: SystemTime,
+    ) -> Result<SubmitOutcome> {
+        if let Some(answer) = self.claim_idempotency(&job).await? {
+            return Ok(answer);
+        }
+        let total = match self.stage(&job, recipients).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.abandon(&job).await?;
+                return Err(e);
+            }
+        };
+        let (idem_key, idem_value) = match &job.idempotency {
+            Some((k, h)) => (k.clone(), format!("{}|{}|{total}", hex(h), job.id)),
+            None => (String::new(), String::new()),
+        };
+        let committed: i64 = self
+            .scripts
+            .commit
+            .arg(&self.prefix)
+            .arg(job.id.to_string())
+            .arg(job.kind.code())
+            .arg(to_ms(now))
+            .arg(to_ms(job.send_at.unwrap_or(now)))
+            .arg(total)
+            .arg(&job.payload[..])
+            .arg(idem_key)
+            .arg(idem_value)
+            .arg(job.send_at.map_or(0, to_ms))
+            .arg(IDEMPOTENCY_TTL.as_secs())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        if committed != 1 {
+            return Err(QueueError::invalid(
+                "id",
+                format!("job {} already exists", job.id),
+            ));
+        }
+        Ok(SubmitOutcome::Created {
+            id: job.id,
+            recipients: total,
+        })
+    }
+
     /// Connects, creates the consumer group if needed and reads the server's persistence
     /// settings. `prefix` namespaces every key (a test uses a unique one).
     pub async fn open(url: &str, prefix: &str, lease: Duration) -> Result<Self> {
@@ -451,47 +501,27 @@ impl Queue for RedisQueue {
         recipients: impl Iterator<Item = NewRecipient> + Send,
         now: SystemTime,
     ) -> Result<SubmitOutcome> {
-        if let Some(answer) = self.claim_idempotency(&job).await? {
-            return Ok(answer);
-        }
-        let total = match self.stage(&job, recipients).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.abandon(&job).await?;
-                return Err(e);
-            }
-        };
-        let (idem_key, idem_value) = match &job.idempotency {
-            Some((k, h)) => (k.clone(), format!("{}|{}|{total}", hex(h), job.id)),
-            None => (String::new(), String::new()),
-        };
-        let committed: i64 = self
-            .scripts
-            .commit
-            .arg(&self.prefix)
-            .arg(job.id.to_string())
-            .arg(job.kind.code())
-            .arg(to_ms(now))
-            .arg(to_ms(job.send_at.unwrap_or(now)))
-            .arg(total)
-            .arg(&job.payload[..])
-            .arg(idem_key)
-            .arg(idem_value)
-            .arg(job.send_at.map_or(0, to_ms))
-            .arg(IDEMPOTENCY_TTL.as_secs())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        if committed != 1 {
-            return Err(QueueError::invalid(
-                "id",
-                format!("job {} already exists", job.id),
-            ));
-        }
+        let answer = self.submit_unsynced(job, recipients, now).await?;
         self.sync().await?;
-        Ok(SubmitOutcome::Created {
-            id: job.id,
-            recipients: total,
-        })
+        Ok(answer)
+    }
+
+    /// The jobs side by side on the multiplexed connection (their commands pipelined, not
+    /// one job's round trips after another's), then one wait for the append-only file.
+    async fn submit_batch(
+        &self,
+        jobs: Vec<(NewJob, Vec<NewRecipient>)>,
+        now: SystemTime,
+    ) -> Result<Vec<Result<SubmitOutcome>>> {
+        let answers = futures::future::join_all(
+            jobs.into_iter()
+                .map(|(job, recipients)| self.submit_unsynced(job, recipients.into_iter(), now)),
+        )
+        .await;
+        if answers.iter().any(Result::is_ok) {
+            self.sync().await?;
+        }
+        Ok(answers)
     }
 
     async fn lease(&self, max: usize, now: SystemTime) -> Result<Vec<Leased>> {
