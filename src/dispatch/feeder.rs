@@ -141,16 +141,12 @@ impl Feeder {
         }
         let mut with_spec = Vec::with_capacity(leased.len());
         let mut deferred = Vec::new();
-        let read = self.read_specs(&leased).await;
+        let specs = self.specs_of(&leased).await;
         for lease in leased {
-            let spec = match read.get(&lease.id.job) {
-                Some(spec) => spec.clone(),
-                None => self
-                    .specs
-                    .get(&lease.id.job)
-                    .map(Arc::clone)
-                    .ok_or_else(|| "the job's spec is neither cached nor read".to_owned()),
-            };
+            let spec = specs
+                .get(&lease.id.job)
+                .cloned()
+                .unwrap_or_else(|| Err("the job's spec was not looked up".to_owned()));
             match spec {
                 Ok(spec) => with_spec.push((lease, spec)),
                 Err(reason) => {
@@ -364,34 +360,39 @@ impl Feeder {
         })
     }
 
-    /// Reads the specs of the leased jobs that are not cached, all in one read, and
-    /// keeps them in the cache (a job's spec never changes). Returns each one read, or
-    /// why it could not be; the others are in the cache.
-    async fn read_specs(
+    /// The spec of every leased job, or why it cannot be read: from the cache, and those
+    /// not cached all in one read, then kept in the cache (a job's spec never changes).
+    /// Taken out of the cache first, so that what this read adds cannot evict them.
+    async fn specs_of(
         &mut self,
         leased: &[Leased],
     ) -> HashMap<JobId, Result<Arc<JobSpec>, String>> {
-        let mut seen = std::collections::HashSet::new();
-        let missing: Vec<JobId> = leased
-            .iter()
-            .map(|l| l.id.job)
-            .filter(|job| self.specs.get(job).is_none() && seen.insert(*job))
-            .collect();
+        let mut specs = HashMap::new();
+        let mut missing = Vec::new();
+        let mut looked_up = std::collections::HashSet::new();
+        for job in leased.iter().map(|l| l.id.job) {
+            if !looked_up.insert(job) {
+                continue;
+            }
+            match self.specs.get(&job) {
+                Some(spec) => {
+                    specs.insert(job, Ok(Arc::clone(spec)));
+                }
+                None => missing.push(job),
+            }
+        }
         if missing.is_empty() {
-            return HashMap::new();
+            return specs;
         }
         let payloads = match self.queue.job_payloads(missing.clone()).await {
             Ok(payloads) => payloads,
             Err(e) => {
                 self.metrics.add(Counter::QueueErrors, 1);
                 let reason = format!("cannot read the job's payload: {e}");
-                return missing
-                    .into_iter()
-                    .map(|job| (job, Err(reason.clone())))
-                    .collect();
+                specs.extend(missing.into_iter().map(|job| (job, Err(reason.clone()))));
+                return specs;
             }
         };
-        let mut read = HashMap::with_capacity(missing.len());
         for (job, bytes) in missing.into_iter().zip(payloads) {
             let spec = match bytes {
                 None => Err("the job's payload is missing from the queue".to_owned()),
@@ -404,9 +405,9 @@ impl Feeder {
                     Err(e) => Err(format!("the job's stored payload does not decode: {e}")),
                 },
             };
-            read.insert(job, spec);
+            specs.insert(job, spec);
         }
-        read
+        specs
     }
 }
 
