@@ -85,10 +85,8 @@ impl Rate {
                 source,
                 period,
                 burst: burst.get(),
-                tolerance: burst
-                    .get()
-                    .saturating_add(slack)
-                    .min(count.max(burst.get())),
+                // The burst is at most `count`, so this is never below it.
+                tolerance: burst.get().saturating_add(slack).min(count),
                 held: Mutex::new(Held::default()),
             }),
             turn: tokio::sync::Mutex::new(()),
@@ -397,6 +395,14 @@ pub async fn next_group<'a, T>(
 mod tests {
     use super::*;
 
+    /// The most of `times` (sorted) in any one-second window starting at one of them.
+    fn busiest_second(times: &[Duration]) -> usize {
+        (0..times.len())
+            .map(|i| times[i..].partition_point(|&t| t < times[i] + Duration::from_secs(1)))
+            .max()
+            .unwrap_or(0)
+    }
+
     #[test]
     fn parses_rate_specs() {
         let table = [
@@ -468,18 +474,11 @@ mod tests {
         for c in connections {
             c.await.unwrap();
         }
-        let times = sent.lock().unwrap().clone();
+        let mut times = sent.lock().unwrap().clone();
+        times.sort();
         assert_eq!(times.len(), 32);
-        for &from in &times {
-            let window = times
-                .iter()
-                .filter(|&&t| t >= from && t < from + Duration::from_secs(1))
-                .count();
-            assert!(
-                window <= 10 + 2,
-                "{window} messages in the second after {from:?}"
-            );
-        }
+        let busiest = busiest_second(&times);
+        assert!(busiest <= 10 + 2, "{busiest} messages in one second");
         let last = times.iter().max().unwrap();
         assert!(
             *last >= Duration::from_millis(3000),
@@ -546,16 +545,8 @@ mod tests {
         }
         let sent = times.len();
         assert!(sent >= 2_700, "{sent} permits in 3 s at 1000/s");
-        for &from in &times {
-            let window = times
-                .iter()
-                .filter(|&&t| t >= from && t < from + Duration::from_secs(1))
-                .count();
-            assert!(
-                window <= 1_000 + 40,
-                "{window} permits in the second after {from:?}"
-            );
-        }
+        let busiest = busiest_second(&times);
+        assert!(busiest <= 1_000 + 40, "{busiest} permits in one second");
     }
 
     #[tokio::test(start_paused = true)]

@@ -182,11 +182,9 @@ impl DkimSigner {
         .map_err(|e| MessageError::DkimSign {
             reason: e.to_string(),
         })?;
-        let start = out.len();
+        // The header just written is the end of `out`: tightened there, in place.
         signature.write_header(out);
-        let mut header = out.split_off(start);
-        tighten_final_semicolon(&mut header);
-        out.extend_from_slice(&header);
+        tighten_final_semicolon(out);
         Ok(())
     }
 
