@@ -172,7 +172,10 @@ async fn submit_lease_complete<Q: Queue>(q: Q) {
         (st.state, st.counts.total, st.counts.queued),
         (JobState::Queued, 3, 3)
     );
-    assert_eq!(q.job_payload(&id).await.expect("payload"), Some(payload));
+    assert_eq!(
+        q.job_payloads(vec![id]).await.expect("payload"),
+        vec![Some(payload)]
+    );
 
     let mut got = q.lease(10, t).await.expect("lease");
     got.sort_by_key(|l| l.id.index);
@@ -650,7 +653,10 @@ async fn retention_removes_old_events_and_finished_jobs<Q: Queue>(q: Q) {
         q.job(&old).await.expect("job").is_none(),
         "the old job is gone"
     );
-    assert!(q.job_payload(&old).await.expect("payload").is_none());
+    assert_eq!(
+        q.job_payloads(vec![old]).await.expect("payload"),
+        vec![None]
+    );
     assert!(
         q.recipients(&old, None, 10)
             .await

@@ -133,12 +133,9 @@ pub trait Queue: Send + Sync {
         now: SystemTime,
     ) -> impl Future<Output = Result<Vec<DeliveryId>>> + Send;
 
-    /// A job's opaque payload (callers cache it: it never changes).
-    fn job_payload(&self, id: &JobId) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
-
-    /// Several jobs' payloads in one read (one per id, in order): a batch of one-off
-    /// messages (each SMTP submission is its own job) costs one round trip, not one per
-    /// message.
+    /// Jobs' opaque payloads in one read (one per id, in order; callers cache them: they
+    /// never change): a batch of one-off messages (each SMTP submission is its own job)
+    /// costs one round trip, not one per message.
     fn job_payloads(
         &self,
         ids: Vec<JobId>,
@@ -286,9 +283,6 @@ impl Queue for AnyQueue {
     }
     async fn renew(&self, held: Vec<Held>, now: SystemTime) -> Result<Vec<DeliveryId>> {
         delegate!(self, q => q.renew(held, now))
-    }
-    async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
-        delegate!(self, q => q.job_payload(id))
     }
     async fn job_payloads(&self, ids: Vec<JobId>) -> Result<Vec<Option<Vec<u8>>>> {
         delegate!(self, q => q.job_payloads(ids))

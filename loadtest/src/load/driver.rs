@@ -16,7 +16,7 @@ use super::metrics::{self, Scraped};
 use super::process::{cpu_seconds, memory, tail};
 use super::report::{Check, Counts, Reference, Report, SinkUsage, VolleyUsage, WanBound};
 use super::setup::{
-    ConfigInputs, TempDir, dns_records, redis_cleanup, redis_cpu_seconds, volley_toml,
+    BATCH_SIZE, ConfigInputs, TempDir, dns_records, redis_cleanup, redis_cpu_seconds, volley_toml,
 };
 use super::workload::{address, campaign_body, sink_permfails, write_template};
 use super::{
@@ -209,10 +209,6 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
 /// Tries at a common port for the delaying proxies.
 const PROXY_ATTEMPTS: usize = 10;
 
-/// volley's `[smtp] batch_size` (volley-load keeps the default): the transactions one
-/// connection pipelines per round trip with CHUNKING.
-const VOLLEY_BATCH: u64 = 16;
-
 /// Delaying proxies in front of each sink address, all at one free port.
 async fn start_proxies(sink: &[SocketAddr], rtt: Duration) -> Result<Vec<DelayProxy>, LoadError> {
     'attempt: for _ in 0..PROXY_ATTEMPTS {
@@ -241,7 +237,7 @@ async fn start_proxies(sink: &[SocketAddr], rtt: Duration) -> Result<Vec<DelayPr
 /// envelope share a write; the 354 costs nothing more only when it is pipelined too).
 fn wan_bound(options: &LoadOptions, rtt: Duration) -> WanBound {
     let connections = u64::from(options.domains) * options.concurrency as u64;
-    let per_round_trip = if options.chunking { VOLLEY_BATCH } else { 1 };
+    let per_round_trip = if options.chunking { BATCH_SIZE } else { 1 };
     WanBound {
         rtt_ms: rtt.as_secs_f64() * 1000.0,
         connections,

@@ -230,11 +230,6 @@ impl Queue for EmbeddedQueue {
         self.run(move |db| store::renew(db, held, now, lease)).await
     }
 
-    async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
-        let id = *id;
-        self.run(move |db| read::payload(db, id)).await
-    }
-
     async fn job_payloads(&self, ids: Vec<JobId>) -> Result<Vec<Option<Vec<u8>>>> {
         if ids.is_empty() {
             return Ok(Vec::new());

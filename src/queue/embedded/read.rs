@@ -52,10 +52,6 @@ pub(super) fn recent_jobs(db: &Database, limit: usize) -> Result<Vec<JobStatus>>
     Ok(out)
 }
 
-pub(super) fn payload(db: &Database, id: JobId) -> Result<Option<Vec<u8>>> {
-    Ok(payloads(db, &[id])?.pop().flatten())
-}
-
 /// Several payloads in one read transaction, in the order asked.
 pub(super) fn payloads(db: &Database, ids: &[JobId]) -> Result<Vec<Option<Vec<u8>>>> {
     let tx = db.begin_read()?;

@@ -575,14 +575,6 @@ impl Queue for RedisQueue {
         Ok(lost)
     }
 
-    async fn job_payload(&self, id: &JobId) -> Result<Option<Vec<u8>>> {
-        let k = self.key(&format!("payload:{id}"));
-        Ok(redis::cmd("GET")
-            .arg(k)
-            .query_async(&mut self.conn.clone())
-            .await?)
-    }
-
     async fn job_payloads(&self, ids: Vec<JobId>) -> Result<Vec<Option<Vec<u8>>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
