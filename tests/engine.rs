@@ -695,3 +695,104 @@ async fn opportunistic_tls_falls_back_to_clear_text_when_the_handshake_fails() {
     );
     h.engine.shutdown().await;
 }
+
+const FAR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+
+/// `far.test`'s MX, on 127.0.0.6: a sink seen through a proxy that holds every byte
+/// `rtt / 2` each way, or (`rtt` zero) the sink itself. Returns the sink, the proxy
+/// and the port to reach the MX on.
+async fn far_site(
+    rtt: Duration,
+    chunking: bool,
+) -> (Sink, Option<volley_loadtest::proxy::DelayProxy>, u16) {
+    let sink_ip = if rtt.is_zero() { FAR } else { IP3 };
+    let sink = Sink::start(SinkConfig {
+        listen: vec![SocketAddr::from((sink_ip, 0))],
+        chunking,
+        track_recipients: true,
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let target = sink.addrs()[0];
+    if rtt.is_zero() {
+        return (sink, None, target.port());
+    }
+    let proxy = volley_loadtest::proxy::DelayProxy::start(SocketAddr::from((FAR, 0)), target, rtt)
+        .await
+        .unwrap();
+    let port = proxy.addr().port();
+    (sink, Some(proxy), port)
+}
+
+fn far_records() -> DnsRecords {
+    DnsRecords::new()
+        .ttl(60)
+        .mx("far.test", 10, "mx.far.test")
+        .a("mx.far.test", FAR)
+}
+
+/// Sends `n` deliveries to far.test on at most two connections of at most `per_connection`
+/// messages; returns the site's window at the end and the sink's counters.
+async fn send_far(
+    rtt: Duration,
+    chunking: bool,
+    n: u32,
+    per_connection: u64,
+) -> (u64, volley_loadtest::Stats) {
+    let dns = DnsServer::start(far_records()).await.unwrap();
+    let (sink, _proxy, port) = far_site(rtt, chunking).await;
+    let mut config = engine_config(port);
+    config.smtp.max_connections_per_site = 2;
+    config.smtp.max_messages_per_connection = per_connection;
+    let mut h = start(&dns, config, true);
+    let list: Vec<(u32, String)> = (0..n).map(|i| (i, format!("r{i}@far.test"))).collect();
+    let reports = h.send(&list).await;
+    assert!(
+        reports
+            .values()
+            .all(|r| outcome(r).disposition == Disposition::Delivered),
+        "every recipient delivered"
+    );
+    h.engine.shutdown().await;
+    let site = h.metrics.site(&Arc::from("mx.far.test"));
+    let window = site.window.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        h.metrics.render_prometheus().contains(&format!(
+            "volley_site_window{{site=\"mx.far.test\"}} {window}"
+        )),
+        "the window is in /metrics"
+    );
+    let stats = sink.stats();
+    sink.shutdown().await;
+    (window, stats)
+}
+
+#[tokio::test]
+async fn over_a_long_round_trip_the_bdat_window_grows_and_connections_keep_their_limit() {
+    let (window, stats) = send_far(Duration::from_millis(20), true, 600, 40).await;
+    assert_eq!(
+        window, 64,
+        "a 20 ms round trip the server keeps up with: the window grows to max_pipeline"
+    );
+    assert_eq!(stats.messages, 600, "each message once");
+    assert_eq!(stats.recipients_accepted, 600);
+    assert!(
+        stats.connections >= 600 / 40,
+        "no connection carried more than max_messages_per_connection (40): {} connections",
+        stats.connections
+    );
+}
+
+#[tokio::test]
+async fn with_data_or_on_loopback_the_window_stays_at_the_batch() {
+    let (window, stats) = send_far(Duration::from_millis(20), false, 120, 1000).await;
+    assert_eq!(
+        window, 16,
+        "DATA carries one message per round trip whatever the window"
+    );
+    assert_eq!(stats.messages, 120);
+    let (window, stats) = send_far(Duration::ZERO, true, 600, 1000).await;
+    assert_eq!(window, 16, "loopback: a bigger window gains nothing");
+    assert_eq!(stats.messages, 600);
+}

@@ -1,9 +1,15 @@
 //! A TCP proxy that holds every byte for half a round trip in each direction: a
 //! wide-area network on loopback, for `volley-load --rtt-ms`. Order is kept, nothing is
 //! lost or reordered, and the bandwidth is not limited: only the latency changes.
+//!
+//! Timers are not exact (tokio's have a millisecond's grain, and a busy machine wakes
+//! late), so the proxy also measures how late it delivers: a run's bound can be taken
+//! at the round trip it really gave.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +27,40 @@ const IN_FLIGHT: usize = 4096;
 pub struct DelayProxy {
     addr: SocketAddr,
     accept: JoinHandle<()>,
+    lateness: Arc<Counters>,
+}
+
+/// Chunks delivered and their total delay past the one-way hold, in nanoseconds.
+#[derive(Debug, Default)]
+struct Counters {
+    chunks: AtomicU64,
+    late_ns: AtomicU64,
+}
+
+/// How late the proxy delivered, so far: chunks written, and the total of how long
+/// after their due time each one was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lateness {
+    /// Chunks written, both directions.
+    pub chunks: u64,
+    /// The sum of their lateness.
+    pub total: Duration,
+}
+
+impl Lateness {
+    /// The mean lateness of one chunk (one way).
+    pub fn mean(&self) -> Duration {
+        let n = u32::try_from(self.chunks).unwrap_or(u32::MAX).max(1);
+        self.total / n
+    }
+
+    /// Both counts added.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            chunks: self.chunks + other.chunks,
+            total: self.total + other.total,
+        }
+    }
 }
 
 impl DelayProxy {
@@ -34,8 +74,11 @@ impl DelayProxy {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let one_way = round_trip / 2;
+        let lateness = Arc::new(Counters::default());
+        let counters = Arc::clone(&lateness);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                let counters = Arc::clone(&counters);
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
                         let _ = client.set_nodelay(true);
@@ -43,14 +86,26 @@ impl DelayProxy {
                         let (client_r, client_w) = client.into_split();
                         let (server_r, server_w) = server.into_split();
                         tokio::join!(
-                            delayed(client_r, server_w, one_way),
-                            delayed(server_r, client_w, one_way)
+                            delayed(client_r, server_w, one_way, &counters),
+                            delayed(server_r, client_w, one_way, &counters)
                         );
                     }
                 });
             }
         });
-        Ok(Self { addr, accept })
+        Ok(Self {
+            addr,
+            accept,
+            lateness,
+        })
+    }
+
+    /// How late it has delivered so far.
+    pub fn lateness(&self) -> Lateness {
+        Lateness {
+            chunks: self.lateness.chunks.load(Relaxed),
+            total: Duration::from_nanos(self.lateness.late_ns.load(Relaxed)),
+        }
     }
 
     /// Where it listens.
@@ -67,7 +122,12 @@ impl Drop for DelayProxy {
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read; the end of
 /// `from` becomes a shutdown of `to`, delayed the same.
-async fn delayed(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+async fn delayed(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: Duration,
+    counters: &Counters,
+) {
     let (chunks, mut due) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT);
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -93,6 +153,9 @@ async fn delayed(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duratio
             if chunk.is_empty() || to.write_all(&chunk).await.is_err() {
                 break;
             }
+            let late = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            counters.chunks.fetch_add(1, Relaxed);
+            counters.late_ns.fetch_add(late, Relaxed);
         }
         let _ = to.shutdown().await;
     };
@@ -143,5 +206,7 @@ mod tests {
         c.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "the server closed after our end of stream");
         assert_eq!(sent.len(), 6000);
+        let late = proxy.lateness();
+        assert!(late.chunks >= 6, "three exchanges each way: {late:?}");
     }
 }

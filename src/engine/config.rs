@@ -32,8 +32,12 @@ pub struct SmtpConfig {
     pub max_messages_per_connection: u64,
     /// Use BDAT when offered. Default true.
     pub prefer_chunking: bool,
-    /// Most messages handed to one connection in one go (pipelined). Default 16.
+    /// Messages handed to one connection in one go (pipelined) to begin with, and
+    /// whenever the round trip is short. Default 16.
     pub batch_size: usize,
+    /// The most a connection's window may grow to while the round trip is long and the
+    /// server keeps up (never below `batch_size`). Default 64.
+    pub max_pipeline: usize,
     /// Close pooled connections idle this long. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -63,6 +67,7 @@ impl Default for SmtpConfig {
             max_messages_per_connection: 1000,
             prefer_chunking: true,
             batch_size: 16,
+            max_pipeline: 64,
             idle_timeout: Duration::from_secs(30),
             throttle_pause: Duration::from_secs(30),
             throttle_step: Duration::from_secs(10),
@@ -116,6 +121,13 @@ pub struct SessionConfigs {
 }
 
 impl SmtpConfig {
+    /// The window's start (`batch_size`) and its most (`max_pipeline`, never below the
+    /// start), both at least 1.
+    pub fn window_limits(&self) -> (usize, usize) {
+        let start = self.batch_size.max(1);
+        (start, self.max_pipeline.max(start))
+    }
+
     /// Builds the session configurations (TLS roots are read here, once).
     pub fn session_configs(&self, relay: &RelayConfig) -> Result<SessionConfigs, ConfigError> {
         let helo = HeloName::new(&self.helo_name).map_err(|e| ConfigError::Invalid {
@@ -145,7 +157,7 @@ impl SmtpConfig {
         let mut direct = SessionConfig::new(helo, connectors);
         direct.tls = self.tls;
         direct.prefer_chunking = self.prefer_chunking;
-        direct.max_in_flight = self.batch_size.max(1);
+        direct.max_in_flight = self.window_limits().1;
         direct.timeouts = self.timeouts;
         direct.local_addr = self.local_address;
         let mut relayed = direct.clone();

@@ -107,7 +107,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
             settings: LaneSettings {
                 max_connections: config.smtp.max_connections_per_site,
                 max_messages: config.smtp.max_messages_per_connection,
-                batch_size: config.smtp.batch_size,
+                window: config.smtp.window_limits(),
                 // In a cluster an idle connection holds a slot another worker may be
                 // waiting for: it goes after a second, not after the usual idle time.
                 idle_timeout: match &config.cluster {

@@ -153,6 +153,8 @@ pub struct SiteCounters {
     pub allowed: AtomicU64,
     /// The configured connection limit.
     pub limit: AtomicU64,
+    /// Transactions a connection is handed in one go (the pipelining window).
+    pub window: AtomicU64,
     /// Until when (Unix milliseconds) the site is paused; 0 when not.
     pub paused_until_ms: AtomicU64,
     /// The site's last reply or error, for operators. Written once per batch, read
@@ -439,6 +441,11 @@ impl Metrics {
         for (site, c) in &sites {
             let (site, v) = (escape_label(site), c.connections_open.load(Relaxed));
             let _ = writeln!(out, "volley_site_connections{{site=\"{site}\"}} {v}");
+        }
+        out.push_str("# TYPE volley_site_window gauge\n");
+        for (site, c) in &sites {
+            let (site, v) = (escape_label(site), c.window.load(Relaxed));
+            let _ = writeln!(out, "volley_site_window{{site=\"{site}\"}} {v}");
         }
         out.push_str("# TYPE volley_site_throttled_total counter\n");
         for (site, c) in &sites {

@@ -37,7 +37,7 @@ pub use reply::{EnhancedCode, Reply, ReplyCode, ReplyParser};
 pub use session::{Session, SessionConfig, Timings, Verification};
 pub use timeouts::{Phase, Timeouts};
 pub use tls::{TlsConnectors, TlsPolicy};
-pub use transaction::{RecipientResult, Transaction};
+pub use transaction::{Exchange, RecipientResult, Transaction};
 
 #[cfg(test)]
 mod session_tests;

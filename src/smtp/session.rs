@@ -118,6 +118,8 @@ pub struct Session<S> {
     /// The last transaction ended before its data: RSET before the next MAIL.
     pub(super) needs_rset: bool,
     pub(super) transactions: u64,
+    /// The round trips of the last pipelined send.
+    pub(super) exchange: super::transaction::Exchange,
     authenticated: bool,
     timings: Timings,
 }
@@ -202,6 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             broken: false,
             needs_rset: false,
             transactions: 0,
+            exchange: super::transaction::Exchange::default(),
             authenticated: false,
             timings,
         };

@@ -7,6 +7,8 @@
 //! exactly one result, also when the connection fails halfway: the failure becomes
 //! the result of each command still waiting for its reply.
 
+use std::time::{Duration, Instant};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{crlf_len, encode_bdat_last, encode_data, is_eight_bit};
@@ -93,11 +95,25 @@ fn resolve(env: &EnvelopeReplies, terminal: &RecipientResult) -> Vec<RecipientRe
         .collect()
 }
 
+/// How the server answered the last [`Session::send`]: the round trips it took and
+/// the fastest of them (from a write to the first reply it brought back). A sender
+/// sizes its windows with it; `rounds` is 0 when nothing was pipelined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exchange {
+    /// Writes that were each answered before the next was needed.
+    pub rounds: u32,
+    /// The shortest time from a write to its first reply.
+    pub fastest: Option<Duration>,
+}
+
 /// Reads the replies of one pipelined write; after the first failure every further
 /// read returns that failure without touching the socket.
 #[derive(Default)]
 struct GroupReader {
     failed: Option<SmtpError>,
+    /// When the last write went out, until its first reply is read.
+    sent_at: Option<Instant>,
+    exchange: Exchange,
 }
 
 impl GroupReader {
@@ -109,9 +125,12 @@ impl GroupReader {
             session.conn.wbuf().clear();
             return;
         }
-        if let Err(e) = session.conn.flush(phase).await {
-            session.broken = true;
-            self.failed = Some(e);
+        match session.conn.flush(phase).await {
+            Ok(()) => self.sent_at = Some(Instant::now()),
+            Err(e) => {
+                session.broken = true;
+                self.failed = Some(e);
+            }
         }
     }
 
@@ -122,10 +141,16 @@ impl GroupReader {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        session
+        let reply = session
             .read(phase)
             .await
-            .inspect_err(|e| self.failed = Some(e.clone()))
+            .inspect_err(|e| self.failed = Some(e.clone()))?;
+        if let Some(sent) = self.sent_at.take() {
+            let took = sent.elapsed();
+            self.exchange.rounds += 1;
+            self.exchange.fastest = Some(self.exchange.fastest.map_or(took, |f| f.min(took)));
+        }
+        Ok(reply)
     }
 
     async fn envelope<S>(
@@ -172,6 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(refusal) => results[i] = vec![Err(refusal); tx.to.len()],
             }
         }
+        self.exchange = Exchange::default();
         if ready.is_empty() {
             return results;
         }
@@ -289,6 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 None => self.needs_rset = aborted,
             }
         }
+        self.exchange = reader.exchange;
     }
 
     async fn send_bdat_pipelined(
@@ -326,6 +353,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             start = end;
         }
+        self.exchange = reader.exchange;
+    }
+
+    /// The round trips of the last [`send`](Self::send).
+    pub fn last_exchange(&self) -> Exchange {
+        self.exchange
     }
 
     /// Without PIPELINING: one command, one reply.

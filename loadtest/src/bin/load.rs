@@ -98,6 +98,13 @@ struct Args {
     /// The sink does not advertise CHUNKING, so volley sends DATA.
     #[arg(long)]
     no_chunking: bool,
+    /// volley's `[smtp] max_pipeline`: the most its window may grow to over a long
+    /// round trip (`--max-pipeline 16` holds it at the batch, today's default start).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_pipeline: usize,
+    /// volley's `[smtp] batch_size`: where its window starts.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    batch_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -183,6 +190,8 @@ fn options(args: &Args, volley: PathBuf, sink: PathBuf, repo: PathBuf) -> LoadOp
     o.tempfail_percent = args.tempfail_percent;
     o.rtt = (args.rtt_ms > 0).then(|| Duration::from_millis(args.rtt_ms));
     o.chunking = !args.no_chunking;
+    o.max_pipeline = args.max_pipeline;
+    o.batch_size = args.batch_size;
     o.permfail_percent = args.permfail_percent;
     o.seed = args.seed;
     // The references run unthrottled against the same sink: they would own its busiest

@@ -166,7 +166,11 @@ impl VolleyProcess {
                 .arg("--config")
                 .arg(&config)
                 .current_dir(dir)
-                .env("VOLLEY_LOG", "warn")
+                // Quiet unless the caller asks for more.
+                .env(
+                    "VOLLEY_LOG",
+                    std::env::var("VOLLEY_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(log_file(&log)?)
                 .stderr(log_file(&log)?);

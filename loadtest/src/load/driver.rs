@@ -16,7 +16,7 @@ use super::metrics::{self, Scraped};
 use super::process::{cpu_seconds, memory, tail};
 use super::report::{Check, Counts, Reference, Report, SinkUsage, VolleyUsage, WanBound};
 use super::setup::{
-    BATCH_SIZE, ConfigInputs, TempDir, dns_records, redis_cleanup, redis_cpu_seconds, volley_toml,
+    ConfigInputs, TempDir, dns_records, redis_cleanup, redis_cpu_seconds, volley_toml,
 };
 use super::workload::{address, campaign_body, sink_permfails, write_template};
 use super::{
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::DnsServer;
 use crate::blast::{BlastConfig, blast, build_body};
-use crate::proxy::DelayProxy;
+use crate::proxy::{DelayProxy, Lateness};
 
 /// How often job states are polled while waiting.
 const POLL: Duration = Duration::from_millis(50);
@@ -131,6 +131,11 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
     );
 
     let measured = measure(options, &volley, &sink, deadline).await?;
+    // volley's traffic alone: the references go through the same proxies later.
+    let lateness = proxies
+        .iter()
+        .map(DelayProxy::lateness)
+        .fold(Lateness::default(), Lateness::plus);
     let events = read_events(options, volley.client, &measured, deadline).await?;
     let volley_log = volley.log.clone();
     let stopped = volley.stop().await;
@@ -182,6 +187,9 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
     let counts = total(&measured.jobs);
     let checks = checks(options, &counts, &sink_usage, events.as_ref(), stopped_ok);
     let handled = counts.delivered + counts.bounced;
+    let wan = options
+        .rtt
+        .map(|rtt| wan_bound(options, rtt, measured.metrics.window, lateness));
     let messages_per_second = if options.queue_only {
         0.0
     } else {
@@ -198,7 +206,7 @@ pub(super) async fn run(options: &LoadOptions) -> Result<Report, LoadError> {
         events,
         volley: measured.volley,
         sink: sink_usage,
-        wan: options.rtt.map(|rtt| wan_bound(options, rtt)),
+        wan,
         ceiling,
         naive,
         checks,
@@ -232,17 +240,29 @@ async fn start_proxies(sink: &[SocketAddr], rtt: Duration) -> Result<Vec<DelayPr
 }
 
 /// The most a sender can do over the simulated network: each of volley's connections
-/// completes one round trip's worth of transactions per round trip — its pipelined
-/// batch with CHUNKING, one message with DATA (the end of one message and the next
-/// envelope share a write; the 354 costs nothing more only when it is pipelined too).
-fn wan_bound(options: &LoadOptions, rtt: Duration) -> WanBound {
+/// completes one round trip's worth of transactions per round trip — its window with
+/// CHUNKING (the one it reached, as its `/metrics` said at the end; its start when it
+/// said nothing), one message with DATA (the end of one message and the next envelope
+/// share a write; the 354 costs nothing more only when it is pipelined too).
+///
+/// The proxy's timers deliver late by a millisecond or so each way; the bound is also
+/// given at the round trip it really imposed (nominal + twice its mean lateness).
+fn wan_bound(options: &LoadOptions, rtt: Duration, window: u64, late: Lateness) -> WanBound {
     let connections = u64::from(options.domains) * options.concurrency as u64;
-    let per_round_trip = if options.chunking { BATCH_SIZE } else { 1 };
+    let window = if window == 0 {
+        options.batch_size as u64
+    } else {
+        window
+    };
+    let per_round_trip = if options.chunking { window } else { 1 };
+    let effective = rtt + late.mean() * 2;
     WanBound {
         rtt_ms: rtt.as_secs_f64() * 1000.0,
         connections,
         per_round_trip,
         messages_per_second: (connections * per_round_trip) as f64 / rtt.as_secs_f64(),
+        effective_rtt_ms: effective.as_secs_f64() * 1000.0,
+        effective_per_second: (connections * per_round_trip) as f64 / effective.as_secs_f64(),
     }
 }
 
@@ -752,6 +772,8 @@ fn settings(o: &LoadOptions) -> Vec<(&'static str, String)> {
         ("tempfail_percent", o.tempfail_percent.to_string()),
         ("permfail_percent", o.permfail_percent.to_string()),
         ("queue_only", o.queue_only.to_string()),
+        ("batch_size", o.batch_size.to_string()),
+        ("max_pipeline", o.max_pipeline.to_string()),
         ("volley", o.volley_bin.display().to_string()),
     ]
 }

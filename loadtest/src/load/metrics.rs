@@ -34,6 +34,9 @@ pub struct Scraped {
     pub connections_opened: u64,
     /// How many sites `volley_site_connections_opened_total` lists.
     pub sites: usize,
+    /// The largest `volley_site_window`: transactions a connection was last handed in
+    /// one go.
+    pub window: u64,
 }
 
 impl Scraped {
@@ -79,6 +82,7 @@ pub(super) fn parse(text: &str) -> Scraped {
                 out.connections_opened += value as u64;
                 out.sites += 1;
             }
+            "volley_site_window" => out.window = out.window.max(value as u64),
             _ => {}
         }
     }

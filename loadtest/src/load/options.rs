@@ -106,6 +106,10 @@ pub struct LoadOptions {
     pub rtt: Option<Duration>,
     /// The sink advertises CHUNKING. Default true; false makes volley send DATA.
     pub chunking: bool,
+    /// volley's `[smtp] max_pipeline`. Default 64, volley's own.
+    pub max_pipeline: usize,
+    /// volley's `[smtp] batch_size`. Default 16, volley's own.
+    pub batch_size: usize,
 }
 
 impl LoadOptions {
@@ -137,6 +141,8 @@ impl LoadOptions {
             keep_temp: false,
             rtt: None,
             chunking: true,
+            max_pipeline: 64,
+            batch_size: 16,
         }
     }
 

@@ -119,6 +119,10 @@ pub struct WanBound {
     pub per_round_trip: u64,
     /// connections × per round trip / RTT.
     pub messages_per_second: f64,
+    /// The round trip the proxy really gave volley's traffic (it delivers a little late).
+    pub effective_rtt_ms: f64,
+    /// connections × per round trip / the effective RTT.
+    pub effective_per_second: f64,
 }
 
 /// Everything a run measured.
@@ -213,7 +217,10 @@ impl Report {
             "wan": self.wan.as_ref().map(|w| json!({"rtt_ms": num(w.rtt_ms),
                 "connections": w.connections, "per_round_trip": w.per_round_trip,
                 "bound_per_s": num(w.messages_per_second),
-                "ratio_to_bound": num(self.messages_per_second / w.messages_per_second.max(f64::MIN_POSITIVE))})),
+                "ratio_to_bound": num(self.messages_per_second / w.messages_per_second.max(f64::MIN_POSITIVE)),
+                "effective_rtt_ms": num(w.effective_rtt_ms),
+                "effective_bound_per_s": num(w.effective_per_second),
+                "ratio_to_effective_bound": num(self.messages_per_second / w.effective_per_second.max(f64::MIN_POSITIVE))})),
             "checks": self.checks.iter().map(|c| json!({"name": c.name, "ok": c.ok,
                 "detail": c.detail})).collect::<Vec<_>>(),
             "passed": self.passed(),
@@ -389,6 +396,13 @@ impl Report {
                 w.connections,
                 w.per_round_trip,
                 self.messages_per_second / w.messages_per_second.max(f64::MIN_POSITIVE)
+            );
+            let _ = writeln!(
+                t,
+                "the proxy's real round trip {:.1} ms: bound {:.0} messages/s; volley {:.3} of it",
+                w.effective_rtt_ms,
+                w.effective_per_second,
+                self.messages_per_second / w.effective_per_second.max(f64::MIN_POSITIVE)
             );
         }
         let rows = [

@@ -51,11 +51,6 @@ pub(crate) fn sink_ip(i: u64, n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 10 + (i % u64::from(n.max(1))) as u8)
 }
 
-/// `[smtp] batch_size` of the volley under test (its default): the transactions one
-/// connection pipelines per round trip with CHUNKING, which the simulated network's
-/// bound counts on.
-pub(crate) const BATCH_SIZE: u64 = 16;
-
 /// `d{i}.load.test MX 10 mx.d{i}.load.test`, `mx.d{i}.load.test A 127.0.0.{10 + i % n}`.
 pub(crate) fn dns_records(domains: u32, sink_addresses: u8) -> DnsRecords {
     let mut records = DnsRecords::new().ttl(3600);
@@ -111,8 +106,8 @@ pub(crate) fn volley_toml(options: &LoadOptions, inputs: &ConfigInputs<'_>) -> S
     };
     let _ = writeln!(
         t,
-        "[smtp]\nhelo_name = \"volley.load\"\nport = {}\ntls = \"{tls}\"\nmax_connections_per_site = {}\nbatch_size = {BATCH_SIZE}\n",
-        inputs.sink_port, options.concurrency
+        "[smtp]\nhelo_name = \"volley.load\"\nport = {}\ntls = \"{tls}\"\nmax_connections_per_site = {}\nbatch_size = {}\nmax_pipeline = {}\n",
+        inputs.sink_port, options.concurrency, options.batch_size, options.max_pipeline
     );
     if let Some(rate) = options.rate {
         let _ = writeln!(t, "[limits]\nglobal = \"{rate}/s\"\n");

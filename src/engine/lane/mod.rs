@@ -10,6 +10,7 @@
 
 mod pool;
 mod throttle;
+mod window;
 mod worker;
 
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 pub use pool::{Budget, PooledSession, SessionManager, SharedThrottle, SlotSource};
 pub use throttle::Throttle;
 
+use self::window::Window;
 use self::worker::{Done, report, work};
 use crate::address::Address;
 use crate::metrics::{Metrics, SiteCounters};
@@ -87,7 +89,8 @@ pub(crate) struct SharedLimits {
 pub(crate) struct LaneSettings {
     pub(crate) max_connections: usize,
     pub(crate) max_messages: u64,
-    pub(crate) batch_size: usize,
+    /// The pipelining window's start and its most (`batch_size`, `max_pipeline`).
+    pub(crate) window: (usize, usize),
     pub(crate) idle_timeout: Duration,
     pub(crate) throttle_pause: Duration,
     pub(crate) throttle_step: Duration,
@@ -103,6 +106,8 @@ struct LaneContext<K> {
     metrics: Arc<Metrics>,
     counters: Arc<SiteCounters>,
     max_messages: u64,
+    /// Transactions per connection per go, following the round trip.
+    window: Window,
     /// Turns true when the lane shuts down: workers waiting for a rate permit give their
     /// deliveries back instead of waiting (under `1/h`, for an hour).
     stopping: tokio::sync::watch::Sender<bool>,
@@ -175,6 +180,7 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         metrics: deps.metrics,
         counters,
         max_messages: deps.settings.max_messages,
+        window: Window::new(deps.settings.window.0, deps.settings.window.1),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let task = tokio::spawn(run_lane(ctx, rx, deps.settings));
@@ -219,13 +225,17 @@ async fn run_lane<K: Send + Sync + 'static>(
         settings.max_connections as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
+    ctx.counters.window.store(
+        ctx.window.get() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     loop {
         let allowed = throttle.allowed(Instant::now());
         ctx.counters
             .allowed
             .store(allowed as u64, std::sync::atomic::Ordering::Relaxed);
         while !queue.is_empty() && active < allowed {
-            let size = (queue.len() / allowed.max(1)).clamp(1, settings.batch_size.max(1));
+            let size = (queue.len() / allowed.max(1)).clamp(1, ctx.window.get());
             let batch: Vec<Job<K>> = queue.drain(..size.min(queue.len())).collect();
             let (ctx, done) = (Arc::clone(&ctx), done_tx.clone());
             tokio::spawn(async move {

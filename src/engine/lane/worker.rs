@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use deadpool::managed::{Object, PoolError};
 
+use super::window::Sample;
 use super::{Delivery, Job, LaneContext, PooledSession, Report, SessionManager};
 use crate::event::EventKind;
 use crate::metrics::Stage;
@@ -28,19 +29,25 @@ pub(super) struct Done<K> {
 /// is one pipelined exchange. Stops early when the site throttles us.
 pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> Done<K> {
     let mut pending: VecDeque<Job<K>> = batch.into();
+    // Past the rate limits already, but more than the connection had left to carry.
+    let mut passed: Vec<Job<K>> = Vec::new();
     let mut held = None;
     let mut session: Option<Object<SessionManager>> = None;
     let mut stopping = ctx.stopping.subscribe();
-    while !pending.is_empty() {
-        let group = tokio::select! {
-            group = next_group(&mut pending, &mut held, |job| passage(ctx, job)) => group,
-            _ = stopping.wait_for(|stop| *stop) => {
-                // Shutting down while waiting for a permit: nothing was sent of these.
-                return Done {
-                    throttled: false,
-                    unsent: pending.into(),
-                };
+    while !pending.is_empty() || !passed.is_empty() {
+        let mut group = if passed.is_empty() {
+            tokio::select! {
+                group = next_group(&mut pending, &mut held, |job| passage(ctx, job)) => group,
+                _ = stopping.wait_for(|stop| *stop) => {
+                    // Shutting down while waiting for a permit: nothing was sent of these.
+                    return Done {
+                        throttled: false,
+                        unsent: pending.into(),
+                    };
+                }
             }
+        } else {
+            std::mem::take(&mut passed)
         };
         let live = match session.take() {
             Some(s) => s,
@@ -59,7 +66,7 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
             // The site asked for a pause (here, or another worker of the cluster) while
             // these waited for permits or a connection: nothing more goes until it ends.
             drop(live);
-            for job in group.into_iter().rev() {
+            for job in group.into_iter().chain(passed).rev() {
                 pending.push_front(job);
             }
             return Done {
@@ -67,13 +74,20 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
                 unsent: pending.into(),
             };
         }
-        let (live, throttled) = send_group(ctx, live, group).await;
+        // A connection carries `max_messages_per_connection` and no more, whatever the
+        // window: the rest goes on the next one.
+        let left = usize::try_from(ctx.max_messages.saturating_sub(live.transactions()))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let capped = group.len() > left;
+        if capped {
+            passed = group.split_off(left);
+        }
+        let (live, throttled) = send_group(ctx, live, group, capped).await;
         session = live;
         if throttled {
-            return Done {
-                throttled,
-                unsent: pending.into(),
-            };
+            let unsent = passed.into_iter().chain(pending).collect();
+            return Done { throttled, unsent };
         }
     }
     Done {
@@ -105,6 +119,7 @@ async fn send_group<K: Sync>(
     ctx: &LaneContext<K>,
     mut session: Object<SessionManager>,
     group: Vec<Job<K>>,
+    capped: bool,
 ) -> (Option<Object<SessionManager>>, bool) {
     // Deliveries cancelled while they waited are handed back unattempted.
     let (cancelled, group): (Vec<Job<K>>, Vec<Job<K>>) = group
@@ -137,21 +152,34 @@ async fn send_group<K: Sync>(
         };
         results = send(&mut session, &group).await;
     }
+    let elapsed = started.elapsed();
     // The group's replies all arrive in one pipelined exchange: one sample per message.
     ctx.metrics.record_many(
         Stage::Transaction,
-        started.elapsed(),
+        elapsed,
         u64::try_from(n).unwrap_or(u64::MAX),
     );
     let mut throttled = false;
+    let mut clean = session.is_usable();
     for (i, (job, result)) in group.into_iter().zip(results).enumerate() {
         let outcome = classify(&result);
         throttled |= outcome.throttle;
+        clean &= outcome.disposition != Disposition::Transient && !outcome.throttle;
         if i + 1 == n {
             // For operators: the site's latest reply, recorded once per group.
             ctx.counters.set_last_reply(&outcome.detail);
         }
         report(ctx, job.delivery, Some(outcome));
+    }
+    let window = ctx.window.observe(&Sample {
+        sent: n,
+        capped,
+        exchange: session.last_exchange(),
+        elapsed,
+        clean,
+    });
+    if ctx.counters.window.swap(window as u64, Relaxed) != window as u64 {
+        tracing::debug!(site = %ctx.site_key, window, sent = n, ?elapsed, exchange = ?session.last_exchange(), clean, "pipelining window changed");
     }
     if !session.is_usable() || session.transactions() >= ctx.max_messages {
         Object::take(session).quit().await;

@@ -38,6 +38,7 @@ fn site_json(site: &str, c: &SiteCounters, rate: f64, now_ms: u64) -> Value {
         "open": c.connections_open.load(Relaxed),
         "allowed": c.allowed.load(Relaxed),
         "limit": c.limit.load(Relaxed),
+        "window": c.window.load(Relaxed),
         "delivered": c.delivered.load(Relaxed),
         "deferred": c.deferred.load(Relaxed),
         "bounced": c.bounced.load(Relaxed),
