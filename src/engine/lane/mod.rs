@@ -108,6 +108,9 @@ struct LaneContext<K> {
     max_messages: u64,
     /// Transactions per connection per go, following the round trip.
     window: Window,
+    /// Sessions saying QUIT after their last transaction: the worker goes on without
+    /// waiting a round trip for the answer; the lane waits for them before it ends.
+    quitting: tokio_util::task::TaskTracker,
     /// Turns true when the lane shuts down: workers waiting for a rate permit give their
     /// deliveries back instead of waiting (under `1/h`, for an hour).
     stopping: tokio::sync::watch::Sender<bool>,
@@ -181,6 +184,7 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         counters,
         max_messages: deps.settings.max_messages,
         window: Window::new(deps.settings.window.0, deps.settings.window.1),
+        quitting: tokio_util::task::TaskTracker::new(),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let task = tokio::spawn(run_lane(ctx, rx, deps.settings));
@@ -310,6 +314,8 @@ async fn run_lane<K: Send + Sync + 'static>(
     // Shutting down or retiring: every pooled session says QUIT before the lane ends.
     let removed = ctx.pool.retain(|_, _| false).removed;
     futures::future::join_all(removed.into_iter().map(PooledSession::quit)).await;
+    ctx.quitting.close();
+    ctx.quitting.wait().await;
 }
 
 /// Applies a slow-down another worker of the cluster was asked for, once.

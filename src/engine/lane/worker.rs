@@ -182,7 +182,8 @@ async fn send_group<K: Sync>(
         tracing::debug!(site = %ctx.site_key, window, sent = n, ?elapsed, exchange = ?session.last_exchange(), clean, "pipelining window changed");
     }
     if !session.is_usable() || session.transactions() >= ctx.max_messages {
-        Object::take(session).quit().await;
+        // The next group goes on a new connection now, not a round trip later.
+        ctx.quitting.spawn(Object::take(session).quit());
         return (None, throttled);
     }
     (Some(session), throttled)
