@@ -2,7 +2,7 @@
 """volley send against Postfix's smtp-source, side by side on Postfix's smtp-sink.
 
 One smtp-sink on loopback receives both. Each round runs, in alternating order:
-  - smtp-source -s SESSIONS -m N -l SIZE   (Postfix's own load generator), and
+  - smtp-source -d -s SESSIONS -m N -l SIZE   (Postfix's own load generator), and
   - volley send --recipients (N addresses) through [relay] to the same sink with
     SESSIONS connections: the whole path, CSV parsing, a synced queue, rendering,
     MIME, pipelined SMTP and the outcomes' commits.
@@ -122,8 +122,10 @@ def main():
         sys.exit(f"{a.volley} is missing: cargo build --release -p volley")
 
     port = free_port()
+    # As root, smtp-sink insists on dropping its privileges to some user.
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
     sink_proc = subprocess.Popen(
-        [sink, f"127.0.0.1:{port}", "1024"],
+        [sink, *user, f"127.0.0.1:{port}", "1024"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -140,7 +142,9 @@ def main():
         rows = {"smtp-source": [], "volley": []}
 
         def run_source():
-            cmd = [source, "-s", str(a.sessions), "-m", str(a.messages), "-l", str(a.size),
+            # -d: many messages per connection, as volley does (without it every
+            # message opens a connection of its own, which is far slower).
+            cmd = [source, "-d", "-s", str(a.sessions), "-m", str(a.messages), "-l", str(a.size),
                    "-f", "sender@volley.test", "-t", "user@sink.test", f"127.0.0.1:{port}"]
             wall, cpu, rss, _ = run_measured(cmd, a.timeout)
             rows["smtp-source"].append((wall, cpu, rss))

@@ -3,6 +3,7 @@
 //! the engine, never more than the engine has room for.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,10 @@ use crate::queue::{AnyQueue, DeliveryId, Held, JobId, Leased, Queue, Resolution}
 /// Leases asked for at once: large enough that each site gets several messages per
 /// connection write (512 gave about one write per message across 50 sites).
 const LEASE_BATCH: usize = 1024;
+/// The most bytes of per-recipient messages built and not yet done with: leasing waits
+/// above it, and leases no more than fit under it. With 100 KB messages the engine
+/// would otherwise hold thousands of them (its backlog counts deliveries, not bytes).
+const BODY_BUDGET: usize = 64 * 1024 * 1024;
 /// How often an empty queue is asked again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How long a delivery waits when the queue could not say what it needs (its job, its
@@ -58,6 +63,8 @@ pub(super) struct Feeder {
     specs: ByteCache<JobId, Arc<JobSpec>>,
     /// One-off messages' bytes: the same for every recipient of the job.
     bodies: ByteCache<JobId, Arc<[u8]>>,
+    /// The recent per-recipient message size, smoothed (0 before the first).
+    mean_body: std::sync::atomic::AtomicUsize,
 }
 
 impl Feeder {
@@ -75,6 +82,7 @@ impl Feeder {
             metrics: parts.metrics,
             specs: ByteCache::new(half),
             bodies: ByteCache::new(half),
+            mean_body: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -88,14 +96,20 @@ impl Feeder {
         mut shutdown: watch::Receiver<bool>,
     ) {
         while !*shutdown.borrow() {
-            let room = self.capacity.saturating_sub(self.ledger().held_count());
-            if room < 64 {
+            let (held, held_bytes) = {
+                let ledger = self.ledger();
+                (ledger.held_count(), ledger.held_bytes())
+            };
+            let room = self.capacity.saturating_sub(held);
+            if room < 64 || held_bytes >= BODY_BUDGET {
                 wait(&mut shutdown, Duration::from_millis(5)).await;
                 continue;
             }
+            let mean = self.mean_body.load(Ordering::Relaxed).max(1);
+            let fits = ((BODY_BUDGET - held_bytes) / mean).max(1);
             let leased = match self
                 .queue
-                .lease(room.min(LEASE_BATCH), SystemTime::now())
+                .lease(room.min(LEASE_BATCH).min(fits), SystemTime::now())
                 .await
             {
                 Ok(leased) => leased,
@@ -349,7 +363,21 @@ impl Feeder {
         let queued_at = std::time::Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(std::time::Instant::now);
-        let cancelled = self.ledger().hold_flag(&s.key.id)?;
+        let cancelled = {
+            let mut ledger = self.ledger();
+            let cancelled = ledger.hold_flag(&s.key.id)?;
+            if self.composer.per_recipient(&s.spec) {
+                ledger.carry(&s.key.id, body.len());
+                let mean = self.mean_body.load(Ordering::Relaxed);
+                let mean = if mean == 0 {
+                    body.len()
+                } else {
+                    (mean * 7 + body.len()) / 8
+                };
+                self.mean_body.store(mean, Ordering::Relaxed);
+            }
+            cancelled
+        };
         Some(Delivery {
             key: s.key,
             from,

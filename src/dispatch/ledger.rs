@@ -42,6 +42,9 @@ struct Lease {
     domain: Arc<str>,
     /// Admitted into the engine (counted in its domain's share).
     in_engine: bool,
+    /// The bytes of its own built message (0 while not built, or when its body is
+    /// shared with other deliveries of its job).
+    bytes: usize,
     /// Set when the lease is lost: the engine then skips the delivery if it has not
     /// started sending it.
     cancelled: Arc<AtomicBool>,
@@ -107,6 +110,8 @@ pub(super) struct Ledger {
     capacity: usize,
     leases: HashMap<DeliveryId, Lease>,
     shares: HashMap<Arc<str>, Share>,
+    /// The sum of the held leases' `bytes`.
+    bytes: usize,
 }
 
 impl Ledger {
@@ -116,6 +121,21 @@ impl Ledger {
             capacity,
             leases: HashMap::new(),
             shares: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The bytes of the built messages held now (each per-recipient body once).
+    pub(super) fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Records that a held delivery's own message, `bytes` long, is built and held
+    /// until its lease is taken back or lost.
+    pub(super) fn carry(&mut self, id: &DeliveryId, bytes: usize) {
+        if let Some(lease) = self.leases.get_mut(id) {
+            self.bytes = self.bytes - lease.bytes + bytes;
+            lease.bytes = bytes;
         }
     }
 
@@ -144,6 +164,7 @@ impl Ledger {
                 token,
                 domain,
                 in_engine: false,
+                bytes: 0,
                 cancelled: Arc::clone(&cancelled),
             },
         );
@@ -200,6 +221,7 @@ impl Ledger {
         now: Instant,
     ) -> Option<LeaseToken> {
         let lease = self.leases.remove(id)?;
+        self.bytes -= lease.bytes;
         if lease.in_engine
             && let Some(share) = self.shares.get_mut(&lease.domain)
         {
@@ -223,6 +245,7 @@ impl Ledger {
         let mut n = 0;
         for id in lost {
             if let Some(lease) = self.leases.remove(id) {
+                self.bytes -= lease.bytes;
                 lease.cancelled.store(true, Ordering::Relaxed);
                 if lease.in_engine
                     && let Some(share) = self.shares.get_mut(&lease.domain)
@@ -349,5 +372,34 @@ mod tests {
         );
         assert_eq!(ledger.take(&id(1), true, t0), Some(LeaseToken(3)));
         assert_eq!(ledger.held_count(), 0);
+    }
+
+    #[test]
+    fn built_messages_count_until_their_lease_is_taken_back_or_lost() {
+        let t0 = Instant::now();
+        let mut ledger = Ledger::new(100);
+        for i in 1..=3 {
+            ledger.hold(id(i), LeaseToken(u64::from(i)), "a.example");
+        }
+        ledger.carry(&id(1), 100_000);
+        ledger.carry(&id(2), 50_000);
+        ledger.carry(&id(2), 60_000);
+        assert_eq!(
+            ledger.held_bytes(),
+            160_000,
+            "a rebuilt message counts once"
+        );
+        ledger.carry(&id(9), 1_000);
+        assert_eq!(
+            ledger.held_bytes(),
+            160_000,
+            "a lease not held counts nothing"
+        );
+        ledger.take(&id(1), true, t0);
+        assert_eq!(ledger.held_bytes(), 60_000);
+        ledger.lose(&[id(2)]);
+        assert_eq!(ledger.held_bytes(), 0);
+        ledger.take(&id(3), true, t0);
+        assert_eq!((ledger.held_bytes(), ledger.held_count()), (0, 0));
     }
 }
