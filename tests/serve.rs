@@ -190,6 +190,12 @@ async fn bad_requests_get_exact_status_codes() {
         ),
         (
             "/v1/campaigns",
+            json!({"template": "welcome", "from": "a@example.com", "recipients": [{"to": "b@example.org", "vars": {"name": "B"}}, {"to": "c@example.org", "vars": ["name", "C"]}]}),
+            422,
+            Some("recipients[1].vars"),
+        ),
+        (
+            "/v1/campaigns",
             json!({"template": "welcome", "from": "a@example.com", "recipients": []}),
             422,
             Some("recipients"),
@@ -219,6 +225,23 @@ async fn bad_requests_get_exact_status_codes() {
         .await;
     assert_eq!(malformed.status, 400, "{}", malformed.text());
     assert_eq!(malformed.json()["error"]["code"], "malformed");
+    // A recipient's variables nested deeper than any parser should follow: refused,
+    // named, and the server answers the next request.
+    let deep = format!(
+        "{{\"template\": \"welcome\", \"from\": \"a@example.com\", \"recipients\": [{{\"to\": \"b@example.org\", \"vars\": {{\"name\": \"B\", \"deep\": {}{}}}}}]}}",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let refused = volley
+        .request(
+            "POST",
+            "/v1/campaigns",
+            &[h[0], ("content-type", "application/json")],
+            deep.as_bytes(),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["field"], "recipients[0].vars");
     let big = vec![b' '; 70 * 1024];
     let json = ("content-type", "application/json");
     let too_large = volley

@@ -8,7 +8,7 @@ use super::{
     send_at, stored,
 };
 use crate::address::{Address, suppression_key};
-use crate::compose::{Composer, JobSpec, merge};
+use crate::compose::{Composer, JobSpec, merge, vars_to_bytes};
 use crate::queue::{JobId, JobKind, NewJob};
 
 /// Recipients checked between two looks at whether the submitter went away.
@@ -89,27 +89,29 @@ pub fn prepare_campaign(
         }
         let field = format!("recipients[{i}].to");
         let address = Address::parse(r.to.trim()).map_err(|e| invalid(&field, e))?;
-        check_vars(
-            &r.vars,
-            &format!("recipients[{i}].vars"),
-            MAX_RECIPIENT_VARS,
-        )?;
+        let vars = r.vars().map_err(|e| {
+            invalid(
+                format!("recipients[{i}].vars"),
+                format!("must be an object of variables: {e}"),
+            )
+        })?;
+        check_vars(&vars, &format!("recipients[{i}].vars"), MAX_RECIPIENT_VARS)?;
         if i == 0 {
             // One full build catches header and size problems shared by all.
             composer
-                .compose(&id.to_string(), &spec, &address, &r.vars)
+                .compose(&id.to_string(), &spec, &address, &vars)
                 .map_err(|e| compose_invalid(e, Some(i)))?;
         } else {
-            let vars = merge(&spec.vars, &r.vars);
+            let merged = merge(&spec.vars, &vars);
             composer
                 .templates()
-                .check(&template, &vars)
+                .check(&template, &merged)
                 .map_err(|e| invalid(format!("recipients[{i}].vars"), e))?;
         }
         if seen.insert(suppression_key(address.as_str())) {
             recipients.push(PreparedRecipient {
                 to: address.as_str().to_owned(),
-                vars: r.vars,
+                vars: vars_to_bytes(&vars),
             });
         }
     }

@@ -58,7 +58,7 @@ impl Envelope {
             .filter(|a| seen.insert(suppression_key(a.as_str())))
             .map(|a| PreparedRecipient {
                 to: a.as_str().to_owned(),
-                vars: Map::new(),
+                vars: b"{}".to_vec(),
             })
             .collect()
     }

@@ -109,8 +109,8 @@ pub struct Prepared {
 pub struct PreparedRecipient {
     /// The validated address as submitted (the first spelling, when duplicates merge).
     pub to: String,
-    /// Its own variables (the shared ones are in the payload).
-    pub vars: Map<String, Value>,
+    /// Its own variables (the shared ones are in the payload), as stored: JSON.
+    pub vars: Vec<u8>,
 }
 
 impl Prepared {
@@ -118,7 +118,7 @@ impl Prepared {
     pub fn into_parts(self) -> (NewJob, impl Iterator<Item = NewRecipient> + Send) {
         let recipients = self.recipients.into_iter().map(|r| NewRecipient {
             to: r.to,
-            vars: vars_to_bytes(&r.vars),
+            vars: r.vars,
         });
         (self.job, recipients)
     }

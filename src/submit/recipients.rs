@@ -154,7 +154,7 @@ pub fn parse_csv(text: &str, path: &str) -> Result<Vec<(usize, RecipientInput)>,
                 vars.insert(name.to_owned(), Value::String(value.to_owned()));
             }
         }
-        out.push((line, RecipientInput { to, vars }));
+        out.push((line, RecipientInput::new(to, &vars)));
     }
     Ok(out)
 }
@@ -172,8 +172,8 @@ mod tests {
         .unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[1].1.to, "b@example.com");
-        assert_eq!(list[1].1.vars["name"], "Bo, Jr");
-        assert!(!list[0].1.vars.contains_key("email"));
+        assert_eq!(list[1].1.vars().unwrap()["name"], "Bo, Jr");
+        assert!(!list[0].1.vars().unwrap().contains_key("email"));
         assert_eq!((list[0].0, list[1].0), (2, 3), "line numbers");
     }
 
@@ -196,7 +196,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].1.vars["n"], 1);
+        assert_eq!(list[0].1.vars().unwrap()["n"], 1);
         assert_eq!(
             (list[0].0, list[1].0),
             (1, 3),
