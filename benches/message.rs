@@ -82,6 +82,21 @@ fn render_and_build(c: &mut Criterion) {
     group.bench_function(format!("render+build newsletter ({size} B)"), |b| {
         b.iter(|| newsletter(&templates, black_box(&vars), &unsubscribe, &tokens));
     });
+    // A large static text with one variable, as in issue 16's 100 KB runs.
+    let big = tempfile::tempdir().unwrap();
+    let dir = big.path().join("big");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("subject.hbs"), "Big news for {{name}}\n").unwrap();
+    let line = "The quick brown fox jumps over the lazy dog, again and again and again.\n";
+    let text = format!(
+        "Hello {{{{name}}}},\n\n{}",
+        line.repeat(102_400 / line.len())
+    );
+    std::fs::write(dir.join("text.hbs"), &text).unwrap();
+    let big_templates = Templates::load(big.path()).unwrap();
+    group.bench_function("render 100 KB text template", |b| {
+        b.iter(|| big_templates.render("big", black_box(&vars)).unwrap());
+    });
     group.finish();
 
     let message = newsletter(&templates, &vars, &unsubscribe, &tokens);

@@ -201,7 +201,15 @@ impl Templates {
         vars: &serde_json::Value,
     ) -> Result<String, TemplateError> {
         let key = format!("{template}/{file}");
-        registry.render(&key, vars).map_err(|e| {
+        // Rendered into a buffer sized for the template's text up front: a 100 KB
+        // newsletter grown from empty was copied again at every doubling.
+        let mut out = Vec::with_capacity(output_hint(registry, &key));
+        let rendered = registry.render_to_write(&key, vars, &mut out).map(|()| {
+            // Handlebars writes only `str`s: the bytes are UTF-8.
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        });
+        rendered.map_err(|e| {
             // An error inside a partial carries the partial's name: report its file.
             let failing = match e.template_name.as_deref() {
                 Some(name) if name != key => self
@@ -214,6 +222,23 @@ impl Templates {
             render_error(template, failing, &e)
         })
     }
+}
+
+/// About the length of a rendering of `key`: its literal text, plus room for what its
+/// expressions write.
+fn output_hint(registry: &Handlebars<'static>, key: &str) -> usize {
+    use handlebars::template::TemplateElement;
+    registry.get_template(key).map_or(256, |t| {
+        let literal: usize = t
+            .elements
+            .iter()
+            .map(|e| match e {
+                TemplateElement::RawString(text) => text.len(),
+                _ => 32,
+            })
+            .sum();
+        literal + literal / 8 + 64
+    })
 }
 
 fn registry(escape_html: bool) -> Handlebars<'static> {
