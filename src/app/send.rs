@@ -120,13 +120,15 @@ pub async fn run(
     options: SendOptions,
     mut progress: impl FnMut(&Counts),
 ) -> Result<Summary, SendError> {
-    let list = options.recipients;
+    let mut list = options.recipients;
+    // Moved, not copied: only the lines stay, to name a refused recipient's place.
+    let recipients = std::mem::take(&mut list.recipients);
     let request = CampaignRequest {
         template: Some(options.template.clone()),
         from: Some(MailboxInput::Text(options.from.clone())),
         subject: options.subject.clone(),
         vars: options.vars.clone(),
-        recipients: list.recipients.clone(),
+        recipients,
         list: options.list.clone(),
         ..CampaignRequest::default()
     };
