@@ -212,6 +212,7 @@ async fn run_engine(dns: &DnsServer, port: u16, messages: usize) -> Measured {
                 body: Arc::clone(&body),
                 queued_at: Instant::now(),
                 cancelled: Default::default(),
+                pool: None,
             };
             if engine.submit(delivery).await.is_err() {
                 break;

@@ -73,6 +73,7 @@ async fn run<Q: Queue>(name: &str, q: &Q, n: u32) {
                 resolution: Resolution::Delivered {
                     reply: "250 2.0.0 ok".into(),
                 },
+                via: None,
             })
             .collect();
         q.complete(batch, SystemTime::now())

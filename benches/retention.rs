@@ -53,6 +53,7 @@ async fn round<Q: Queue>(q: &Q, n: u32, now: SystemTime, round: u32) {
                 resolution: Resolution::Delivered {
                     reply: "250 2.0.0 ok".into(),
                 },
+                via: None,
             })
             .collect();
         q.complete(batch, now).await.expect("complete");

@@ -94,6 +94,9 @@ enum Command {
         /// Default: "default".
         #[arg(long)]
         list: Option<String>,
+        /// The egress pool it leaves from (`[egress.pools]`). Default: `[egress] default_pool`.
+        #[arg(long)]
+        pool: Option<String>,
         /// A variable shared by every recipient (repeatable).
         #[arg(long = "var", value_name = "KEY=VALUE")]
         vars: Vec<String>,
@@ -130,6 +133,13 @@ enum Command {
         /// Configuration file (default: ./volley.toml when it exists).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also print what volley would do with mail for this domain: its MX hosts and
+        /// addresses, site, egress pool and source addresses, limits and TLS policy.
+        #[arg(long)]
+        domain: Option<String>,
+        /// With `--domain`: for mail of this egress pool (default: `[egress] default_pool`).
+        #[arg(long, requires = "domain")]
+        pool: Option<String>,
     },
     /// Read a password on stdin and print its argon2id hash for `[submission] users`.
     HashPassword,
@@ -254,7 +264,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{hash}");
             Ok(())
         }
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            domain,
+            pool,
+        } => {
             let config = load(config.as_ref(), None, None)?;
             let templates = volley::template::Templates::load(&config.templates.path)?;
             let file = config.file.as_ref().map_or_else(
@@ -273,6 +287,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "configuration ok ({file}); templates: {}",
                 templates.names().join(", ")
             );
+            if let Some(domain) = domain {
+                let report = volley::app::check::domain(&config, &domain, pool.as_deref()).await?;
+                print!("{report}");
+            }
             Ok(())
         }
         Command::Suppress { action, config } => {
@@ -296,6 +314,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             from,
             subject,
             list: campaign_list,
+            pool,
             vars,
             config,
             relay,
@@ -316,6 +335,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 subject,
                 vars,
                 list: campaign_list,
+                pool,
                 max_wait,
                 report,
             };

@@ -157,6 +157,19 @@ pub fn classify_route(err: &RouteError) -> Outcome {
     outcome
 }
 
+/// A delivery whose egress pool is not configured (any more): it waits, transient
+/// (4.3.5, a configuration problem of ours), rather than leave from other addresses.
+pub fn no_egress_pool(pool: &str) -> Outcome {
+    let enhanced = EnhancedCode::new(4, 3, 5);
+    let mut outcome = Outcome::new(
+        Disposition::Transient,
+        Scope::Connection,
+        format!("{enhanced} egress pool {pool:?} is not configured"),
+    );
+    outcome.enhanced = Some(enhanced);
+    outcome
+}
+
 /// Classifies a failure reply to a command of `phase`.
 fn classify_reply(phase: Option<Phase>, reply: &Reply) -> Outcome {
     let code = reply.code().get();

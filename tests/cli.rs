@@ -157,7 +157,14 @@ async fn send_refuses_bad_input_before_storing_anything() {
         !out.status.success() && err.contains("name"),
         "a missing variable is named: {err}"
     );
-    // Nothing of either refused campaign reached the queue.
+    let good = write(dir.path(), "good.csv", "email,name\nann@example.org,Ann\n");
+    let out = send(&good, &config, "news@example.com", &["--pool", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("pool") && err.contains("nope"),
+        "an unknown egress pool is refused: {err}"
+    );
+    // Nothing of the refused campaigns reached the queue.
     let queue = EmbeddedQueue::open(&dir.path().join("data"), Duration::from_secs(60))
         .await
         .unwrap();
@@ -250,6 +257,7 @@ fn check_refuses_unsafe_configurations_in_one_line_naming_the_key() {
             "[server]\nrequest_timeout = \"0s\"\n",
         ),
         ("smtp.max_connections", "[smtp]\nmax_connections = 0\n"),
+        ("egress.default_pool", "[egress]\ndefault_pool = \"bulk\"\n"),
         (
             "submission.users",
             "[submission]\nusers = { app = \"plain\" }\n",
@@ -435,4 +443,119 @@ fn serve_listens_where_told_and_says_which_file_it_read() {
     let (child, line) = serve(dir.path(), &[], &[("VOLLEY_LISTEN", &listen)]);
     assert!(line.contains(&format!("listen={listen}")), "{line}");
     stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_leaves_from_the_pool_it_names() {
+    let sink = Sink::start(SinkConfig {
+        capture: true,
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), sink.addrs()[0]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[egress.pools.news]\naddresses = [{ address = \"127.0.0.24\", helo_name = \"news.volley.test\" }]\n");
+    std::fs::write(&config, text).unwrap();
+    let csv = write(
+        dir.path(),
+        "list.csv",
+        "email,name\nann@example.org,Ann\nbo@example.org,Bo\n",
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        send(
+            &csv,
+            &config,
+            "news@example.com",
+            &["--pool", "news", "--json"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 2);
+    for m in &messages {
+        assert_eq!(m.peer.unwrap().ip().to_string(), "127.0.0.24");
+        assert_eq!(m.helo, "news.volley.test");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_domain_says_what_volley_would_do() {
+    let records = volley_loadtest::DnsRecords::new()
+        .ttl(60)
+        .mx("pools.test", 10, "mx1.pools.test")
+        .mx("pools.test", 20, "mx2.pools.test")
+        .a("mx1.pools.test", "127.0.0.2".parse().unwrap())
+        .a("mx2.pools.test", "127.0.0.3".parse().unwrap())
+        .null_mx("nomail.test");
+    let dns = volley_loadtest::DnsServer::start(records).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "volley.toml",
+        &format!(
+            "[templates]\npath = {:?}\n[dns]\nnameservers = [\"{}\"]\n[security]\nallow_loopback_mx = true\n[smtp]\nhelo_name = \"volley.test\"\n[limits.domains]\n\"pools.test\" = \"100/s\"\n[egress.pools.bulk]\naddresses = [{{ address = \"127.0.0.20\", helo_name = \"bulk1.volley.test\" }}, \"127.0.0.21\"]\nwarmup = [[\"2020-01-01\", \"1000/d\"]]\n",
+            templates(),
+            dns.addr()
+        ),
+    );
+    let check = move |args: &[&str]| {
+        let mut cmd = volley();
+        cmd.arg("check").arg("--config").arg(&config).args(args);
+        cmd.output().unwrap()
+    };
+    let run = |args: Vec<&'static str>| {
+        let check = check.clone();
+        tokio::task::spawn_blocking(move || check(&args))
+    };
+    let out = run(vec!["--domain", "pools.test", "--pool", "bulk"])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "domain: pools.test",
+        "route: direct to its MX hosts",
+        "  mx 10 mx1.pools.test: 127.0.0.2:25",
+        "  mx 20 mx2.pools.test: 127.0.0.3:25",
+        "site: mx1.pools.test,mx2.pools.test via bulk",
+        "pool: bulk from 127.0.0.20 (EHLO bulk1.volley.test), 127.0.0.21 (EHLO volley.test)",
+        "  warm-up today: at most 1000/d",
+        "domain rate 100/s",
+        "tls: opportunistic",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let out = run(vec!["--domain", "pools.test"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("site: mx1.pools.test,mx2.pools.test\n")
+            && text.contains("pool: default from the system's choice (EHLO volley.test)"),
+        "{text}"
+    );
+    let out = run(vec!["--domain", "nomail.test"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("route: none: 5.1.10") && text.contains("(bounced)"),
+        "{text}"
+    );
+    let out = run(vec!["--domain", "pools.test", "--pool", "nope"])
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown egress pool \"nope\""),
+        "{err}"
+    );
 }

@@ -108,6 +108,7 @@ fn delivery(key: u32, to: &str) -> Delivery<u32> {
         body: Arc::from(&b"Subject: test\r\n\r\nhello\r\n"[..]),
         queued_at: Instant::now(),
         cancelled: Default::default(),
+        pool: None,
     }
 }
 
@@ -795,4 +796,164 @@ async fn with_data_or_on_loopback_the_window_stays_at_the_batch() {
     let (window, stats) = send_far(Duration::ZERO, true, 600, 1000).await;
     assert_eq!(window, 16, "loopback: a bigger window gains nothing");
     assert_eq!(stats.messages, 600);
+}
+
+fn egress(text: &str) -> volley::engine::EgressConfig {
+    toml::from_str(text).expect("a valid [egress] section")
+}
+
+#[tokio::test]
+async fn egress_pools_bind_their_addresses_in_turn_with_their_own_names() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let sink_config = SinkConfig {
+        capture: true,
+        ..SinkConfig::default()
+    };
+    let (sinks, port) = sinks(&[IP3], sink_config).await;
+    let mut config = engine_config(port);
+    // Five messages per connection: the bulk pool needs several, from both addresses.
+    config.smtp.max_messages_per_connection = 5;
+    config.smtp.batch_size = 5;
+    config.egress = egress(
+        r#"
+        [pools.bulk]
+        addresses = [{ address = "127.0.0.20", helo_name = "bulk1.volley.test" }, "127.0.0.21"]
+        [pools.tx]
+        addresses = [{ address = "127.0.0.22", helo_name = "tx.volley.test" }]
+        "#,
+    );
+    let mut h = start(&dns, config, true);
+    let pools = [("bulk", 30), ("tx", 6), ("default", 6)];
+    let mut key = 0;
+    for (pool, n) in pools {
+        for i in 0..n {
+            let mut d = delivery(key, &format!("{pool}{i}@implicit.test"));
+            d.pool = (pool != "default").then(|| Arc::from(pool));
+            h.engine.submit(d).await.unwrap();
+            key += 1;
+        }
+    }
+    let mut gone = delivery(key, "gone@implicit.test");
+    gone.pool = Some(Arc::from("gone"));
+    h.engine.submit(gone).await.unwrap();
+    let reports = h.collect(43).await;
+    let gone = &reports[&key];
+    assert_eq!(outcome(gone).disposition, Disposition::Transient);
+    assert!(
+        outcome(gone).detail.contains("egress pool \"gone\""),
+        "{gone:?}"
+    );
+    for report in reports.values().filter(|r| r.key != key) {
+        assert_eq!(outcome(report).disposition, Disposition::Delivered);
+        let via = report.via.as_ref().expect("how it left is reported");
+        let pool = report
+            .to
+            .as_str()
+            .trim_end_matches(|c: char| !c.is_alphabetic());
+        let pool = pool.split(|c: char| c.is_ascii_digit()).next().unwrap();
+        assert_eq!(&*via.pool, pool, "{report:?}");
+        assert!(
+            via.encrypted && via.tls == TlsPolicy::Opportunistic,
+            "{via:?}"
+        );
+    }
+    h.engine.shutdown().await;
+    let mut seen: HashMap<&str, std::collections::BTreeSet<(String, String)>> = HashMap::new();
+    let messages = sinks[0].messages();
+    for m in &messages {
+        let pool = ["bulk", "tx", "default"]
+            .into_iter()
+            .find(|p| m.rcpt_to[0].starts_with(p))
+            .unwrap();
+        assert!(m.tls, "STARTTLS, as reported");
+        let peer = m.peer.expect("the sink saw the client's address").ip();
+        seen.entry(pool)
+            .or_default()
+            .insert((peer.to_string(), m.helo.clone()));
+    }
+    assert_eq!(messages.len(), 42, "nothing from the unknown pool");
+    let pairs = |list: &[(&str, &str)]| {
+        list.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        seen["bulk"],
+        pairs(&[
+            ("127.0.0.20", "bulk1.volley.test"),
+            ("127.0.0.21", "volley.test")
+        ]),
+        "both addresses in turn, each with its own name"
+    );
+    assert_eq!(seen["tx"], pairs(&[("127.0.0.22", "tx.volley.test")]));
+    assert_eq!(
+        seen["default"],
+        pairs(&[("127.0.0.1", "volley.test")]),
+        "the default pool lets the system choose"
+    );
+    // One site per pool: limits, caps and throttles apply to each on its own.
+    let sites: Vec<String> = h_sites(&h.metrics);
+    for site in [
+        "implicit.test",
+        "implicit.test via bulk",
+        "implicit.test via tx",
+    ] {
+        assert!(sites.iter().any(|s| s == site), "{site} in {sites:?}");
+    }
+}
+
+fn h_sites(metrics: &Metrics) -> Vec<String> {
+    metrics
+        .sites()
+        .into_iter()
+        .map(|(site, _)| site.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_warm_up_step_caps_its_pool_from_its_date_on() {
+    let dns = DnsServer::start(records()).await.unwrap();
+    let (sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
+    let mut config = engine_config(port);
+    config.egress = egress(
+        r#"
+        [pools.warming]
+        warmup = [["2020-01-01", "1/d"]]
+        [pools.later]
+        warmup = [["2999-01-01", "1/d"]]
+        "#,
+    );
+    let mut h = start(&dns, config, true);
+    for (key, pool) in [(0, "warming"), (1, "warming"), (2, "warming")]
+        .into_iter()
+        .chain([(3, "later"), (4, "later"), (5, "later")])
+    {
+        let mut d = delivery(key, &format!("{pool}{key}@implicit.test"));
+        d.pool = Some(Arc::from(pool));
+        h.engine.submit(d).await.unwrap();
+    }
+    // One of the capped pool's and all of the other's go; then the engine stops.
+    let first = h.collect(4).await;
+    assert!(first.values().all(|r| {
+        r.outcome
+            .as_ref()
+            .is_some_and(|o| o.disposition == Disposition::Delivered)
+    }));
+    assert_eq!(
+        first.keys().filter(|k| **k < 3).count(),
+        1,
+        "one message a day from the warming pool"
+    );
+    let (engine, mut reports) = (h.engine, h.reports);
+    engine.shutdown().await;
+    let mut held = 0;
+    while let Ok(report) = reports.try_recv() {
+        assert!(
+            report.outcome.is_none(),
+            "handed back unattempted: {report:?}"
+        );
+        held += 1;
+    }
+    assert_eq!(held, 2, "the warming pool's other two wait for their turn");
+    assert_eq!(sinks[0].stats().messages, 4);
 }

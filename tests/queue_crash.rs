@@ -110,6 +110,7 @@ async fn work<Q: Queue>(q: Q, dir: &Path) {
                     resolution: Resolution::Delivered {
                         reply: "250 ok".into(),
                     },
+                    via: None,
                 })
                 .collect();
             q.complete(batch, SystemTime::now())
@@ -168,6 +169,7 @@ async fn verify<Q: Queue>(q: &Q, dir: &Path) -> (usize, usize) {
                 resolution: Resolution::Delivered {
                     reply: "250 ok".into(),
                 },
+                via: None,
             })
             .collect();
         q.complete(batch, SystemTime::now())

@@ -143,6 +143,7 @@ fn done(lease: &Leased, resolution: Resolution) -> Completion {
         id: lease.id,
         token: lease.token,
         resolution,
+        via: None,
     }
 }
 
@@ -195,7 +196,10 @@ async fn submit_lease_complete<Q: Queue>(q: Q) {
     let stale = q
         .complete(
             vec![
-                done(&got[0], delivered()),
+                Completion {
+                    via: Some(r#"{"pool":"tx","source":"192.0.2.7"}"#.into()),
+                    ..done(&got[0], delivered())
+                },
                 done(
                     &got[1],
                     Resolution::Bounced {
@@ -239,6 +243,15 @@ async fn submit_lease_complete<Q: Queue>(q: Q) {
     assert!(ev.windows(2).all(|w| w[0].cursor < w[1].cursor));
     assert_eq!(ev[1].reply.as_deref(), Some("550 no such user"));
     assert_eq!(ev[2].reply, None);
+    // How the attempt left is kept with its event, and shown as the JSON it is.
+    assert_eq!(
+        ev[0].via.as_deref(),
+        Some(r#"{"pool":"tx","source":"192.0.2.7"}"#)
+    );
+    assert_eq!(ev[1].via, None);
+    let shown = serde_json::to_value(&ev[0]).unwrap();
+    assert_eq!(shown["via"]["pool"], "tx", "{shown}");
+    assert!(serde_json::to_value(&ev[1]).unwrap().get("via").is_none());
     assert_eq!(
         (ev[0].at, ev[0].to.as_str(), ev[0].job),
         (later, "user0@example.com", id)

@@ -589,3 +589,79 @@ async fn an_html_only_message_gets_a_text_part_and_the_job_shows_send_at() {
     assert_eq!(job["state"], "queued", "{job}");
     volley.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_leaves_from_its_egress_pool_and_its_events_say_how() {
+    let pools = "[egress]\n[egress.pools.tx]\naddresses = [{ address = \"127.0.0.22\", helo_name = \"tx.volley.test\" }]\n";
+    let (sink, volley, _dir) = relay_setup(pools).await;
+    let h = auth();
+    let h = headers(&h);
+    let message = |pool: &str| {
+        json!({
+            "from": "ann@example.com",
+            "to": ["bob@example.org"],
+            "subject": "pooled",
+            "text": "hi",
+            "pool": pool,
+        })
+    };
+    // An unknown pool is refused before anything is stored, naming the field.
+    for path in ["/v1/messages", "/v1/campaigns"] {
+        let body = if path == "/v1/messages" {
+            message("nope")
+        } else {
+            json!({"template": "welcome", "from": "ann@example.com",
+                   "recipients": [{"to": "bob@example.org", "vars": {"name": "Bob"}}],
+                   "pool": "nope"})
+        };
+        let response = volley.post(path, &body, &h).await;
+        assert_eq!(response.status, 422, "{path}: {}", response.text());
+        let error = &response.json()["error"];
+        assert_eq!(error["field"], "pool", "{error}");
+        assert!(error["message"].as_str().unwrap().contains("tx"), "{error}");
+    }
+    let response = volley.post("/v1/messages", &message("tx"), &h).await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let id = response.json()["id"].as_str().unwrap().to_owned();
+    volley.wait_job(&id, &h, |j| j["state"] == "done").await;
+    let response = volley
+        .post("/v1/messages", &json!({"from": "ann@example.com", "to": ["carl@example.org"], "subject": "s", "text": "t"}), &h)
+        .await;
+    let other = response.json()["id"].as_str().unwrap().to_owned();
+    volley.wait_job(&other, &h, |j| j["state"] == "done").await;
+
+    let messages = sink.messages();
+    let from = |rcpt: &str| {
+        let m = messages.iter().find(|m| m.rcpt_to[0] == rcpt).unwrap();
+        (m.peer.unwrap().ip().to_string(), m.helo.clone())
+    };
+    assert_eq!(
+        from("bob@example.org"),
+        ("127.0.0.22".to_owned(), "tx.volley.test".to_owned())
+    );
+    assert_ne!(from("carl@example.org").0, "127.0.0.22", "the default pool");
+    let events = volley.get("/v1/events?after=0", &h).await.json();
+    let events = events["events"].as_array().unwrap();
+    let via = |to: &str| {
+        events
+            .iter()
+            .find(|e| e["to"] == to && e["event"] == "delivered")
+            .map(|e| e["via"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        via("bob@example.org"),
+        json!({"pool": "tx", "source": "127.0.0.22", "tls": "verify", "encrypted": true})
+    );
+    assert_eq!(via("carl@example.org")["pool"], "default");
+    let metrics = volley.get("/metrics", &h).await.text();
+    assert!(
+        metrics.contains(" via tx\""),
+        "the pool's own site: {metrics}"
+    );
+    assert!(
+        metrics.contains("volley_egress_messages_total{pool=\"tx\",source=\"127.0.0.22\",tls=\"verify\",encrypted=\"true\"} 1"),
+        "{metrics}"
+    );
+    volley.stop().await;
+}

@@ -282,3 +282,29 @@ async fn smtp_source_sessions_from_a_trusted_network_are_all_delivered() {
     assert!(jobs.iter().all(|j| j["kind"] == "smtp"));
     volley.stop().await;
 }
+
+#[tokio::test]
+async fn submitted_mail_leaves_from_the_submission_pool() {
+    let (sink, volley, _dir) = setup(
+        "trusted_networks = [\"127.0.0.1\"]\npool = \"relayed\"\n[egress.pools.relayed]\naddresses = [\"127.0.0.23\"]\n",
+    )
+    .await;
+    let mut s = TcpStream::connect(volley.submission.unwrap())
+        .await
+        .unwrap();
+    assert!(reply(&mut s).await.starts_with("220"));
+    s.write_all(b"EHLO c\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    for expected in ["250", "250", "250", "354"] {
+        assert!(reply(&mut s).await.starts_with(expected));
+    }
+    s.write_all(b"From: app@example.com\r\nSubject: pooled\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+        .await
+        .unwrap();
+    assert!(reply(&mut s).await.starts_with("250 2.0.0 queued as "));
+    wait_for("one message at the sink", || sink.stats().messages == 1).await;
+    let peer = sink.messages()[0].peer.unwrap().ip();
+    assert_eq!(peer.to_string(), "127.0.0.23");
+    volley.stop().await;
+}

@@ -135,6 +135,7 @@ fn store(log: &Log, count: u64) -> Arc<Store> {
             reply: (cursor % 2 == 0).then(|| "250 2.0.0 ok".to_owned()),
             at: SystemTime::now(),
             late: cursor % 7 == 0,
+            via: None,
         })
         .collect();
     Arc::new(Store {

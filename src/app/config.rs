@@ -61,6 +61,8 @@ pub struct Config {
     pub bounces: Option<BouncesConfig>,
     /// `[cluster]`: how workers on one Redis share limits.
     pub cluster: ClusterConfig,
+    /// `[egress]`: source address pools.
+    pub egress: crate::engine::EgressConfig,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -135,8 +137,13 @@ pub struct SubmissionConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for STARTTLS.
     pub tls_key: Option<PathBuf>,
-    /// Users who may authenticate: name → argon2id PHC hash (`volley hash-password`).
-    pub users: std::collections::BTreeMap<String, String>,
+    /// Users who may authenticate: name → argon2id PHC hash (`volley hash-password`),
+    /// or name → `{ hash = "...", pool = "transactional" }` to send a user's mail from
+    /// an egress pool.
+    pub users: std::collections::BTreeMap<String, SubmissionUser>,
+    /// The egress pool of mail from `trusted_networks` clients, and of users without
+    /// their own. Default: `[egress] default_pool`.
+    pub pool: Option<String>,
     /// Networks (CIDR) whose clients may submit without authenticating. Default none.
     pub trusted_networks: Vec<String>,
     /// Connections at once; more are told 421. Default 100.
@@ -153,6 +160,38 @@ pub struct SubmissionConfig {
     pub timeout: std::time::Duration,
 }
 
+/// One submission user: a hash alone, or a hash and the user's egress pool.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SubmissionUser {
+    /// `app = "$argon2id$..."`.
+    Hash(String),
+    /// `app = { hash = "$argon2id$...", pool = "transactional" }`.
+    Full {
+        /// The argon2id PHC hash.
+        hash: String,
+        /// The egress pool of the user's mail.
+        pool: Option<String>,
+    },
+}
+
+impl SubmissionUser {
+    /// The user's password hash.
+    pub fn hash(&self) -> &str {
+        match self {
+            Self::Hash(hash) | Self::Full { hash, .. } => hash,
+        }
+    }
+
+    /// The user's own pool, if any.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Self::Hash(_) => None,
+            Self::Full { pool, .. } => pool.as_deref(),
+        }
+    }
+}
+
 impl Default for SubmissionConfig {
     fn default() -> Self {
         Self {
@@ -161,6 +200,7 @@ impl Default for SubmissionConfig {
             tls_cert: None,
             tls_key: None,
             users: std::collections::BTreeMap::new(),
+            pool: None,
             trusted_networks: Vec::new(),
             max_connections: 100,
             max_recipients: 100,
@@ -393,6 +433,9 @@ impl Config {
                 field: "server.api_keys",
                 message: "each key needs at least 16 characters".into(),
             });
+        }
+        if let Err(crate::engine::ConfigError::Invalid { field, message }) = self.egress.check() {
+            return invalid(field, message);
         }
         Ok(())
     }

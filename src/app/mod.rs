@@ -8,6 +8,7 @@
 //! - `webhooks`: the event log fed to the webhook sender.
 
 pub mod bounces;
+pub mod check;
 mod cluster;
 pub mod config;
 pub mod send;
@@ -163,6 +164,7 @@ impl App {
             smtp: c.smtp.clone(),
             limits: c.limits.clone(),
             relay: c.relay.clone(),
+            egress: c.egress.clone(),
             backlog: BACKLOG,
             cluster: shared,
         };
@@ -195,6 +197,7 @@ impl App {
             api_keys: Arc::new(self.config.server.api_keys.clone()),
             max_body: self.config.server.max_body,
             max_recipients: self.config.server.max_recipients,
+            pools: self.config.egress.names().into(),
             max_queue_depth: self.config.server.max_queue_depth,
             submitted: Arc::clone(&self.wake),
             access: Arc::new(crate::http::Access {

@@ -32,6 +32,8 @@ pub struct SendOptions {
     pub vars: Map<String, Value>,
     /// The list the campaign belongs to (`--list`; `"default"` when `None`).
     pub list: Option<String>,
+    /// The egress pool (`--pool`; `[egress] default_pool` when `None`).
+    pub pool: Option<String>,
     /// How long deferred recipients are retried here.
     pub max_wait: Duration,
     /// One JSON line per recipient is written here.
@@ -130,11 +132,13 @@ pub async fn run(
         vars: options.vars.clone(),
         recipients,
         list: options.list.clone(),
+        pool: options.pool.clone(),
         ..CampaignRequest::default()
     };
     let composer = std::sync::Arc::clone(&app.composer);
     let mut ctx = Context::at(SystemTime::now());
     ctx.max_recipients = app.config.server.max_recipients;
+    ctx.pools = app.config.egress.names().into();
     let prepared =
         tokio::task::spawn_blocking(move || prepare_campaign(request, &composer, None, &ctx))
             .await

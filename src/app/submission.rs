@@ -51,15 +51,18 @@ pub fn listener(
         trusted: p.trusted,
         max_connections: p.max_connections,
         timeout: p.timeout,
-        intake: Arc::new(Intake::new(queue, wake, hostname, p.rate)),
+        intake: Arc::new(Intake::new(queue, wake, hostname, p.rate).with_pools(p.pools)),
     }))
 }
+
+use crate::inbound::Pools;
 
 /// The checked settings of a listener.
 struct Parts {
     settings: ServerSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
     users: Users,
+    pools: Pools,
     trusted: Vec<IpNet>,
     max_connections: usize,
     timeout: std::time::Duration,
@@ -79,7 +82,33 @@ fn parts(config: &Config) -> Result<Option<Parts>, SubmissionError> {
         (Some(_), None) => return Err(error("tls_key", "needed with tls_cert")),
         (None, Some(_)) => return Err(error("tls_cert", "needed with tls_key")),
     };
-    let users = Users::new(c.users.clone()).map_err(|e| error("users", e.to_string()))?;
+    let users = Users::new(
+        c.users
+            .iter()
+            .map(|(name, user)| (name.clone(), user.hash().to_owned())),
+    )
+    .map_err(|e| error("users", e.to_string()))?;
+    for pool in c
+        .pool
+        .as_deref()
+        .into_iter()
+        .chain(c.users.values().filter_map(|u| u.pool()))
+    {
+        if !config.egress.knows(pool) {
+            return Err(error(
+                "users",
+                format!("egress pool {pool:?} is not in [egress.pools]"),
+            ));
+        }
+    }
+    let pools = Pools {
+        users: c
+            .users
+            .iter()
+            .filter_map(|(name, user)| Some((name.clone(), user.pool()?.to_owned())))
+            .collect(),
+        others: c.pool.clone(),
+    };
     if !users.is_empty() && tls.is_none() && !c.listen.ip().is_loopback() {
         return Err(error(
             "tls_cert",
@@ -126,6 +155,7 @@ fn parts(config: &Config) -> Result<Option<Parts>, SubmissionError> {
         settings,
         tls,
         users,
+        pools,
         trusted,
         max_connections: c.max_connections,
         timeout: c.timeout,
@@ -144,6 +174,25 @@ fn parse_network(text: &str) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_may_have_their_own_pool_and_it_must_exist() {
+        let hash = crate::inbound::hash_password("pw");
+        let text = format!(
+            "[submission]\nlisten = \"127.0.0.1:0\"\nusers = {{ app = {{ hash = \"{hash}\", pool = \"tx\" }}, other = \"{hash}\" }}\n[egress.pools.tx]\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let checked = parts(&config).unwrap().unwrap();
+        assert_eq!(
+            checked.pools.users.get("app").map(String::as_str),
+            Some("tx")
+        );
+        assert!(!checked.pools.users.contains_key("other"));
+        assert!(checked.users.verify("app", "pw"));
+        let unknown = text.replace("[egress.pools.tx]", "");
+        let err = parts(&Config::parse(&unknown).unwrap()).err().unwrap();
+        assert!(err.to_string().contains("egress pool \"tx\""), "{err}");
+    }
 
     #[test]
     fn networks_are_cidrs_or_addresses() {

@@ -66,6 +66,9 @@ pub struct JobSpec {
     /// suppressions stop. `None` on a message is transactional mail.
     #[serde(default)]
     pub list: Option<String>,
+    /// The egress pool it leaves from; `None`: `[egress] default_pool` at send time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// A message submitted whole over SMTP (kind `smtp`): its bytes, base64, already
     /// prepared at intake (Bcc removed, Date and Message-ID set), so that every attempt
     /// sends the same message.

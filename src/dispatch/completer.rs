@@ -72,7 +72,7 @@ impl Completer {
                         }
                         let attempted = resolution.is_attempt();
                         if let Some(token) = self.take(&id, attempted) {
-                            batch.push(Completion { id, token, resolution });
+                            batch.push(Completion { id, token, resolution, via: None });
                         }
                     }
                     None => open.1 = false,
@@ -95,7 +95,11 @@ impl Completer {
     /// instead) or its lease was lost (the new holder decides).
     async fn resolve(&self, report: Report<DeliveryKey>) -> Option<Completion> {
         let Report {
-            key, to, outcome, ..
+            key,
+            to,
+            outcome,
+            via,
+            ..
         } = report;
         let Some(outcome) = outcome else {
             let token = self.take(&key.id, false)?;
@@ -127,6 +131,7 @@ impl Completer {
             id: key.id,
             token,
             resolution: verdict,
+            via: via.map(|v| v.to_json()),
         })
     }
 

@@ -388,6 +388,7 @@ impl Feeder {
             body,
             queued_at,
             cancelled,
+            pool: s.spec.pool.as_deref().map(Arc::from),
         })
     }
 

@@ -8,6 +8,7 @@
 //! It knows nothing of queues, templates or HTTP.
 
 mod config;
+pub mod egress;
 pub mod lane;
 
 use std::collections::HashMap;
@@ -16,13 +17,14 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-pub use self::lane::{Delivery, Report, SharedThrottle, SlotSource};
+pub use self::lane::{Delivery, Report, SharedThrottle, SlotSource, Via};
 pub use config::{ConfigError, LimitsConfig, SessionConfigs, SmtpConfig};
+pub use egress::{Egress, EgressConfig};
 
 use self::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};
 use crate::event::EventKind;
 use crate::metrics::Metrics;
-use crate::outcome::{Disposition, classify_route};
+use crate::outcome::{Disposition, classify_route, no_egress_pool};
 use crate::rate::{PermitSource, Rate};
 use crate::route::{RelayConfig, Router, Site, SiteKind};
 
@@ -35,6 +37,8 @@ pub struct EngineConfig {
     pub limits: LimitsConfig,
     /// `[relay]`.
     pub relay: RelayConfig,
+    /// `[egress]`.
+    pub egress: EgressConfig,
     /// Most deliveries inside the engine at once. Default 0 means 50,000.
     pub backlog: usize,
     /// When several workers share one queue: their shared limits. `None` keeps every
@@ -93,6 +97,11 @@ impl<K: Send + Sync + 'static> Engine<K> {
                 shared.domains.insert(domain, limiter);
             }
         }
+        let egress = Egress::new(
+            &config.egress,
+            config.smtp.local_address,
+            config.cluster.as_ref().map(|c| &c.permits),
+        )?;
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let backlog = if config.backlog == 0 {
             50_000
@@ -104,6 +113,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
             router,
             metrics,
             sessions,
+            egress,
             settings: LaneSettings {
                 max_connections: config.smtp.max_connections_per_site,
                 max_messages: config.smtp.max_messages_per_connection,
@@ -161,6 +171,7 @@ struct Dispatcher<K> {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     sessions: SessionConfigs,
+    egress: Egress,
     settings: LaneSettings,
     site_rate: Rate,
     shared_limits: Arc<SharedLimits>,
@@ -229,19 +240,36 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                     to,
                     site: None,
                     outcome: Some(outcome),
+                    via: None,
                 });
                 return;
             }
         };
+        let Some(pool) = self.egress.pool(job.delivery.pool.as_deref()).cloned() else {
+            // Its pool left the configuration: it waits for it (or for its expiry)
+            // rather than leave from addresses it was not meant to use.
+            let outcome = no_egress_pool(job.delivery.pool.as_deref().unwrap_or_default());
+            self.metrics.count(EventKind::Deferred);
+            let Delivery { key, to, .. } = job.delivery;
+            let _ = self.reports.send(Report {
+                key,
+                to,
+                site: None,
+                outcome: Some(outcome),
+                via: None,
+            });
+            return;
+        };
+        let lane_key = pool.site_key(&site.key);
         let mut job = job;
         for _ in 0..2 {
-            let lane = self.lane(&site);
+            let lane = self.lane(&site, &pool, &lane_key);
             match lane.tx.send(job) {
                 Ok(()) => return,
                 Err(returned) => {
                     // The lane retired while idle: start it again.
                     job = returned.0;
-                    self.lanes.remove(&site.key);
+                    self.lanes.remove(&lane_key);
                 }
             }
         }
@@ -249,13 +277,19 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         let _ = self.reports.send(Report {
             key,
             to,
-            site: Some(Arc::clone(&site.key)),
+            site: Some(lane_key),
             outcome: None,
+            via: None,
         });
     }
 
-    fn lane(&mut self, site: &Arc<Site>) -> &LaneHandle<K> {
-        if let Some(lane) = self.lanes.get(&site.key) {
+    fn lane(
+        &mut self,
+        site: &Arc<Site>,
+        pool: &Arc<egress::Pool>,
+        lane_key: &Arc<str>,
+    ) -> &LaneHandle<K> {
+        if let Some(lane) = self.lanes.get(lane_key) {
             // A fresher answer (addresses may have changed) is used for new connections.
             let mut current = lane.site.lock().unwrap_or_else(|e| e.into_inner());
             if !Arc::ptr_eq(&current, site) {
@@ -267,6 +301,8 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 SiteKind::Relay => Arc::clone(&self.sessions.relay),
             };
             let deps = LaneDeps {
+                key: Arc::clone(lane_key),
+                pool: Arc::clone(pool),
                 settings: self.settings.clone(),
                 session,
                 site_rate: self.site_rate,
@@ -275,8 +311,8 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 metrics: Arc::clone(&self.metrics),
             };
             self.lanes
-                .insert(Arc::clone(&site.key), spawn_lane(Arc::clone(site), deps));
+                .insert(Arc::clone(lane_key), spawn_lane(Arc::clone(site), deps));
         }
-        &self.lanes[&site.key]
+        &self.lanes[lane_key]
     }
 }

@@ -53,6 +53,8 @@ pub struct ApiState {
     pub max_body: usize,
     /// Most recipients of one campaign.
     pub max_recipients: usize,
+    /// The egress pools mail may name.
+    pub pools: Arc<[String]>,
     /// Above this many waiting deliveries, submissions get 429 (0: no limit).
     pub max_queue_depth: u64,
     /// Wakes the dispatcher when a submission is stored.

@@ -73,6 +73,7 @@ impl Drop for CancelOnDrop {
 fn context(state: &ApiState) -> (Context, CancelOnDrop) {
     let mut ctx = Context::at(SystemTime::now());
     ctx.max_recipients = state.max_recipients;
+    ctx.pools = Arc::clone(&state.pools);
     let guard = CancelOnDrop(Arc::clone(&ctx.cancelled));
     (ctx, guard)
 }

@@ -64,6 +64,26 @@ pub struct Intake {
     message_id_domain: String,
     rate: Rate,
     limiters: Mutex<HashMap<Sender, Arc<Limiter>>>,
+    pools: Pools,
+}
+
+/// Which egress pool a sender's mail leaves from.
+#[derive(Clone, Debug, Default)]
+pub struct Pools {
+    /// Users with their own pool.
+    pub users: HashMap<String, String>,
+    /// Everyone else (trusted clients, users without one); `None`: the default pool.
+    pub others: Option<String>,
+}
+
+impl Pools {
+    fn of(&self, sender: &Sender) -> Option<String> {
+        match sender {
+            Sender::User(user) => self.users.get(user).cloned(),
+            Sender::Trusted(_) => None,
+        }
+        .or_else(|| self.others.clone())
+    }
 }
 
 impl std::fmt::Debug for Intake {
@@ -92,7 +112,14 @@ impl Intake {
             message_id_domain,
             rate,
             limiters: Mutex::new(HashMap::new()),
+            pools: Pools::default(),
         }
+    }
+
+    /// Sends each sender's mail from its egress pool.
+    pub fn with_pools(mut self, pools: Pools) -> Self {
+        self.pools = pools;
+        self
     }
 
     /// MAIL FROM: only a known sender, a valid (or null) reverse path, within its rate.
@@ -170,6 +197,7 @@ impl Intake {
             attachments: Vec::new(),
             tags: vec![sender.tag()],
             list: None,
+            pool: self.pools.of(sender),
             raw: Some(base64::engine::general_purpose::STANDARD.encode(prepared)),
         };
         // The same person named twice gets one copy, as with the API.

@@ -18,6 +18,6 @@ pub mod reports;
 pub mod users;
 
 pub use bounces::BounceIntake;
-pub use intake::{Intake, Sender};
+pub use intake::{Intake, Pools, Sender};
 pub use listener::{Listener, Policy};
 pub use users::{BadHash, Users, hash_password};

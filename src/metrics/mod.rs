@@ -198,7 +198,13 @@ pub struct Metrics {
     outcomes: [AtomicU64; EventKind::ALL.len()],
     // Locked only when a site is first seen and when rendering; never per message.
     sites: Mutex<BTreeMap<Arc<str>, Arc<SiteCounters>>>,
+    /// Messages attempted on connections, by how they left: (pool, source address, TLS
+    /// policy, encrypted). Locked once per pipelined group.
+    egress: Mutex<BTreeMap<EgressKey, u64>>,
 }
+
+/// How messages left: pool, source address, TLS policy, encrypted.
+type EgressKey = (Arc<str>, String, &'static str, bool);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -208,6 +214,7 @@ impl Default for Metrics {
             counters: Default::default(),
             outcomes: Default::default(),
             sites: Mutex::default(),
+            egress: Mutex::default(),
         }
     }
 }
@@ -368,6 +375,23 @@ impl Metrics {
         percentiles(&self.merged()[stage.index()])
     }
 
+    /// Counts `n` messages attempted on a connection of `pool`, bound to `source`,
+    /// under the TLS policy `tls`, encrypted or not.
+    pub fn count_egress(
+        &self,
+        pool: &Arc<str>,
+        source: Option<std::net::IpAddr>,
+        tls: &'static str,
+        encrypted: bool,
+        n: u64,
+    ) {
+        let source = source.map_or_else(String::new, |a| a.to_string());
+        let mut egress = self.egress.lock().unwrap_or_else(|e| e.into_inner());
+        *egress
+            .entry((Arc::clone(pool), source, tls, encrypted))
+            .or_default() += n;
+    }
+
     /// The metrics in Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
         let merged = self.merged();
@@ -451,6 +475,22 @@ impl Metrics {
         for (site, c) in &sites {
             let (site, v) = (escape_label(site), c.throttled.load(Relaxed));
             let _ = writeln!(out, "volley_site_throttled_total{{site=\"{site}\"}} {v}");
+        }
+        out.push_str(
+            "# HELP volley_egress_messages_total Messages attempted, by egress pool, source address and TLS policy.\n",
+        );
+        out.push_str("# TYPE volley_egress_messages_total counter\n");
+        let egress = self
+            .egress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for ((pool, source, tls, encrypted), v) in &egress {
+            let (pool, source) = (escape_label(pool), escape_label(source));
+            let _ = writeln!(
+                out,
+                "volley_egress_messages_total{{pool=\"{pool}\",source=\"{source}\",tls=\"{tls}\",encrypted=\"{encrypted}\"}} {v}"
+            );
         }
         out
     }

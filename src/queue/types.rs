@@ -167,6 +167,9 @@ pub struct Completion {
     pub token: LeaseToken,
     /// What came of it.
     pub resolution: Resolution,
+    /// How the attempt left (a JSON object, stored with its event); `None` when it
+    /// never reached a connection.
+    pub via: Option<String>,
 }
 
 /// Whom a suppression stops.
@@ -462,6 +465,26 @@ pub struct Event {
     /// in the JSON, present only when true.
     #[serde(rename = "async", skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
+    /// How the attempt left (egress pool, source address, TLS), as a JSON object the
+    /// caller wrote; opaque to the queue. Absent when it was not attempted on a
+    /// connection.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_json_text"
+    )]
+    pub via: Option<String>,
+}
+
+/// Writes JSON text kept as a string as the JSON it is (`null` when it is not JSON).
+fn serialize_json_text<S: serde::Serializer>(
+    text: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    let raw = text
+        .as_ref()
+        .and_then(|t| serde_json::value::RawValue::from_string(t.clone()).ok());
+    raw.serialize(s)
 }
 
 /// A report that arrives after a message was handed over: a delivery status

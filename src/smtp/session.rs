@@ -122,6 +122,8 @@ pub struct Session<S> {
     pub(super) exchange: super::transaction::Exchange,
     authenticated: bool,
     timings: Timings,
+    /// The local end of the socket, when this session connected it.
+    local: Option<SocketAddr>,
 }
 
 impl<S> std::fmt::Debug for Session<S> {
@@ -166,8 +168,10 @@ impl Session<TcpStream> {
         // Pipelined groups are written whole; Nagle would only delay the last segment.
         stream.set_nodelay(true).map_err(io_err)?;
         let connect = started.elapsed();
+        let local = stream.local_addr().ok();
         let mut session = Self::establish(stream, host, config).await?;
         session.timings.connect = connect;
+        session.local = local;
         Ok(session)
     }
 }
@@ -207,6 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             exchange: super::transaction::Exchange::default(),
             authenticated: false,
             timings,
+            local: None,
         };
         session.hello().await?;
         session.maybe_start_tls(host).await?;
@@ -413,6 +418,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.conn.is_tls()
+    }
+
+    /// The TLS policy the session was opened under.
+    pub fn tls_policy(&self) -> TlsPolicy {
+        self.config.tls
+    }
+
+    /// The local address and port of the connection (the source address mail left
+    /// from), when the session connected the socket itself.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
     }
 
     /// Whether AUTH succeeded.

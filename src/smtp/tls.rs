@@ -32,6 +32,16 @@ pub enum TlsPolicy {
 }
 
 impl TlsPolicy {
+    /// The policy as the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opportunistic => "opportunistic",
+            Self::Required => "required",
+            Self::Verify => "verify",
+            Self::Disabled => "disabled",
+        }
+    }
+
     /// Whether a connection without TLS must not carry mail.
     pub fn requires_tls(self) -> bool {
         matches!(self, Self::Required | Self::Verify)

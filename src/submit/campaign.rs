@@ -50,6 +50,7 @@ fn spec(req: &mut CampaignRequest, composer: &Composer) -> Result<JobSpec, Inval
         attachments: Vec::new(),
         tags: std::mem::take(&mut req.tags),
         list: req.list.take(),
+        pool: req.pool.take(),
         raw: None,
     })
 }
@@ -63,6 +64,7 @@ pub fn prepare_campaign(
     idempotency: Option<(String, [u8; 32])>,
     ctx: &Context,
 ) -> Result<Prepared, Invalid> {
+    super::check_pool(req.pool.as_deref(), ctx)?;
     let spec = spec(&mut req, composer)?;
     let template = spec.template.clone().unwrap_or_default();
     if req.recipients.is_empty() {

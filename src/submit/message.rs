@@ -108,6 +108,7 @@ pub fn prepare_message(
         .map(|r| r.parse("reply_to"))
         .transpose()?;
     check_content(&req, composer)?;
+    super::check_pool(req.pool.as_deref(), ctx)?;
     let send_at = send_at(req.send_at.as_ref(), ctx.now)?;
     let recipients = envelope.recipients();
     let spec = JobSpec {
@@ -141,6 +142,7 @@ pub fn prepare_message(
             .collect(),
         tags: req.tags,
         list: req.list,
+        pool: req.pool,
         raw: None,
     };
     let id = JobId::new(ctx.now);

@@ -73,6 +73,8 @@ pub struct Context {
     pub max_recipients: usize,
     /// Set when the submitter went away: checking a large campaign stops.
     pub cancelled: Arc<AtomicBool>,
+    /// The egress pools mail may name (`[egress.pools]`, and `default`).
+    pub pools: Arc<[String]>,
 }
 
 impl Context {
@@ -82,6 +84,7 @@ impl Context {
             now,
             max_recipients: 1_000_000,
             cancelled: Arc::default(),
+            pools: Arc::from([crate::engine::egress::DEFAULT_POOL.to_owned()]),
         }
     }
 
@@ -161,6 +164,21 @@ fn check_tags(tags: &[String]) -> Result<(), Invalid> {
             "tags are 1 to 128 printable characters",
         )),
         None => Ok(()),
+    }
+}
+
+/// A named egress pool must be configured: mail is never sent from addresses it was
+/// not meant to leave from.
+fn check_pool(pool: Option<&str>, ctx: &Context) -> Result<(), Invalid> {
+    match pool {
+        Some(name) if !ctx.pools.iter().any(|p| p == name) => Err(invalid(
+            "pool",
+            format!(
+                "unknown egress pool {name:?} (configured: {})",
+                ctx.pools.join(", ")
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -144,6 +144,8 @@ pub struct MessageRequest {
     /// stops it. Without one it is transactional: only hard bounces, complaints and the
     /// operator's entries stop it.
     pub list: Option<String>,
+    /// The egress pool it leaves from (`[egress.pools]`); default `[egress] default_pool`.
+    pub pool: Option<String>,
 }
 
 /// One campaign recipient.
@@ -205,6 +207,8 @@ pub struct CampaignRequest {
     /// The list the campaign belongs to (`"default"` when absent): what its
     /// unsubscribe links leave, and whose unsubscribes stop it.
     pub list: Option<String>,
+    /// The egress pool it leaves from (`[egress.pools]`); default `[egress] default_pool`.
+    pub pool: Option<String>,
 }
 
 #[cfg(test)]

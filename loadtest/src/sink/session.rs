@@ -71,7 +71,8 @@ pub(crate) async fn serve(tcp: TcpStream, shared: Arc<Shared>, stop: watch::Rece
 
 async fn serve_inner(tcp: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let implicit_tls = shared.config.implicit_tls;
-    let mut session = Session::new(shared);
+    let peer = tcp.peer_addr().ok();
+    let mut session = Session::new(shared, peer);
     if implicit_tls {
         let Some(mut tls) = session.handshake(tcp).await else {
             return;
@@ -203,6 +204,8 @@ struct Session {
     pipelining_confirmed: bool,
     mode: Mode,
     tls: bool,
+    /// The client's address, as the socket saw it.
+    peer: Option<std::net::SocketAddr>,
     helo: Option<String>,
     ext: Extensions,
     authenticated: Option<String>,
@@ -210,7 +213,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, peer: Option<std::net::SocketAddr>) -> Self {
         Self {
             shared,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -219,6 +222,7 @@ impl Session {
             pipelining_confirmed: false,
             mode: Mode::Command,
             tls: false,
+            peer,
             helo: None,
             ext: Extensions::default(),
             authenticated: None,
@@ -843,6 +847,7 @@ impl Session {
             authenticated: self.authenticated.clone(),
             bdat,
             helo: self.helo.clone().unwrap_or_default(),
+            peer: self.peer,
         };
         match self.shared.store.accept(received).await {
             Ok(seq) => {

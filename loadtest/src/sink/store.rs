@@ -30,6 +30,8 @@ pub struct Received {
     pub bdat: bool,
     /// The domain given in EHLO or HELO.
     pub helo: String,
+    /// The client's address and port: which source address the message came from.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Keeps track of accepted messages. Shared by all connections of a sink.

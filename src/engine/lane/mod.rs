@@ -27,6 +27,7 @@ pub use throttle::Throttle;
 
 use self::window::Window;
 use self::worker::{Done, report, work};
+use super::egress::Pool as EgressPool;
 use crate::address::Address;
 use crate::metrics::{Metrics, SiteCounters};
 use crate::outcome::Outcome;
@@ -51,6 +52,8 @@ pub struct Delivery<K> {
     /// Set by the caller when it must not be sent any more (its lease was lost): a
     /// delivery not yet on a connection is then reported unattempted instead.
     pub cancelled: Arc<std::sync::atomic::AtomicBool>,
+    /// The egress pool it leaves from; `None` for `[egress] default_pool`.
+    pub pool: Option<Arc<str>>,
 }
 
 /// What happened to a delivery.
@@ -64,6 +67,36 @@ pub struct Report<K> {
     pub site: Option<Arc<str>>,
     /// The classified result; `None` when it was never attempted (shutdown).
     pub outcome: Option<Outcome>,
+    /// How it left, when it was attempted on a connection.
+    pub via: Option<Arc<Via>>,
+}
+
+/// How a delivery left: from which pool and source address, under which TLS policy,
+/// encrypted or not. Recorded with its outcome, so that every decision can be seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Via {
+    /// The egress pool.
+    pub pool: Arc<str>,
+    /// The local address the connection was bound to (as the socket saw it).
+    pub source: Option<std::net::IpAddr>,
+    /// The TLS policy the site's mail went under.
+    pub tls: TlsPolicy,
+    /// Whether the connection was encrypted.
+    pub encrypted: bool,
+}
+
+impl Via {
+    /// `{"pool": "bulk", "source": "192.0.2.10", "tls": "opportunistic", "encrypted":
+    /// true}`, as events show it.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "pool": &*self.pool,
+            "source": self.source.map(|a| a.to_string()),
+            "tls": self.tls,
+            "encrypted": self.encrypted,
+        })
+        .to_string()
+    }
 }
 
 /// A delivery inside the engine, holding its place in the engine's backlog.
@@ -99,6 +132,10 @@ pub(crate) struct LaneSettings {
 /// What a lane shares with its workers.
 struct LaneContext<K> {
     site_key: Arc<str>,
+    /// The egress pool its connections leave from (and whose warm-up caps it).
+    egress: Arc<EgressPool>,
+    /// The TLS policy of the site's sessions.
+    tls: TlsPolicy,
     pool: Pool<SessionManager>,
     site_limit: Option<Limiter>,
     shared_limits: Arc<SharedLimits>,
@@ -126,6 +163,9 @@ pub(crate) struct LaneHandle<K> {
 
 /// Everything needed to start a lane.
 pub(crate) struct LaneDeps<K> {
+    /// The lane's name: the site's, with the pool's when it is not the default.
+    pub(crate) key: Arc<str>,
+    pub(crate) pool: Arc<EgressPool>,
     pub(crate) settings: LaneSettings,
     pub(crate) session: Arc<SessionConfig>,
     pub(crate) site_rate: crate::rate::Rate,
@@ -140,7 +180,7 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
     deps: LaneDeps<K>,
 ) -> LaneHandle<K> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let counters = deps.metrics.site(&site.key);
+    let counters = deps.metrics.site(&deps.key);
     let shared_site = Arc::new(Mutex::new(Arc::clone(&site)));
     let max = deps.settings.max_connections.max(1);
     let plain =
@@ -149,10 +189,33 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
             plain.tls = TlsPolicy::Disabled;
             Arc::new(plain)
         });
+    // One session configuration per source of the pool: its address and EHLO name.
+    let sources = deps
+        .pool
+        .sources
+        .iter()
+        .map(|source| {
+            let with_source = |config: &SessionConfig| {
+                let mut config = config.clone();
+                if source.address.is_some() {
+                    config.local_addr = source.address;
+                }
+                if let Some(helo) = &source.helo_name {
+                    config.helo_name = helo.clone();
+                }
+                Arc::new(config)
+            };
+            pool::SourceConfigs {
+                tls: with_source(&deps.session),
+                plain: plain.as_deref().map(with_source),
+            }
+        })
+        .collect();
     let manager = SessionManager {
+        key: Arc::clone(&deps.key),
         site: Arc::clone(&shared_site),
-        config: deps.session,
-        plain,
+        egress: Arc::clone(&deps.pool),
+        sources,
         slots: Arc::new(Semaphore::new(max)),
         cap: max,
         cluster: deps
@@ -170,12 +233,14 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         .build()
         .expect("no timeouts are configured, so no runtime is needed");
     let ctx = Arc::new(LaneContext {
-        site_key: Arc::clone(&site.key),
+        site_key: Arc::clone(&deps.key),
+        egress: deps.pool,
+        tls: deps.session.tls,
         pool,
         site_limit: match &deps.shared_limits.cluster {
             Some(cluster) => deps
                 .site_rate
-                .shared_limiter(format!("site:{}", site.key), Arc::clone(&cluster.permits)),
+                .shared_limiter(format!("site:{}", deps.key), Arc::clone(&cluster.permits)),
             None => deps.site_rate.limiter(),
         },
         shared_limits: deps.shared_limits,

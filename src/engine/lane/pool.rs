@@ -187,15 +187,27 @@ impl PooledSession {
     }
 }
 
-/// Opens sessions to one site.
+/// The session settings of one source address of the lane's egress pool.
 #[derive(Debug)]
-pub struct SessionManager {
-    /// The latest routing answer; updated when the route is refreshed.
-    pub(super) site: Arc<Mutex<Arc<Site>>>,
-    pub(super) config: Arc<SessionConfig>,
+pub(crate) struct SourceConfigs {
+    /// The settings, with this source's address and EHLO name.
+    pub(crate) tls: Arc<SessionConfig>,
     /// Under opportunistic TLS, the same settings without TLS: a host whose TLS
     /// handshake fails still gets its mail in clear text, as MTAs do (RFC 7435).
-    pub(super) plain: Option<Arc<SessionConfig>>,
+    pub(crate) plain: Option<Arc<SessionConfig>>,
+}
+
+/// Opens sessions to one site, from one egress pool.
+#[derive(Debug)]
+pub struct SessionManager {
+    /// The lane's name (the site's, and the pool's unless it is the default).
+    pub(super) key: Arc<str>,
+    /// The latest routing answer; updated when the route is refreshed.
+    pub(super) site: Arc<Mutex<Arc<Site>>>,
+    /// The pool whose sources connections bind, in turn.
+    pub(super) egress: Arc<crate::engine::egress::Pool>,
+    /// One configuration per source of the pool, in the pool's order.
+    pub(super) sources: Vec<SourceConfigs>,
     pub(super) slots: Arc<Semaphore>,
     /// The site's cap, and the cluster's slots when workers share it.
     pub(super) cap: usize,
@@ -222,17 +234,34 @@ impl managed::Manager for SessionManager {
         let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
         // The cluster's slot last: held only while this process could connect at once.
         let cluster = match &self.cluster {
-            Some(source) => Some(cluster_slot(source, &site.key, self.cap).await),
+            Some(source) => Some(cluster_slot(source, &self.key, self.cap).await),
             None => None,
         };
         let mut last = None;
         for (host, addr) in site.targets().take(MAX_TARGETS) {
+            let Some(source) = self
+                .egress
+                .next_source(addr.is_ipv4())
+                .map(|i| &self.sources[i])
+            else {
+                tracing::debug!(site = %self.key, host, %addr, pool = %self.egress.name, "no source address of this family in the pool");
+                last = Some(SmtpError::Io {
+                    phase: Phase::Connect,
+                    kind: std::io::ErrorKind::AddrNotAvailable,
+                    message: format!(
+                        "egress pool {} has no {} source address for {addr}",
+                        self.egress.name,
+                        if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                });
+                continue;
+            };
             let result = match (
-                Session::connect(addr, host, Arc::clone(&self.config)).await,
-                &self.plain,
+                Session::connect(addr, host, Arc::clone(&source.tls)).await,
+                &source.plain,
             ) {
                 (Err(e), Some(plain)) if classify_connect(&e) == ConnectFailure::Tls => {
-                    tracing::info!(site = %site.key, host, %addr, error = %e, "TLS failed; sending in clear text (opportunistic TLS)");
+                    tracing::info!(site = %self.key, host, %addr, error = %e, "TLS failed; sending in clear text (opportunistic TLS)");
                     Session::connect(addr, host, Arc::clone(plain)).await
                 }
                 (result, _) => result,
@@ -257,7 +286,7 @@ impl managed::Manager for SessionManager {
                     });
                 }
                 Err(e) if classify_connect(&e) != ConnectFailure::Stop => {
-                    tracing::debug!(site = %site.key, host, %addr, error = %e, "trying the next MX address");
+                    tracing::debug!(site = %self.key, host, %addr, error = %e, "trying the next MX address");
                     last = Some(e);
                 }
                 Err(e) => return Err(e),

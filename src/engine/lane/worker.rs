@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use deadpool::managed::{Object, PoolError};
 
 use super::window::Sample;
-use super::{Delivery, Job, LaneContext, PooledSession, Report, SessionManager};
+use super::{Delivery, Job, LaneContext, PooledSession, Report, SessionManager, Via};
 use crate::event::EventKind;
 use crate::metrics::Stage;
 use crate::outcome::{Disposition, Outcome, classify, is_stale_connection};
@@ -101,7 +101,8 @@ fn paused<K>(ctx: &LaneContext<K>) -> bool {
     ctx.counters.paused_until_ms.load(Relaxed) > crate::time::unix_ms(std::time::SystemTime::now())
 }
 
-/// The limits one delivery must pass: global, its site's, its domain's.
+/// The limits one delivery must pass: global, its site's, its domain's, its pool's
+/// warm-up.
 fn passage<'a, K>(ctx: &'a LaneContext<K>, job: &Job<K>) -> Passage<'a> {
     let domain = job.delivery.to.domain().to_ascii_lowercase();
     Passage::new(
@@ -109,7 +110,8 @@ fn passage<'a, K>(ctx: &'a LaneContext<K>, job: &Job<K>) -> Passage<'a> {
             .global
             .iter()
             .chain(&ctx.site_limit)
-            .chain(ctx.shared_limits.domains.get(&domain)),
+            .chain(ctx.shared_limits.domains.get(&domain))
+            .chain(ctx.egress.warmup_limiter()),
     )
 }
 
@@ -159,6 +161,19 @@ async fn send_group<K: Sync>(
         elapsed,
         u64::try_from(n).unwrap_or(u64::MAX),
     );
+    let via = Arc::new(Via {
+        pool: Arc::clone(&ctx.egress.name),
+        source: session.local_addr().map(|a| a.ip()),
+        tls: ctx.tls,
+        encrypted: session.is_tls(),
+    });
+    ctx.metrics.count_egress(
+        &via.pool,
+        via.source,
+        via.tls.as_str(),
+        via.encrypted,
+        u64::try_from(n).unwrap_or(u64::MAX),
+    );
     let mut throttled = false;
     let mut clean = session.is_usable();
     for (i, (job, result)) in group.into_iter().zip(results).enumerate() {
@@ -169,7 +184,7 @@ async fn send_group<K: Sync>(
             // For operators: the site's latest reply, recorded once per group.
             ctx.counters.set_last_reply(&outcome.detail);
         }
-        report(ctx, job.delivery, Some(outcome));
+        report_via(ctx, job.delivery, Some(outcome), Some(&via));
     }
     let window = ctx.window.observe(&Sample {
         sent: n,
@@ -235,6 +250,16 @@ fn fail_all<K>(
 
 /// Reports one delivery to the engine's caller, counting its outcome.
 pub(super) fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Option<Outcome>) {
+    report_via(ctx, delivery, outcome, None);
+}
+
+/// Reports one delivery attempted on a connection, with how it left.
+fn report_via<K>(
+    ctx: &LaneContext<K>,
+    delivery: Delivery<K>,
+    outcome: Option<Outcome>,
+    via: Option<&Arc<Via>>,
+) {
     if let Some(outcome) = &outcome {
         let (counted, site_counter) = match outcome.disposition {
             Disposition::Delivered => (EventKind::Delivered, &ctx.counters.delivered),
@@ -252,5 +277,6 @@ pub(super) fn report<K>(ctx: &LaneContext<K>, delivery: Delivery<K>, outcome: Op
         to,
         site: Some(Arc::clone(&ctx.site_key)),
         outcome,
+        via: via.cloned(),
     });
 }

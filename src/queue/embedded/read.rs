@@ -120,6 +120,7 @@ pub(super) fn events(db: &Database, after: u64, limit: usize) -> Result<Vec<Even
             reply: r.reply,
             at: from_ms(r.at_ms),
             late: r.late,
+            via: r.via,
         });
     }
     Ok(out)
@@ -180,6 +181,7 @@ pub(super) fn record_late(
             to: to.clone(),
             reply: Some(report.reply.clone()),
             late: true,
+            via: None,
         };
         events.insert(cursor, &event.encode()[..])?;
     }

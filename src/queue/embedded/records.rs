@@ -278,6 +278,8 @@ pub(super) struct EventRecord {
     pub(super) reply: Option<String>,
     /// Reported after the handoff (a trailing marker byte; absent in older records).
     pub(super) late: bool,
+    /// How the attempt left (after the marker byte; absent in older records).
+    pub(super) via: Option<String>,
 }
 
 impl EventRecord {
@@ -289,8 +291,11 @@ impl EventRecord {
         out.extend_from_slice(&address_len(&self.to).to_be_bytes());
         out.extend_from_slice(self.to.as_bytes());
         put_opt_string(&mut out, self.reply.as_deref());
-        if self.late {
-            out.push(1);
+        if self.late || self.via.is_some() {
+            out.push(u8::from(self.late));
+        }
+        if self.via.is_some() {
+            put_opt_string(&mut out, self.via.as_deref());
         }
         out
     }
@@ -311,6 +316,11 @@ impl EventRecord {
         let to = r.string(n)?;
         let reply = r.opt_string()?;
         let late = !r.buf.is_empty() && r.u8()? == 1;
+        let via = if r.buf.is_empty() {
+            None
+        } else {
+            r.opt_string()?
+        };
         Ok(EventRecord {
             id,
             kind,
@@ -318,6 +328,7 @@ impl EventRecord {
             to,
             reply,
             late,
+            via,
         })
     }
 }
@@ -434,14 +445,26 @@ mod tests {
             to: "x@y".into(),
             reply: None,
             late: false,
+            via: None,
         };
         assert_eq!(EventRecord::decode(&e.encode()).ok(), Some(e.clone()));
         let late = EventRecord {
             late: true,
             reply: Some("5.1.1 gone".into()),
-            ..e
+            ..e.clone()
         };
         assert_eq!(EventRecord::decode(&late.encode()).ok(), Some(late));
+        let via = EventRecord {
+            via: Some(r#"{"pool":"tx"}"#.into()),
+            reply: Some("250 ok".into()),
+            ..e.clone()
+        };
+        assert_eq!(EventRecord::decode(&via.encode()).ok(), Some(via));
+        // A record written before `via` existed (no marker byte) still reads.
+        let mut old = e.encode();
+        assert_eq!(EventRecord::decode(&old).ok(), Some(e.clone()));
+        old.push(1);
+        assert_eq!(EventRecord::decode(&old).map(|r| r.late).ok(), Some(true));
         assert_eq!(split_index_key(&index_key(77, id)).ok(), Some((77, id)));
     }
 

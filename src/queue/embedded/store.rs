@@ -419,6 +419,7 @@ pub(super) fn complete(db: &Database, batch: Vec<Completion>, now: SystemTime) -
             id,
             token,
             resolution,
+            via,
         } in batch
         {
             let key = id.to_bytes();
@@ -477,6 +478,7 @@ pub(super) fn complete(db: &Database, batch: Vec<Completion>, now: SystemTime) -
                 to: d.to.clone(),
                 reply: reply.map(str::to_string),
                 late: false,
+                via,
             };
             events.insert(cursor, &event.encode()[..])?;
             deliveries.insert(&key[..], &d.encode()[..])?;

@@ -605,7 +605,8 @@ impl Queue for RedisQueue {
                 .arg(at)
                 .arg(u8::from(reply.is_some()))
                 .arg(reply.unwrap_or(""))
-                .arg(key.unwrap_or_default());
+                .arg(key.unwrap_or_default())
+                .arg(c.via.as_deref().unwrap_or(""));
         }
         let stale: usize = inv.invoke_async(&mut self.conn.clone()).await?;
         self.sync().await?;
@@ -755,6 +756,7 @@ impl Queue for RedisQueue {
                     reply: f.get("reply").cloned(),
                     at: from_ms(num(&f, "at", "events")?),
                     late: f.get("async").is_some_and(|v| v == "1"),
+                    via: f.get("via").cloned(),
                 })
             })
             .collect()

@@ -65,7 +65,7 @@ local function recipient_to(job, idx)
   if nl then return string.sub(v, 1, nl - 1), string.sub(v, nl + 1) end
   return v, ''
 end
-local function add_event(job, idx, kind, reply, now, late)
+local function add_event(job, idx, kind, reply, now, late, via)
   local seq = redis.call('INCR', K .. 'eventseq')
   local minute = math.floor(tonumber(now) / 60000)
   if tonumber(redis.call('GET', K .. 'evlast') or '-1') ~= minute then
@@ -76,6 +76,7 @@ local function add_event(job, idx, kind, reply, now, late)
   local fields = {'job', job, 'index', idx, 'to', to, 'kind', kind, 'at', now}
   if reply then table.insert(fields, 'reply'); table.insert(fields, reply) end
   if late then table.insert(fields, 'async'); table.insert(fields, '1') end
+  if via and via ~= '' then table.insert(fields, 'via'); table.insert(fields, via) end
   redis.call('XADD', K .. 'events', seq .. '-1', unpack(fields))
 end
 local function drop_entry(entry)
@@ -212,17 +213,18 @@ return lost
 "#;
 
 /// ARGV: prefix, now ms, then per outcome: id, token, kind, retry-at ms, has-reply (0/1),
-/// reply, and the suppression key of the address to suppress for all mail ('' for none:
-/// the key is computed by the caller, with IDNA, which Lua cannot). Returns how many were
-/// refused for a stale token.
+/// reply, the suppression key of the address to suppress for all mail ('' for none:
+/// the key is computed by the caller, with IDNA, which Lua cannot), and how the attempt
+/// left ('' for not on a connection). Returns how many were refused for a stale token.
 const COMPLETE: &str = r#"
 local now = ARGV[2]
 local STATE = {delivered=3, deferred=2, bounced=4, expired=5, suppressed=6}
 local stale = 0
 local touched = {}
-for i = 3, #ARGV, 7 do
-  local did, token, kind, at, has_reply, reply, suppress =
-    ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+for i = 3, #ARGV, 8 do
+  local did, token, kind, at, has_reply, reply, suppress, via =
+    ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6],
+    ARGV[i + 7]
   local job, idx = split_id(did)
   local s = job and redis.call('EXISTS', K .. 'job:' .. job) == 1 and get_state(job, idx)
   if not s or s.code ~= 1 or s.token ~= token then
@@ -242,7 +244,7 @@ for i = 3, #ARGV, 7 do
       schedule(job, idx, at, now)
     end
     put_state(job, idx, s)
-    add_event(job, idx, kind, has_reply == '1' and reply or false, now)
+    add_event(job, idx, kind, has_reply == '1' and reply or false, now, false, via)
     if suppress ~= '' then
       local key = suppression_key(suppress, 'all')
       redis.call('HSET', K .. 'sup', key, now .. '|' .. reply)

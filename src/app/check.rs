@@ -1,0 +1,133 @@
+//! `volley check --domain D`: what volley would do with mail for one domain, asked of
+//! the same resolver, routing, pools and policies the engine uses.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::config::Config;
+use crate::engine::Egress;
+use crate::metrics::Metrics;
+use crate::outcome::{Disposition, classify_route};
+use crate::route::{Router, SiteKind};
+
+/// Why the domain could not be checked (the configuration, not the domain).
+#[derive(Debug, thiserror::Error)]
+pub enum DomainCheckError {
+    /// The resolver or the relay setting cannot be used.
+    #[error("routing: {0}")]
+    Route(String),
+    /// `[egress]` is invalid.
+    #[error("{0}")]
+    Egress(#[from] crate::engine::ConfigError),
+    /// The pool asked for is not configured.
+    #[error("pool: unknown egress pool {0:?} (configured: {1})")]
+    UnknownPool(String, String),
+}
+
+/// The report, as lines of text: route, MX hosts and addresses, the lane, its pool and
+/// source addresses, its limits and its TLS policy.
+pub async fn domain(
+    config: &Config,
+    domain: &str,
+    pool: Option<&str>,
+) -> Result<String, DomainCheckError> {
+    let router = Router::new(
+        &config.dns,
+        &config.relay,
+        &config.security,
+        config.smtp.port,
+        Arc::new(Metrics::default()),
+    )
+    .map_err(DomainCheckError::Route)?;
+    let egress = Egress::new(&config.egress, config.smtp.local_address, None)?;
+    let pool = egress.pool(pool).ok_or_else(|| {
+        DomainCheckError::UnknownPool(
+            pool.unwrap_or_default().to_owned(),
+            config.egress.names().join(", "),
+        )
+    })?;
+    let mut out = String::new();
+    let _ = writeln!(out, "domain: {domain}");
+    let site = match router.route(domain).await {
+        Ok(site) => site,
+        Err(e) => {
+            let outcome = classify_route(&e);
+            let verdict = match outcome.disposition {
+                Disposition::Transient => "deferred, tried again later",
+                _ => "bounced",
+            };
+            let _ = writeln!(out, "route: none: {} ({verdict})", outcome.detail);
+            return Ok(out);
+        }
+    };
+    let route = match site.kind {
+        SiteKind::Mx => "direct to its MX hosts",
+        SiteKind::Relay => "through the relay (relay.host)",
+    };
+    let _ = writeln!(out, "route: {route}");
+    for host in &site.hosts {
+        let addrs: Vec<String> = host.addrs.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  mx {} {}: {}",
+            host.preference,
+            host.name,
+            addrs.join(", ")
+        );
+    }
+    let _ = writeln!(out, "site: {}", pool.site_key(&site.key));
+    let sources: Vec<String> = pool
+        .sources
+        .iter()
+        .map(|s| {
+            let address = s
+                .address
+                .map_or_else(|| "the system's choice".to_owned(), |a| a.to_string());
+            let helo = s
+                .helo_name
+                .as_ref()
+                .map_or(config.smtp.helo_name.as_str(), |h| h.as_str());
+            format!("{address} (EHLO {helo})")
+        })
+        .collect();
+    let _ = writeln!(out, "pool: {} from {}", pool.name, sources.join(", "));
+    if let Some(rate) = pool.warmup_rate() {
+        let _ = writeln!(out, "  warm-up today: at most {rate}");
+    }
+    let domain_rate = config
+        .limits
+        .domains
+        .iter()
+        .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+        .map_or_else(|| "none".to_owned(), |(_, r)| r.to_string());
+    let _ = writeln!(
+        out,
+        "limits: {} connections, {} messages per connection, site rate {}, domain rate {}, global rate {}",
+        config.smtp.max_connections_per_site,
+        config.smtp.max_messages_per_connection,
+        config.limits.per_site,
+        domain_rate,
+        config.limits.global
+    );
+    let tls = match site.kind {
+        SiteKind::Relay => match (config.relay.tls, config.relay.tls_verify) {
+            (crate::route::RelayTls::None, _) => "none: clear text (relay.tls = \"none\")",
+            (_, true) => "required, certificate verified against the relay's name",
+            (_, false) => "required, certificate not checked (relay.tls_verify = false)",
+        },
+        SiteKind::Mx => match config.smtp.tls {
+            crate::smtp::TlsPolicy::Opportunistic => {
+                "opportunistic: encrypted when offered, certificate not checked, clear text otherwise"
+            }
+            crate::smtp::TlsPolicy::Required => {
+                "required: encrypted or deferred, certificate not checked"
+            }
+            crate::smtp::TlsPolicy::Verify => {
+                "verify: encrypted and the certificate checked against the MX host name, or deferred"
+            }
+            crate::smtp::TlsPolicy::Disabled => "disabled: clear text",
+        },
+    };
+    let _ = writeln!(out, "tls: {tls}");
+    Ok(out)
+}
