@@ -170,6 +170,23 @@ pub fn no_egress_pool(pool: &str) -> Outcome {
     outcome
 }
 
+/// A delivery refused by its domain's MTA-STS policy in `enforce` mode: none of its MX
+/// hosts is one the policy names. Deferred (4.7.5): the policy or the MX records may be
+/// fixed, or an attacker's forged MX answer may go away; never sent to the others.
+pub fn mta_sts_no_mx(domain: &str, hosts: &str, patterns: &[String]) -> Outcome {
+    let enhanced = EnhancedCode::new(4, 7, 5);
+    let mut outcome = Outcome::new(
+        Disposition::Transient,
+        Scope::Connection,
+        format!(
+            "{enhanced} MTA-STS policy of {domain} (enforce): no MX host matches (MX {hosts}; policy mx {})",
+            patterns.join(", ")
+        ),
+    );
+    outcome.enhanced = Some(enhanced);
+    outcome
+}
+
 /// Classifies a failure reply to a command of `phase`.
 fn classify_reply(phase: Option<Phase>, reply: &Reply) -> Outcome {
     let code = reply.code().get();

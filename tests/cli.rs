@@ -494,16 +494,33 @@ async fn check_domain_says_what_volley_would_do() {
         .mx("pools.test", 20, "mx2.pools.test")
         .a("mx1.pools.test", "127.0.0.2".parse().unwrap())
         .a("mx2.pools.test", "127.0.0.3".parse().unwrap())
-        .null_mx("nomail.test");
+        .null_mx("nomail.test")
+        .mx("sts.test", 10, "mx1.pools.test")
+        .txt("_mta-sts.sts.test", "v=STSv1; id=7;")
+        .a("mta-sts.sts.test", "127.0.0.30".parse().unwrap());
     let dns = volley_loadtest::DnsServer::start(records).await.unwrap();
+    let policies = volley_loadtest::policy_server::PolicyServer::start(
+        "127.0.0.30".parse().unwrap(),
+        std::collections::HashMap::from([(
+            "mta-sts.sts.test".to_owned(),
+            volley_loadtest::policy_server::Answer::policy(
+                "version: STSv1\nmode: enforce\nmx: *.pools.test\nmax_age: 604800\n",
+            ),
+        )]),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", policies.ca_pem());
     let config = write(
         dir.path(),
         "volley.toml",
         &format!(
-            "[templates]\npath = {:?}\n[dns]\nnameservers = [\"{}\"]\n[security]\nallow_loopback_mx = true\n[smtp]\nhelo_name = \"volley.test\"\n[limits.domains]\n\"pools.test\" = \"100/s\"\n[egress.pools.bulk]\naddresses = [{{ address = \"127.0.0.20\", helo_name = \"bulk1.volley.test\" }}, \"127.0.0.21\"]\nwarmup = [[\"2020-01-01\", \"1000/d\"]]\n",
+            "[templates]\npath = {:?}\n[dns]\nnameservers = [\"{}\"]\n[security]\nallow_loopback_mx = true\n[mta_sts]\nport = {}\n[smtp]\nhelo_name = \"volley.test\"\nca_file = {:?}\n[limits.domains]\n\"pools.test\" = \"100/s\"\n[egress.pools.bulk]\naddresses = [{{ address = \"127.0.0.20\", helo_name = \"bulk1.volley.test\" }}, \"127.0.0.21\"]\nwarmup = [[\"2020-01-01\", \"1000/d\"]]\n",
             templates(),
-            dns.addr()
+            dns.addr(),
+            policies.addr().port(),
+            ca.display().to_string()
         ),
     );
     let check = move |args: &[&str]| {
@@ -533,6 +550,7 @@ async fn check_domain_says_what_volley_would_do() {
         "pool: bulk from 127.0.0.20 (EHLO bulk1.volley.test), 127.0.0.21 (EHLO volley.test)",
         "  warm-up today: at most 1000/d",
         "domain rate 100/s",
+        "mta-sts: no policy",
         "tls: opportunistic",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
@@ -544,6 +562,14 @@ async fn check_domain_says_what_volley_would_do() {
             && text.contains("pool: default from the system's choice (EHLO volley.test)"),
         "{text}"
     );
+    let out = run(vec!["--domain", "sts.test"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in [
+        "mta-sts: enforce (id 7, max_age 604800s), mx *.pools.test",
+        "tls: verify (MTA-STS enforce): encrypted and the certificate checked against the MX host name, or deferred; only to mx1.pools.test",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
     let out = run(vec!["--domain", "nomail.test"]).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -9,6 +9,8 @@
 //! * [`process_cpu_seconds`]: CPU accounting for load-test reports.
 //! * [`proxy`]: a TCP proxy that delays each direction by half a round trip (a wide-area
 //!   network on loopback, `volley-load --rtt-ms`).
+//! * [`policy_server`]: an HTTPS server serving one MTA-STS policy file, with a
+//!   certificate of its own CA.
 //! * [`load`]: the end-to-end load test of `volley serve` against the sink, with the
 //!   references measured in the same run (the `volley-load` binary).
 
@@ -20,6 +22,7 @@ pub mod blast;
 mod cpu;
 pub mod dns;
 pub mod load;
+pub mod policy_server;
 pub mod proxy;
 mod sink;
 mod tls;

@@ -41,6 +41,15 @@ pub(crate) fn generate(
     hostname: &str,
     extra: &[std::net::IpAddr],
 ) -> Result<TlsMaterial, TlsSetupError> {
+    generate_for(hostname, &[], extra)
+}
+
+/// Like [`generate`], with more DNS names in the certificate.
+pub(crate) fn generate_for(
+    hostname: &str,
+    more_names: &[&str],
+    extra: &[std::net::IpAddr],
+) -> Result<TlsMaterial, TlsSetupError> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -62,6 +71,11 @@ pub(crate) fn generate(
     ];
     if !names.iter().any(|n| n.eq_ignore_ascii_case(hostname)) {
         names.push(hostname.to_owned());
+    }
+    for name in more_names {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push((*name).to_owned());
+        }
     }
     for ip in extra {
         let ip = ip.to_string();

@@ -8,7 +8,8 @@ use super::config::Config;
 use crate::engine::Egress;
 use crate::metrics::Metrics;
 use crate::outcome::{Disposition, classify_route};
-use crate::route::{Router, SiteKind};
+use crate::route::mta_sts::Mode;
+use crate::route::{MtaSts, Router, SiteKind};
 
 /// Why the domain could not be checked (the configuration, not the domain).
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +32,16 @@ pub async fn domain(
     domain: &str,
     pool: Option<&str>,
 ) -> Result<String, DomainCheckError> {
-    let router = Router::new(
-        &config.dns,
-        &config.relay,
-        &config.security,
-        config.smtp.port,
-        Arc::new(Metrics::default()),
-    )
-    .map_err(DomainCheckError::Route)?;
+    let router = Arc::new(
+        Router::new(
+            &config.dns,
+            &config.relay,
+            &config.security,
+            config.smtp.port,
+            Arc::new(Metrics::default()),
+        )
+        .map_err(DomainCheckError::Route)?,
+    );
     let egress = Egress::new(&config.egress, config.smtp.local_address, None)?;
     let pool = egress.pool(pool).ok_or_else(|| {
         DomainCheckError::UnknownPool(
@@ -109,6 +112,70 @@ pub async fn domain(
         domain_rate,
         config.limits.global
     );
+    let policy = match site.kind {
+        SiteKind::Mx if config.mta_sts.enabled => {
+            let ca = config
+                .smtp
+                .ca_file
+                .as_deref()
+                .filter(|p| !p.as_os_str().is_empty());
+            let connectors = crate::smtp::TlsConnectors::new(ca)
+                .map_err(|e| DomainCheckError::Route(format!("smtp.ca_file: {e}")))?;
+            let tls = connectors
+                .for_policy(crate::smtp::TlsPolicy::Verify)
+                .config();
+            let sts = MtaSts::new(
+                Arc::clone(&router),
+                config.mta_sts.port,
+                (**tls).clone(),
+                Arc::new(Metrics::default()),
+            );
+            sts.policy(domain).await
+        }
+        _ => None,
+    };
+    match (&policy, site.kind) {
+        (_, SiteKind::Relay) => {
+            let _ = writeln!(out, "mta-sts: not applied (relay)");
+        }
+        (None, _) if !config.mta_sts.enabled => {
+            let _ = writeln!(out, "mta-sts: not looked up (mta_sts.enabled = false)");
+        }
+        (None, _) => {
+            let _ = writeln!(out, "mta-sts: no policy");
+        }
+        (Some(p), _) => {
+            let _ = writeln!(
+                out,
+                "mta-sts: {} (id {}, max_age {}s), mx {}",
+                p.mode.as_str(),
+                p.id,
+                p.max_age,
+                p.mx.join(", ")
+            );
+        }
+    }
+    if let Some(p) = policy.as_ref().filter(|p| p.mode == Mode::Enforce) {
+        let matching: Vec<&str> = site
+            .hosts
+            .iter()
+            .filter(|h| p.matches(&h.name))
+            .map(|h| h.name.as_str())
+            .collect();
+        if matching.is_empty() {
+            let _ = writeln!(
+                out,
+                "tls: none: no MX host matches the MTA-STS policy; mail is deferred (4.7.5)"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "tls: verify (MTA-STS enforce): encrypted and the certificate checked against the MX host name, or deferred; only to {}",
+                matching.join(", ")
+            );
+        }
+        return Ok(out);
+    }
     let tls = match site.kind {
         SiteKind::Relay => match (config.relay.tls, config.relay.tls_verify) {
             (crate::route::RelayTls::None, _) => "none: clear text (relay.tls = \"none\")",

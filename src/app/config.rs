@@ -63,6 +63,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[egress]`: source address pools.
     pub egress: crate::engine::EgressConfig,
+    /// `[mta_sts]`: MTA-STS policies of recipient domains.
+    pub mta_sts: crate::route::MtaStsConfig,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,

@@ -165,6 +165,7 @@ impl App {
             limits: c.limits.clone(),
             relay: c.relay.clone(),
             egress: c.egress.clone(),
+            mta_sts: c.mta_sts.clone(),
             backlog: BACKLOG,
             cluster: shared,
         };

@@ -116,6 +116,9 @@ pub enum ConfigError {
 pub struct SessionConfigs {
     /// For MX hosts.
     pub direct: Arc<SessionConfig>,
+    /// For MX hosts whose domain demands verified TLS (an MTA-STS policy in `enforce`
+    /// mode): the certificate checked against the MX host name, or nothing is sent.
+    pub verified: Arc<SessionConfig>,
     /// For the smarthost.
     pub relay: Arc<SessionConfig>,
 }
@@ -189,7 +192,10 @@ impl SmtpConfig {
         if !relay.username.is_empty() {
             relayed.credentials = Some(Credentials::new(&relay.username, &relay.password));
         }
+        let mut verified = direct.clone();
+        verified.tls = TlsPolicy::Verify;
         Ok(SessionConfigs {
+            verified: Arc::new(verified),
             direct: Arc::new(direct),
             relay: Arc::new(relayed),
         })

@@ -23,9 +23,12 @@ pub use egress::{Egress, EgressConfig};
 
 use self::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};
 use crate::event::EventKind;
+use crate::metrics::Counter;
 use crate::metrics::Metrics;
-use crate::outcome::{Disposition, classify_route, no_egress_pool};
+use crate::outcome::{Disposition, classify_route, mta_sts_no_mx, no_egress_pool};
 use crate::rate::{PermitSource, Rate};
+use crate::route::mta_sts::{Mode, Policy};
+use crate::route::{MtaSts, MtaStsConfig};
 use crate::route::{RelayConfig, Router, Site, SiteKind};
 
 /// What the engine needs from the configuration.
@@ -39,6 +42,8 @@ pub struct EngineConfig {
     pub relay: RelayConfig,
     /// `[egress]`.
     pub egress: EgressConfig,
+    /// `[mta_sts]`.
+    pub mta_sts: MtaStsConfig,
     /// Most deliveries inside the engine at once. Default 0 means 50,000.
     pub backlog: usize,
     /// When several workers share one queue: their shared limits. `None` keeps every
@@ -102,6 +107,20 @@ impl<K: Send + Sync + 'static> Engine<K> {
             config.smtp.local_address,
             config.cluster.as_ref().map(|c| &c.permits),
         )?;
+        // MTA-STS applies to direct delivery only: a relay is the operator's choice.
+        let mta_sts = (config.mta_sts.enabled && !config.relay.is_enabled()).then(|| {
+            let tls = sessions
+                .verified
+                .connectors
+                .for_policy(crate::smtp::TlsPolicy::Verify)
+                .config();
+            Arc::new(MtaSts::new(
+                Arc::clone(&router),
+                config.mta_sts.port,
+                (**tls).clone(),
+                Arc::clone(&metrics),
+            ))
+        });
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let backlog = if config.backlog == 0 {
             50_000
@@ -114,6 +133,8 @@ impl<K: Send + Sync + 'static> Engine<K> {
             metrics,
             sessions,
             egress,
+            mta_sts,
+            enforced: HashMap::new(),
             settings: LaneSettings {
                 max_connections: config.smtp.max_connections_per_site,
                 max_messages: config.smtp.max_messages_per_connection,
@@ -172,6 +193,10 @@ struct Dispatcher<K> {
     metrics: Arc<Metrics>,
     sessions: SessionConfigs,
     egress: Egress,
+    mta_sts: Option<Arc<MtaSts>>,
+    /// Per domain under an `enforce` policy: the site and policy it was derived from,
+    /// and the site of its matching MX hosts only.
+    enforced: HashMap<String, Enforced>,
     settings: LaneSettings,
     site_rate: Rate,
     shared_limits: Arc<SharedLimits>,
@@ -181,7 +206,11 @@ struct Dispatcher<K> {
     waiting: HashMap<String, Vec<Job<K>>>,
 }
 
-type Answer = Result<Arc<Site>, crate::route::RouteError>;
+/// A domain's site and enforced policy, and the site of the MX hosts it allows.
+type Enforced = (Arc<Site>, Arc<Policy>, Arc<Site>);
+
+/// A domain's route, and its MTA-STS policy when it has one.
+type Answer = Result<(Arc<Site>, Option<Arc<Policy>>), crate::route::RouteError>;
 
 impl<K: Send + Sync + 'static> Dispatcher<K> {
     async fn run(mut self, mut rx: mpsc::Receiver<Job<K>>) {
@@ -195,7 +224,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 },
                 Some((domain, answer)) = answers.recv() => {
                     for job in self.waiting.remove(&domain).unwrap_or_default() {
-                        self.deliver(job, answer.clone());
+                        self.deliver(job, &domain, answer.clone());
                     }
                 }
             }
@@ -209,23 +238,54 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
 
     fn dispatch(&mut self, job: Job<K>, answers: &mpsc::UnboundedSender<(String, Answer)>) {
         let domain = job.delivery.to.domain().to_ascii_lowercase();
-        if let Some(answer) = self.router.cached(&domain) {
-            return self.deliver(job, answer);
+        if let Some(route) = self.router.cached(&domain) {
+            let policy = match (&route, &self.mta_sts) {
+                (Ok(site), Some(sts)) if site.kind == SiteKind::Mx => sts.cached(&domain),
+                _ => Some(None),
+            };
+            if let Some(policy) = policy {
+                let answer = route.map(|site| (site, policy));
+                return self.deliver(job, &domain, answer);
+            }
         }
         let waiting = self.waiting.entry(domain.clone()).or_default();
         waiting.push(job);
         if waiting.len() == 1 {
             let (router, answers) = (Arc::clone(&self.router), answers.clone());
+            let mta_sts = self.mta_sts.clone();
             tokio::spawn(async move {
-                let answer = router.route(&domain).await;
+                let answer = match router.route(&domain).await {
+                    Ok(site) => {
+                        let policy = match &mta_sts {
+                            Some(sts) if site.kind == SiteKind::Mx => sts.policy(&domain).await,
+                            _ => None,
+                        };
+                        Ok((site, policy))
+                    }
+                    Err(e) => Err(e),
+                };
                 let _ = answers.send((domain, answer));
             });
         }
     }
 
-    fn deliver(&mut self, job: Job<K>, answer: Answer) {
-        let site = match answer {
-            Ok(site) => site,
+    fn deliver(&mut self, job: Job<K>, domain: &str, answer: Answer) {
+        let (site, verified) = match answer {
+            Ok((site, policy)) => match self.apply_policy(domain, site, policy) {
+                Ok(applied) => applied,
+                Err(outcome) => {
+                    self.metrics.count(EventKind::Deferred);
+                    let Delivery { key, to, .. } = job.delivery;
+                    let _ = self.reports.send(Report {
+                        key,
+                        to,
+                        site: None,
+                        outcome: Some(outcome),
+                        via: None,
+                    });
+                    return;
+                }
+            },
             Err(e) => {
                 let outcome = classify_route(&e);
                 let counted = if outcome.disposition == Disposition::Transient {
@@ -263,7 +323,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         let lane_key = pool.site_key(&site.key);
         let mut job = job;
         for _ in 0..2 {
-            let lane = self.lane(&site, &pool, &lane_key);
+            let lane = self.lane(&site, &pool, &lane_key, verified);
             match lane.tx.send(job) {
                 Ok(()) => return,
                 Err(returned) => {
@@ -283,11 +343,70 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         });
     }
 
+    /// The site a domain's mail goes to under its MTA-STS policy, and whether its TLS
+    /// must be verified; or the outcome that defers it (`enforce`, and no MX host matches).
+    fn apply_policy(
+        &mut self,
+        domain: &str,
+        site: Arc<Site>,
+        policy: Option<Arc<Policy>>,
+    ) -> Result<(Arc<Site>, bool), crate::outcome::Outcome> {
+        let Some(policy) = policy else {
+            return Ok((site, false));
+        };
+        match policy.mode {
+            Mode::None => Ok((site, false)),
+            Mode::Testing => {
+                if !site.hosts.iter().all(|h| policy.matches(&h.name)) {
+                    self.metrics.add(Counter::MtaStsTestingFailures, 1);
+                    tracing::debug!(domain, site = %site.key, mx = ?policy.mx, "MTA-STS testing: enforcing would refuse some MX hosts");
+                }
+                Ok((site, false))
+            }
+            Mode::Enforce => {
+                if let Some((from, from_policy, derived)) = self.enforced.get(domain)
+                    && Arc::ptr_eq(from, &site)
+                    && Arc::ptr_eq(from_policy, &policy)
+                {
+                    return Ok((Arc::clone(derived), true));
+                }
+                let hosts: Vec<_> = site
+                    .hosts
+                    .iter()
+                    .filter(|h| policy.matches(&h.name))
+                    .cloned()
+                    .collect();
+                if hosts.is_empty() {
+                    self.metrics.add(Counter::MtaStsRefused, 1);
+                    return Err(mta_sts_no_mx(domain, &site.key, &policy.mx));
+                }
+                let mut names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                let derived = Arc::new(Site {
+                    key: Arc::from(format!("{} (mta-sts)", names.join(","))),
+                    hosts,
+                    kind: site.kind,
+                    expires: site.expires,
+                });
+                if self.enforced.len() > 10_000 {
+                    self.enforced.clear();
+                }
+                self.enforced.insert(
+                    domain.to_owned(),
+                    (site, Arc::clone(&policy), Arc::clone(&derived)),
+                );
+                Ok((derived, true))
+            }
+        }
+    }
+
     fn lane(
         &mut self,
         site: &Arc<Site>,
         pool: &Arc<egress::Pool>,
         lane_key: &Arc<str>,
+        verified: bool,
     ) -> &LaneHandle<K> {
         if let Some(lane) = self.lanes.get(lane_key) {
             // A fresher answer (addresses may have changed) is used for new connections.
@@ -297,12 +416,14 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             }
         } else {
             let session = match site.kind {
+                SiteKind::Mx if verified => Arc::clone(&self.sessions.verified),
                 SiteKind::Mx => Arc::clone(&self.sessions.direct),
                 SiteKind::Relay => Arc::clone(&self.sessions.relay),
             };
             let deps = LaneDeps {
                 key: Arc::clone(lane_key),
                 pool: Arc::clone(pool),
+                policy: verified.then_some("mta-sts"),
                 settings: self.settings.clone(),
                 session,
                 site_rate: self.site_rate,

@@ -88,10 +88,19 @@ pub enum Counter {
     /// Mail at the bounce listener that named no delivery with a valid signature (forged,
     /// or not a report volley can read): ignored.
     LateReportsIgnored,
+    /// MTA-STS policies fetched over HTTPS (a new domain, or its TXT id changed).
+    MtaStsFetched,
+    /// MTA-STS policy fetches that failed (HTTPS, certificate, syntax): the cached
+    /// policy, or none, applied.
+    MtaStsFetchFailed,
+    /// Deliveries refused by an `enforce` policy: no MX host matched it (deferred).
+    MtaStsRefused,
+    /// Domains whose `testing` policy would have refused their MX hosts (delivered).
+    MtaStsTestingFailures,
 }
 
 impl Counter {
-    const ALL: [Counter; 7] = [
+    const ALL: [Counter; 11] = [
         Counter::QueueErrors,
         Counter::StaleCompletions,
         Counter::LeasesLost,
@@ -99,6 +108,10 @@ impl Counter {
         Counter::LateReports,
         Counter::LateBounces,
         Counter::LateReportsIgnored,
+        Counter::MtaStsFetched,
+        Counter::MtaStsFetchFailed,
+        Counter::MtaStsRefused,
+        Counter::MtaStsTestingFailures,
     ];
 
     /// The metric's name.
@@ -111,6 +124,10 @@ impl Counter {
             Counter::LateReports => "volley_late_reports_total",
             Counter::LateBounces => "volley_late_bounces_total",
             Counter::LateReportsIgnored => "volley_late_reports_ignored_total",
+            Counter::MtaStsFetched => "volley_mta_sts_fetched_total",
+            Counter::MtaStsFetchFailed => "volley_mta_sts_fetch_failures_total",
+            Counter::MtaStsRefused => "volley_mta_sts_refused_total",
+            Counter::MtaStsTestingFailures => "volley_mta_sts_testing_failures_total",
         }
     }
 }

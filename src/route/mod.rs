@@ -8,6 +8,7 @@
 
 mod cache;
 mod config;
+pub mod mta_sts;
 mod resolve;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use config::{DnsConfig, RelayConfig, RelayTls, SecurityConfig};
+pub use mta_sts::{MtaSts, MtaStsConfig};
 pub use resolve::{Router, is_forbidden};
 
 /// One MX host and the addresses it resolved to.

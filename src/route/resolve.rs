@@ -113,6 +113,55 @@ impl Router {
         })
     }
 
+    /// The TXT records of `name` (each one's strings joined); `Ok(None)` when the name
+    /// or the record does not exist; `Err` when the lookup failed.
+    pub async fn txt(&self, name: &str) -> Result<Option<Vec<String>>, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.lookup(fqdn.as_str(), RecordType::TXT).await {
+            Ok(lookup) => Ok(Some(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|part| String::from_utf8_lossy(part).into_owned())
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+            )),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The addresses of `host` we may connect to (loopback and private ones only when
+    /// `security.allow_loopback_mx` says so).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        let ips = self
+            .resolver
+            .lookup_ip(fqdn.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let all: Vec<IpAddr> = ips.iter().collect();
+        let allowed: Vec<IpAddr> = all
+            .iter()
+            .copied()
+            .filter(|ip| self.allow_private || !is_forbidden(*ip))
+            .collect();
+        match (allowed.is_empty(), all.first()) {
+            (true, Some(ip)) => Err(format!(
+                "{host} resolves to {ip}, a loopback or private address (security.allow_loopback_mx is off)"
+            )),
+            (true, None) => Err(format!("{host} has no address")),
+            (false, _) => Ok(allowed),
+        }
+    }
+
     /// The cached answer for a domain, if there is a fresh one.
     pub fn cached(&self, domain: &str) -> Option<Answer> {
         let key = normalise(domain).ok()?;

@@ -83,19 +83,25 @@ pub struct Via {
     pub tls: TlsPolicy,
     /// Whether the connection was encrypted.
     pub encrypted: bool,
+    /// The recipient domain's policy that set the TLS requirement: `mta-sts` (enforce),
+    /// `None` for the configured one.
+    pub policy: Option<&'static str>,
 }
 
 impl Via {
     /// `{"pool": "bulk", "source": "192.0.2.10", "tls": "opportunistic", "encrypted":
     /// true}`, as events show it.
     pub fn to_json(&self) -> String {
-        serde_json::json!({
+        let mut via = serde_json::json!({
             "pool": &*self.pool,
             "source": self.source.map(|a| a.to_string()),
             "tls": self.tls,
             "encrypted": self.encrypted,
-        })
-        .to_string()
+        });
+        if let Some(policy) = self.policy {
+            via["policy"] = policy.into();
+        }
+        via.to_string()
     }
 }
 
@@ -136,6 +142,8 @@ struct LaneContext<K> {
     egress: Arc<EgressPool>,
     /// The TLS policy of the site's sessions.
     tls: TlsPolicy,
+    /// The domain policy that set it, if any (for [`Via`]).
+    policy: Option<&'static str>,
     pool: Pool<SessionManager>,
     site_limit: Option<Limiter>,
     shared_limits: Arc<SharedLimits>,
@@ -166,6 +174,8 @@ pub(crate) struct LaneDeps<K> {
     /// The lane's name: the site's, with the pool's when it is not the default.
     pub(crate) key: Arc<str>,
     pub(crate) pool: Arc<EgressPool>,
+    /// The domain policy that set the session's TLS requirement, if any.
+    pub(crate) policy: Option<&'static str>,
     pub(crate) settings: LaneSettings,
     pub(crate) session: Arc<SessionConfig>,
     pub(crate) site_rate: crate::rate::Rate,
@@ -236,6 +246,7 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         site_key: Arc::clone(&deps.key),
         egress: deps.pool,
         tls: deps.session.tls,
+        policy: deps.policy,
         pool,
         site_limit: match &deps.shared_limits.cluster {
             Some(cluster) => deps

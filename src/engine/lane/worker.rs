@@ -166,6 +166,7 @@ async fn send_group<K: Sync>(
         source: session.local_addr().map(|a| a.ip()),
         tls: ctx.tls,
         encrypted: session.is_tls(),
+        policy: ctx.policy,
     });
     ctx.metrics.count_egress(
         &via.pool,

@@ -1,0 +1,301 @@
+//! MTA-STS end to end on loopback: a DNS server with the `_mta-sts` TXT records, an
+//! HTTPS server with the policies (its own CA, trusted through `[smtp] ca_file`), and
+//! sinks with certificates for their MX names, one without STARTTLS (a stripping
+//! attacker) and one whose certificate nobody trusts.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use volley::address::Address;
+use volley::engine::{Delivery, Engine, EngineConfig, Report, SmtpConfig};
+use volley::metrics::Metrics;
+use volley::outcome::Disposition;
+use volley::route::{DnsConfig, MtaStsConfig, Router, SecurityConfig};
+use volley::smtp::TlsPolicy;
+use volley_loadtest::policy_server::{Answer, PolicyServer};
+use volley_loadtest::{DnsRecords, DnsServer, Sink, SinkConfig};
+
+const POLICY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 30);
+const TRUSTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 31);
+const PLAIN: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 32);
+const UNTRUSTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 33);
+
+fn policy(mode: &str, mx: &str) -> Answer {
+    Answer::policy(&format!(
+        "version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n"
+    ))
+}
+
+/// The three sinks on one port: the engine has one SMTP port.
+async fn sinks() -> (HashMap<Ipv4Addr, Sink>, u16) {
+    let configs = [
+        (TRUSTED, "mx.trusted.test", true),
+        (PLAIN, "mx.plain.test", false),
+        (UNTRUSTED, "mx.untrusted.test", true),
+    ];
+    for _ in 0..20 {
+        let probe = std::net::TcpListener::bind((TRUSTED, 0)).unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let mut started = HashMap::new();
+        for (ip, name, starttls) in configs {
+            let config = SinkConfig {
+                listen: vec![SocketAddr::from((ip, port))],
+                hostname: name.into(),
+                starttls,
+                capture: true,
+                ..SinkConfig::default()
+            };
+            match Sink::start(config).await {
+                Ok(sink) => {
+                    started.insert(ip, sink);
+                }
+                Err(_) => break,
+            }
+        }
+        if started.len() == configs.len() {
+            return (started, port);
+        }
+    }
+    panic!("no common free port");
+}
+
+fn delivery(key: u32, to: &str) -> Delivery<u32> {
+    Delivery {
+        key,
+        from: Some(Address::parse("bounces@volley.test").unwrap()),
+        to: Address::parse(to).unwrap(),
+        body: Arc::from(&b"Subject: sts\r\n\r\nhello\r\n"[..]),
+        queued_at: Instant::now(),
+        cancelled: Default::default(),
+        pool: None,
+    }
+}
+
+async fn collect(
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<Report<u32>>,
+    n: usize,
+) -> HashMap<u32, Report<u32>> {
+    let mut out = HashMap::new();
+    while out.len() < n {
+        let report = tokio::time::timeout(Duration::from_secs(30), reports.recv())
+            .await
+            .expect("a report within 30 s")
+            .expect("running");
+        out.insert(report.key, report);
+    }
+    out
+}
+
+#[tokio::test]
+async fn policies_are_fetched_cached_and_enforced() {
+    let (sinks, port) = sinks().await;
+    let domains = [
+        // domain, its MX host (whose address picks the sink), its policy
+        (
+            "enforced.test",
+            "mx.trusted.test",
+            Some(policy("enforce", "mx.trusted.test")),
+        ),
+        (
+            "wildcard.test",
+            "mx.trusted.test",
+            Some(policy("enforce", "*.trusted.test")),
+        ),
+        (
+            "stripped.test",
+            "mx.plain.test",
+            Some(policy("enforce", "mx.plain.test")),
+        ),
+        (
+            "forged.test",
+            "mx.untrusted.test",
+            Some(policy("enforce", "mx.untrusted.test")),
+        ),
+        (
+            "wrongmx.test",
+            "mx.trusted.test",
+            Some(policy("enforce", "mail.elsewhere.test")),
+        ),
+        (
+            "testing.test",
+            "mx.plain.test",
+            Some(policy("testing", "mx.other.test")),
+        ),
+        ("nopolicy.test", "mx.plain.test", None),
+        (
+            "broken.test",
+            "mx.plain.test",
+            Some(Answer {
+                status: 200,
+                content_type: "text/html".into(),
+                body: "version: STSv1\nmode: enforce\nmx: nowhere.test\nmax_age: 86400\n".into(),
+            }),
+        ),
+    ];
+    let mut records = DnsRecords::new()
+        .ttl(300)
+        .a("mx.trusted.test", TRUSTED)
+        .a("mx.plain.test", PLAIN)
+        .a("mx.untrusted.test", UNTRUSTED);
+    let mut answers = HashMap::new();
+    for (domain, mx, answer) in &domains {
+        records = records.mx(domain, 10, mx);
+        if let Some(answer) = answer {
+            records = records
+                .txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=20261202;")
+                .a(&format!("mta-sts.{domain}"), POLICY_IP);
+            answers.insert(format!("mta-sts.{domain}"), answer.clone());
+        }
+    }
+    let dns = DnsServer::start(records).await.unwrap();
+    let server = PolicyServer::start(POLICY_IP.into(), answers)
+        .await
+        .unwrap();
+    // Trusted: the policy server's CA and the trusted sink's; not the untrusted sink's.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        format!("{}{}", server.ca_pem(), sinks[&TRUSTED].ca_pem()),
+    )
+    .unwrap();
+    let mut smtp = SmtpConfig {
+        helo_name: "volley.test".into(),
+        port,
+        ca_file: Some(ca),
+        ..SmtpConfig::default()
+    };
+    smtp.timeouts.connect = Duration::from_secs(2);
+    let config = EngineConfig {
+        smtp,
+        mta_sts: MtaStsConfig {
+            enabled: true,
+            port: server.addr().port(),
+        },
+        ..EngineConfig::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let dns_config = DnsConfig {
+        nameservers: vec![dns.addr()],
+        ..DnsConfig::default()
+    };
+    let security = SecurityConfig {
+        allow_loopback_mx: true,
+    };
+    let router = Router::new(
+        &dns_config,
+        &config.relay,
+        &security,
+        port,
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let (engine, mut reports) =
+        Engine::start(config, Arc::new(router), Arc::clone(&metrics)).unwrap();
+    // Three messages per domain, in two rounds: the policy is fetched once.
+    let mut key = 0;
+    let mut by_key = HashMap::new();
+    for round in 0..2 {
+        for (domain, _, _) in &domains {
+            for i in 0..if round == 0 { 2 } else { 1 } {
+                engine
+                    .submit(delivery(key, &format!("r{round}u{i}@{domain}")))
+                    .await
+                    .unwrap();
+                by_key.insert(key, *domain);
+                key += 1;
+            }
+        }
+        let n = domains.len() * if round == 0 { 2 } else { 1 };
+        let got = collect(&mut reports, n).await;
+        for (k, report) in got {
+            let domain = by_key[&k];
+            let outcome = report.outcome.as_ref().expect("attempted");
+            let via = report.via.as_deref();
+            match domain {
+                "enforced.test" | "wildcard.test" => {
+                    assert_eq!(
+                        outcome.disposition,
+                        Disposition::Delivered,
+                        "{domain}: {report:?}"
+                    );
+                    let via = via.expect("sent on a connection");
+                    assert_eq!(
+                        (via.tls, via.encrypted, via.policy),
+                        (TlsPolicy::Verify, true, Some("mta-sts")),
+                        "{domain}"
+                    );
+                }
+                "stripped.test" | "forged.test" => {
+                    assert_eq!(
+                        outcome.disposition,
+                        Disposition::Transient,
+                        "{domain}: {report:?}"
+                    );
+                }
+                "wrongmx.test" => {
+                    assert_eq!(outcome.disposition, Disposition::Transient);
+                    assert!(
+                        outcome
+                            .detail
+                            .starts_with("4.7.5 MTA-STS policy of wrongmx.test (enforce)"),
+                        "{}",
+                        outcome.detail
+                    );
+                }
+                "testing.test" | "nopolicy.test" | "broken.test" => {
+                    assert_eq!(
+                        outcome.disposition,
+                        Disposition::Delivered,
+                        "{domain}: {report:?}"
+                    );
+                    let via = via.expect("sent on a connection");
+                    assert_eq!(
+                        (via.tls, via.encrypted, via.policy),
+                        (TlsPolicy::Opportunistic, false, None)
+                    );
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
+    engine.shutdown().await;
+    for (domain, _, answer) in &domains {
+        let host = format!("mta-sts.{domain}");
+        let expected = u64::from(answer.is_some());
+        assert_eq!(
+            server.hits(&host),
+            expected,
+            "{host}: fetched once, then cached"
+        );
+    }
+    // Nothing reached the MX hosts a policy refused.
+    let at = |ip: Ipv4Addr| -> Vec<String> {
+        sinks[&ip]
+            .messages()
+            .iter()
+            .map(|m| m.rcpt_to[0].clone())
+            .collect()
+    };
+    assert!(at(UNTRUSTED).is_empty(), "{:?}", at(UNTRUSTED));
+    let plain = at(PLAIN);
+    assert!(
+        plain.iter().all(|r| !r.ends_with("@stripped.test")),
+        "never in clear text to an enforce domain: {plain:?}"
+    );
+    let trusted = at(TRUSTED);
+    assert!(trusted.iter().all(|r| !r.ends_with("@wrongmx.test")));
+    assert_eq!(trusted.len(), 6, "{trusted:?}");
+    assert!(sinks[&TRUSTED].messages().iter().all(|m| m.tls));
+    let text = metrics.render_prometheus();
+    for line in [
+        "volley_mta_sts_fetched_total 6",
+        "volley_mta_sts_fetch_failures_total 1",
+        "volley_mta_sts_refused_total 3",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
