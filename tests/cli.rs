@@ -496,6 +496,8 @@ async fn check_domain_says_what_volley_would_do() {
         .a("mx2.pools.test", "127.0.0.3".parse().unwrap())
         .null_mx("nomail.test")
         .mx("sts.test", 10, "mx1.pools.test")
+        .mx("gmail.test", 5, "gmail-smtp-in.l.google.com")
+        .a("gmail-smtp-in.l.google.com", "127.0.0.2".parse().unwrap())
         .txt("_mta-sts.sts.test", "v=STSv1; id=7;")
         .a("mta-sts.sts.test", "127.0.0.30".parse().unwrap());
     let dns = volley_loadtest::DnsServer::start(records).await.unwrap();
@@ -551,6 +553,7 @@ async fn check_domain_says_what_volley_would_do() {
         "  warm-up today: at most 1000/d",
         "domain rate 100/s",
         "mta-sts: no policy",
+        "provider: none",
         "tls: opportunistic",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
@@ -567,6 +570,14 @@ async fn check_domain_says_what_volley_would_do() {
     for line in [
         "mta-sts: enforce (id 7, max_age 604800s), mx *.pools.test",
         "tls: verify (MTA-STS enforce): encrypted and the certificate checked against the MX host name, or deferred; only to mx1.pools.test",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let out = run(vec!["--domain", "gmail.test"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in [
+        "provider: google (20 connections for all its sites, 100 messages per connection, rate 0, 2 reply rules)",
+        "limits: 20 connections, 100 messages per connection",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }

@@ -957,3 +957,106 @@ async fn a_warm_up_step_caps_its_pool_from_its_date_on() {
     assert_eq!(held, 2, "the warming pool's other two wait for their turn");
     assert_eq!(sinks[0].stats().messages, 4);
 }
+
+fn provider_records() -> DnsRecords {
+    // Two domains, two MX names (two sites), one machine: one sink sees both.
+    DnsRecords::new()
+        .ttl(60)
+        .mx("a.test", 10, "mx1.corp.test")
+        .mx("b.test", 10, "mx2.corp.test")
+        .a("mx1.corp.test", IP3)
+        .a("mx2.corp.test", IP3)
+}
+
+fn corp_shaping(extra: &str) -> volley::engine::ShapingConfig {
+    toml::from_str(&format!(
+        "[providers.corp]\nmx_suffixes = [\"corp.test\"]\nconnections = 2\nmessages_per_connection = 3\n{extra}"
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_provider_s_limits_hold_for_all_its_sites_together() {
+    let dns = DnsServer::start(provider_records()).await.unwrap();
+    let sink_config = SinkConfig {
+        slow_delay: Duration::from_millis(10),
+        ..SinkConfig::default()
+    };
+    let (sinks, port) = sinks(&[IP3], sink_config).await;
+    let mut config = engine_config(port);
+    config.smtp.batch_size = 2;
+    config.shaping = corp_shaping("");
+    let mut h = start(&dns, config, true);
+    let list: Vec<(u32, String)> = (0..60)
+        .map(|i| {
+            (
+                i,
+                format!("slow{i}@{}", if i % 2 == 0 { "a.test" } else { "b.test" }),
+            )
+        })
+        .collect();
+    let reports = h.send(&list).await;
+    assert!(
+        reports
+            .values()
+            .all(|r| outcome(r).disposition == Disposition::Delivered)
+    );
+    let sites = h_sites(&h.metrics);
+    assert!(
+        sites.contains(&"mx1.corp.test".to_owned()) && sites.contains(&"mx2.corp.test".to_owned()),
+        "{sites:?}"
+    );
+    let text = h.metrics.render_prometheus();
+    assert!(
+        text.contains("volley_site_provider{site=\"mx1.corp.test\",provider=\"corp\"} 1"),
+        "{text}"
+    );
+    let site = h.metrics.site(&Arc::from("mx2.corp.test"));
+    assert_eq!(site.domains(), ["b.test"]);
+    h.engine.shutdown().await;
+    let stats = sinks[0].stats();
+    assert!(
+        stats.peak_connections <= 2,
+        "two sites, one provider: at most its 2 connections, saw {}",
+        stats.peak_connections
+    );
+    assert!(
+        stats.connections >= 20,
+        "3 messages per connection: {} connections for 60",
+        stats.connections
+    );
+}
+
+#[tokio::test]
+async fn a_provider_reply_rule_pauses_every_site_of_the_provider() {
+    let dns = DnsServer::start(provider_records()).await.unwrap();
+    let (sinks, port) = sinks(&[IP3], SinkConfig::default()).await;
+    let mut config = engine_config(port);
+    config.shaping = corp_shaping(
+        "rules = [{ match = \"4.3.0 temporary failure\", action = \"pause\", for = \"1h\" }]",
+    );
+    let mut h = start(&dns, config, true);
+    let first = h.send(&[(0, "tempfail@a.test")]).await;
+    assert_eq!(outcome(&first[&0]).disposition, Disposition::Transient);
+    // The other site of the provider waits out the provider's pause.
+    for key in 1..4 {
+        h.engine
+            .submit(delivery(key, &format!("u{key}@b.test")))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.reports.try_recv().is_err(), "nothing sent while paused");
+    let (engine, mut reports) = (h.engine, h.reports);
+    engine.shutdown().await;
+    let mut held = 0;
+    while let Ok(report) = reports.try_recv() {
+        assert!(
+            report.outcome.is_none(),
+            "handed back unattempted: {report:?}"
+        );
+        held += 1;
+    }
+    assert_eq!(held, 3);
+    assert_eq!(sinks[0].stats().messages, 0);
+}

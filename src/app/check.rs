@@ -79,6 +79,28 @@ pub async fn domain(
         );
     }
     let _ = writeln!(out, "site: {}", pool.site_key(&site.key));
+    let shaping = crate::engine::Shaping::new(&config.shaping, None)?;
+    let provider = match site.kind {
+        SiteKind::Mx => shaping.provider_of(site.hosts.iter().map(|h| h.name.as_str())),
+        SiteKind::Relay => None,
+    };
+    match provider {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "provider: {} ({} connections for all its sites, {} messages per connection, rate {}, {} reply rules)",
+                p.name,
+                p.connections,
+                p.messages_per_connection
+                    .unwrap_or(config.smtp.max_messages_per_connection),
+                p.rate,
+                p.rules.len()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "provider: none");
+        }
+    }
     let sources: Vec<String> = pool
         .sources
         .iter()
@@ -106,8 +128,12 @@ pub async fn domain(
     let _ = writeln!(
         out,
         "limits: {} connections, {} messages per connection, site rate {}, domain rate {}, global rate {}",
-        config.smtp.max_connections_per_site,
-        config.smtp.max_messages_per_connection,
+        provider.map_or(config.smtp.max_connections_per_site, |p| {
+            p.connections.min(config.smtp.max_connections_per_site)
+        }),
+        provider
+            .and_then(|p| p.messages_per_connection)
+            .unwrap_or(config.smtp.max_messages_per_connection),
         config.limits.per_site,
         domain_rate,
         config.limits.global

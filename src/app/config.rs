@@ -65,6 +65,8 @@ pub struct Config {
     pub egress: crate::engine::EgressConfig,
     /// `[mta_sts]`: MTA-STS policies of recipient domains.
     pub mta_sts: crate::route::MtaStsConfig,
+    /// `[shaping]`: overrides of the shipped provider shaping.
+    pub shaping: crate::engine::ShapingConfig,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -437,6 +439,11 @@ impl Config {
             });
         }
         if let Err(crate::engine::ConfigError::Invalid { field, message }) = self.egress.check() {
+            return invalid(field, message);
+        }
+        if let Err(crate::engine::ConfigError::Invalid { field, message }) =
+            crate::engine::Shaping::new(&self.shaping, None)
+        {
             return invalid(field, message);
         }
         Ok(())

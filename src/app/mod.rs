@@ -166,6 +166,7 @@ impl App {
             relay: c.relay.clone(),
             egress: c.egress.clone(),
             mta_sts: c.mta_sts.clone(),
+            shaping: c.shaping.clone(),
             backlog: BACKLOG,
             cluster: shared,
         };

@@ -10,6 +10,7 @@
 mod config;
 pub mod egress;
 pub mod lane;
+pub mod shaping;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 pub use self::lane::{Delivery, Report, SharedThrottle, SlotSource, Via};
 pub use config::{ConfigError, LimitsConfig, SessionConfigs, SmtpConfig};
 pub use egress::{Egress, EgressConfig};
+pub use shaping::{Shaping, ShapingConfig};
 
 use self::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_lane};
 use crate::event::EventKind;
@@ -44,6 +46,8 @@ pub struct EngineConfig {
     pub egress: EgressConfig,
     /// `[mta_sts]`.
     pub mta_sts: MtaStsConfig,
+    /// `[shaping]`: provider limits and reply rules over the shipped `shaping.toml`.
+    pub shaping: ShapingConfig,
     /// Most deliveries inside the engine at once. Default 0 means 50,000.
     pub backlog: usize,
     /// When several workers share one queue: their shared limits. `None` keeps every
@@ -121,6 +125,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
                 Arc::clone(&metrics),
             ))
         });
+        let shaping = Shaping::new(&config.shaping, config.cluster.as_ref().map(|c| &c.permits))?;
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let backlog = if config.backlog == 0 {
             50_000
@@ -134,6 +139,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
             sessions,
             egress,
             mta_sts,
+            shaping,
             enforced: HashMap::new(),
             settings: LaneSettings {
                 max_connections: config.smtp.max_connections_per_site,
@@ -194,6 +200,7 @@ struct Dispatcher<K> {
     sessions: SessionConfigs,
     egress: Egress,
     mta_sts: Option<Arc<MtaSts>>,
+    shaping: Shaping,
     /// Per domain under an `enforce` policy: the site and policy it was derived from,
     /// and the site of its matching MX hosts only.
     enforced: HashMap<String, Enforced>,
@@ -223,8 +230,15 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                     None => open = false,
                 },
                 Some((domain, answer)) = answers.recv() => {
+                    let mut recorded = false;
                     for job in self.waiting.remove(&domain).unwrap_or_default() {
-                        self.deliver(job, &domain, answer.clone());
+                        if let Some(lane) = self.deliver(job, &domain, answer.clone())
+                            && !recorded
+                        {
+                            // For operators: which domains a site serves.
+                            self.metrics.site(&lane).add_domain(&domain);
+                            recorded = true;
+                        }
                     }
                 }
             }
@@ -245,7 +259,8 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             };
             if let Some(policy) = policy {
                 let answer = route.map(|site| (site, policy));
-                return self.deliver(job, &domain, answer);
+                self.deliver(job, &domain, answer);
+                return;
             }
         }
         let waiting = self.waiting.entry(domain.clone()).or_default();
@@ -269,7 +284,8 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         }
     }
 
-    fn deliver(&mut self, job: Job<K>, domain: &str, answer: Answer) {
+    /// Hands the job to its lane (or reports why it cannot go); returns the lane's key.
+    fn deliver(&mut self, job: Job<K>, domain: &str, answer: Answer) -> Option<Arc<str>> {
         let (site, verified) = match answer {
             Ok((site, policy)) => match self.apply_policy(domain, site, policy) {
                 Ok(applied) => applied,
@@ -283,7 +299,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                         outcome: Some(outcome),
                         via: None,
                     });
-                    return;
+                    return None;
                 }
             },
             Err(e) => {
@@ -302,7 +318,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                     outcome: Some(outcome),
                     via: None,
                 });
-                return;
+                return None;
             }
         };
         let Some(pool) = self.egress.pool(job.delivery.pool.as_deref()).cloned() else {
@@ -318,14 +334,14 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 outcome: Some(outcome),
                 via: None,
             });
-            return;
+            return None;
         };
         let lane_key = pool.site_key(&site.key);
         let mut job = job;
         for _ in 0..2 {
             let lane = self.lane(&site, &pool, &lane_key, verified);
             match lane.tx.send(job) {
-                Ok(()) => return,
+                Ok(()) => return Some(lane_key),
                 Err(returned) => {
                     // The lane retired while idle: start it again.
                     job = returned.0;
@@ -341,6 +357,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             outcome: None,
             via: None,
         });
+        None
     }
 
     /// The site a domain's mail goes to under its MTA-STS policy, and whether its TLS
@@ -420,7 +437,15 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 SiteKind::Mx => Arc::clone(&self.sessions.direct),
                 SiteKind::Relay => Arc::clone(&self.sessions.relay),
             };
+            let provider = match site.kind {
+                SiteKind::Mx => self
+                    .shaping
+                    .provider_of(site.hosts.iter().map(|h| h.name.as_str()))
+                    .cloned(),
+                SiteKind::Relay => None,
+            };
             let deps = LaneDeps {
+                provider,
                 key: Arc::clone(lane_key),
                 pool: Arc::clone(pool),
                 policy: verified.then_some("mta-sts"),

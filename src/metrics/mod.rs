@@ -179,9 +179,32 @@ pub struct SiteCounters {
     pub last_reply: Mutex<String>,
     /// When (Unix milliseconds) the site was last seen or sent to.
     pub last_active_ms: AtomicU64,
+    /// The mailbox provider the site belongs to (provider shaping), if any.
+    pub provider: std::sync::OnceLock<Arc<str>>,
+    /// Recipient domains routed to the site (the first [`SITE_DOMAINS`]).
+    pub domains: Mutex<Vec<String>>,
 }
 
+/// Domains listed per site at most.
+pub const SITE_DOMAINS: usize = 20;
+
 impl SiteCounters {
+    /// Records that mail for `domain` goes to the site.
+    pub fn add_domain(&self, domain: &str) {
+        let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        if domains.len() < SITE_DOMAINS && !domains.iter().any(|d| d == domain) {
+            domains.push(domain.to_owned());
+        }
+    }
+
+    /// The domains recorded for the site.
+    pub fn domains(&self) -> Vec<String> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Records the last reply seen from the site.
     pub fn set_last_reply(&self, reply: &str) {
         self.touch();
@@ -487,6 +510,19 @@ impl Metrics {
         for (site, c) in &sites {
             let (site, v) = (escape_label(site), c.window.load(Relaxed));
             let _ = writeln!(out, "volley_site_window{{site=\"{site}\"}} {v}");
+        }
+        out.push_str(
+            "# HELP volley_site_provider The mailbox provider whose limits a site shares.\n",
+        );
+        out.push_str("# TYPE volley_site_provider gauge\n");
+        for (site, c) in &sites {
+            if let Some(provider) = c.provider.get() {
+                let (site, provider) = (escape_label(site), escape_label(provider));
+                let _ = writeln!(
+                    out,
+                    "volley_site_provider{{site=\"{site}\",provider=\"{provider}\"}} 1"
+                );
+            }
         }
         out.push_str("# TYPE volley_site_throttled_total counter\n");
         for (site, c) in &sites {

@@ -28,6 +28,7 @@ pub use throttle::Throttle;
 use self::window::Window;
 use self::worker::{Done, report, work};
 use super::egress::Pool as EgressPool;
+use super::shaping::Provider;
 use crate::address::Address;
 use crate::metrics::{Metrics, SiteCounters};
 use crate::outcome::Outcome;
@@ -144,6 +145,10 @@ struct LaneContext<K> {
     tls: TlsPolicy,
     /// The domain policy that set it, if any (for [`Via`]).
     policy: Option<&'static str>,
+    /// The mailbox provider whose limits, pauses and reply rules the site shares.
+    provider: Option<Arc<Provider>>,
+    /// `[smtp] throttle_pause`: how long a `slow` rule pauses the provider.
+    throttle_pause: Duration,
     pool: Pool<SessionManager>,
     site_limit: Option<Limiter>,
     shared_limits: Arc<SharedLimits>,
@@ -171,6 +176,8 @@ pub(crate) struct LaneHandle<K> {
 
 /// Everything needed to start a lane.
 pub(crate) struct LaneDeps<K> {
+    /// The provider the site belongs to (provider shaping), if any.
+    pub(crate) provider: Option<Arc<Provider>>,
     /// The lane's name: the site's, with the pool's when it is not the default.
     pub(crate) key: Arc<str>,
     pub(crate) pool: Arc<EgressPool>,
@@ -191,6 +198,15 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
 ) -> LaneHandle<K> {
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = deps.metrics.site(&deps.key);
+    let mut deps = deps;
+    if let Some(provider) = &deps.provider {
+        // The provider's limits hold for each of its sites too.
+        let _ = counters.provider.set(Arc::clone(&provider.name));
+        deps.settings.max_connections = deps.settings.max_connections.min(provider.connections);
+        if let Some(n) = provider.messages_per_connection {
+            deps.settings.max_messages = n;
+        }
+    }
     let shared_site = Arc::new(Mutex::new(Arc::clone(&site)));
     let max = deps.settings.max_connections.max(1);
     let plain =
@@ -226,6 +242,7 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         site: Arc::clone(&shared_site),
         egress: Arc::clone(&deps.pool),
         sources,
+        provider: deps.provider.as_ref().map(|p| Arc::clone(&p.budget)),
         slots: Arc::new(Semaphore::new(max)),
         cap: max,
         cluster: deps
@@ -247,6 +264,8 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         egress: deps.pool,
         tls: deps.session.tls,
         policy: deps.policy,
+        provider: deps.provider.clone(),
+        throttle_pause: deps.settings.throttle_pause,
         pool,
         site_limit: match &deps.shared_limits.cluster {
             Some(cluster) => deps
@@ -310,7 +329,15 @@ async fn run_lane<K: Send + Sync + 'static>(
         std::sync::atomic::Ordering::Relaxed,
     );
     loop {
-        let allowed = throttle.allowed(Instant::now());
+        let now_ms = unix_ms(std::time::SystemTime::now());
+        // A pause of the provider (asked of another of its sites, or by a reply rule)
+        // holds this site too.
+        let provider_pause = ctx.provider.as_ref().and_then(|p| p.pause_left(now_ms));
+        let allowed = if provider_pause.is_some() {
+            0
+        } else {
+            throttle.allowed(Instant::now())
+        };
         ctx.counters
             .allowed
             .store(allowed as u64, std::sync::atomic::Ordering::Relaxed);
@@ -327,7 +354,11 @@ async fn run_lane<K: Send + Sync + 'static>(
         if (shutting_down || retiring) && queue.is_empty() && active == 0 {
             break;
         }
-        let wake = throttle.next_change().filter(|_| !queue.is_empty());
+        let wake = match provider_pause {
+            Some(left) => Some(Instant::now() + left),
+            None => throttle.next_change(),
+        }
+        .filter(|_| !queue.is_empty());
         tokio::select! {
             job = rx.recv(), if !shutting_down && !retiring => match job {
                 Some(job) => queue.push_back(job),
@@ -361,7 +392,10 @@ async fn run_lane<K: Send + Sync + 'static>(
                     throttle.on_throttle(Instant::now());
                     ctx.counters.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let until = std::time::SystemTime::now() + settings.throttle_pause;
-                    ctx.counters.paused_until_ms.store(unix_ms(until), std::sync::atomic::Ordering::Relaxed);
+                    ctx.counters.paused_until_ms.fetch_max(unix_ms(until), std::sync::atomic::Ordering::Relaxed);
+                    if let Some(provider) = &ctx.provider {
+                        provider.pause_until(unix_ms(until));
+                    }
                     tracing::info!(site = %ctx.site_key, "site is throttling us: fewer connections for a while");
                     if let Some(cluster) = &cluster {
                         cluster.report_throttle(&ctx.site_key, settings.throttle_pause);
@@ -370,6 +404,7 @@ async fn run_lane<K: Send + Sync + 'static>(
             },
             () = sleep_until(wake) => {},
             () = ctx.shared_limits.connections.reclaimed() => close_idle(&ctx.pool, Duration::ZERO),
+            () = provider_reclaimed(ctx.provider.as_deref()) => close_idle(&ctx.pool, Duration::ZERO),
             _ = tick.tick() => {
                 if let Some(cluster) = &cluster {
                     follow_cluster_throttle(&ctx, cluster.as_ref(), &mut throttle, &mut applied).await;
@@ -415,6 +450,14 @@ async fn follow_cluster_throttle<K>(
         Err(error) => {
             tracing::debug!(site = %ctx.site_key, %error, "cannot read the cluster's throttle");
         }
+    }
+}
+
+/// Resolves when another site of the provider waits for one of its connections.
+async fn provider_reclaimed(provider: Option<&Provider>) {
+    match provider {
+        Some(p) => p.budget.reclaimed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -44,7 +44,7 @@ impl Budget {
     }
 
     /// Waits for a permit, asking lanes for their idle connections while none is free.
-    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         loop {
             match Arc::clone(&self.permits).try_acquire_owned() {
                 Ok(permit) => return Some(permit),
@@ -59,7 +59,7 @@ impl Budget {
     }
 
     /// Resolves when a site is waiting for a permit: idle connections should close.
-    pub(super) async fn reclaimed(&self) {
+    pub(crate) async fn reclaimed(&self) {
         self.reclaim.notified().await;
     }
 }
@@ -145,6 +145,7 @@ pub struct PooledSession {
     open: OpenGuard,
     slot: OwnedSemaphorePermit,
     all: OwnedSemaphorePermit,
+    provider: Option<OwnedSemaphorePermit>,
     cluster: Option<ClusterSlot>,
 }
 
@@ -179,11 +180,12 @@ impl PooledSession {
             open,
             slot,
             all,
+            provider,
             cluster,
         } = self;
         session.quit().await;
         drop(open);
-        drop((slot, all, cluster));
+        drop((slot, all, provider, cluster));
     }
 }
 
@@ -208,6 +210,8 @@ pub struct SessionManager {
     pub(super) egress: Arc<crate::engine::egress::Pool>,
     /// One configuration per source of the pool, in the pool's order.
     pub(super) sources: Vec<SourceConfigs>,
+    /// The connection permits of the site's provider (provider shaping), if any.
+    pub(super) provider: Option<Arc<Budget>>,
     pub(super) slots: Arc<Semaphore>,
     /// The site's cap, and the cluster's slots when workers share it.
     pub(super) cap: usize,
@@ -231,6 +235,10 @@ impl managed::Manager for SessionManager {
         // Taken after the site's own slot, so that a site at its limit waits without
         // holding an engine-wide permit another site could use.
         let all = self.all.acquire().await.ok_or(SmtpError::Unusable)?;
+        let provider = match &self.provider {
+            Some(budget) => Some(budget.acquire().await.ok_or(SmtpError::Unusable)?),
+            None => None,
+        };
         let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
         // The cluster's slot last: held only while this process could connect at once.
         let cluster = match &self.cluster {
@@ -282,6 +290,7 @@ impl managed::Manager for SessionManager {
                         open,
                         slot,
                         all,
+                        provider,
                         cluster,
                     });
                 }

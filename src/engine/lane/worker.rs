@@ -98,7 +98,9 @@ pub(super) async fn work<K: Sync>(ctx: &LaneContext<K>, batch: Vec<Job<K>>) -> D
 
 /// Whether the site is in a pause it asked for.
 fn paused<K>(ctx: &LaneContext<K>) -> bool {
-    ctx.counters.paused_until_ms.load(Relaxed) > crate::time::unix_ms(std::time::SystemTime::now())
+    let now = crate::time::unix_ms(std::time::SystemTime::now());
+    ctx.counters.paused_until_ms.load(Relaxed) > now
+        || ctx.provider.as_ref().is_some_and(|p| p.paused_at(now))
 }
 
 /// The limits one delivery must pass: global, its site's, its domain's, its pool's
@@ -111,7 +113,8 @@ fn passage<'a, K>(ctx: &'a LaneContext<K>, job: &Job<K>) -> Passage<'a> {
             .iter()
             .chain(&ctx.site_limit)
             .chain(ctx.shared_limits.domains.get(&domain))
-            .chain(ctx.egress.warmup_limiter()),
+            .chain(ctx.egress.warmup_limiter())
+            .chain(ctx.provider.as_ref().and_then(|p| p.limiter.as_ref())),
     )
 }
 
@@ -178,7 +181,18 @@ async fn send_group<K: Sync>(
     let mut throttled = false;
     let mut clean = session.is_usable();
     for (i, (job, result)) in group.into_iter().zip(results).enumerate() {
-        let outcome = classify(&result);
+        let mut outcome = classify(&result);
+        if let Some(provider) = &ctx.provider
+            && outcome.disposition == Disposition::Transient
+            && let Some((action, pause)) = provider.rule_for(&outcome.detail, ctx.throttle_pause)
+        {
+            // The provider's own way of saying "slow down": every site of it pauses.
+            let until = crate::time::unix_ms(std::time::SystemTime::now() + pause);
+            provider.pause_until(until);
+            ctx.counters.paused_until_ms.fetch_max(until, Relaxed);
+            outcome.throttle = true;
+            tracing::info!(site = %ctx.site_key, provider = %provider.name, ?action, ?pause, reply = %outcome.detail, "provider rule: pausing");
+        }
         throttled |= outcome.throttle;
         clean &= outcome.disposition != Disposition::Transient && !outcome.throttle;
         if i + 1 == n {

@@ -45,6 +45,8 @@ fn site_json(site: &str, c: &SiteCounters, rate: f64, now_ms: u64) -> Value {
         "rate_per_s": (rate * 10.0).round() / 10.0,
         "paused_until": (paused > now_ms).then_some(paused),
         "last_reply": (!last.is_empty()).then_some(last),
+        "provider": c.provider.get().map(|p| p.to_string()),
+        "domains": c.domains(),
     })
 }
 

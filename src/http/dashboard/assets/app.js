@@ -314,7 +314,9 @@
         }))
         : (s.allowed < s.limit ? el('span', { class: 'st-deferred', text: 'slowed' }) : el('span', { class: 'muted', text: 'normal' }));
       return el('tr', null,
-        el('th', { scope: 'row', text: s.site }),
+        el('th', { scope: 'row' }, s.site, (s.provider || (s.domains && s.domains.length))
+          ? el('div', { class: 'muted', text: [s.provider, (s.domains || []).join(', ')].filter(Boolean).join(' · ') })
+          : ''),
         el('td', { class: 'num', text: `${int.format(s.open)} / ${int.format(s.allowed)} / ${int.format(s.limit)}` }),
         el('td', { class: 'num', text: dec.format(s.rate_per_s) }),
         el('td', { class: 'num', text: int.format(s.delivered) }),
