@@ -197,7 +197,9 @@ async fn submit_lease_complete<Q: Queue>(q: Q) {
         .complete(
             vec![
                 Completion {
-                    via: Some(r#"{"pool":"tx","source":"192.0.2.7"}"#.into()),
+                    via: Some(std::sync::Arc::from(
+                        r#"{"pool":"tx","source":"192.0.2.7"}"#,
+                    )),
                     ..done(&got[0], delivered())
                 },
                 done(

@@ -131,7 +131,7 @@ impl Completer {
             id: key.id,
             token,
             resolution: verdict,
-            via: via.map(|v| v.to_json()),
+            via: via.map(|v| Arc::clone(v.json())),
         })
     }
 

@@ -167,9 +167,9 @@ pub struct Completion {
     pub token: LeaseToken,
     /// What came of it.
     pub resolution: Resolution,
-    /// How the attempt left (a JSON object, stored with its event); `None` when it
-    /// never reached a connection.
-    pub via: Option<String>,
+    /// How the attempt left (a JSON object, stored with its event; shared by the
+    /// deliveries of one pipelined group); `None` when it never reached a connection.
+    pub via: Option<std::sync::Arc<str>>,
 }
 
 /// Whom a suppression stops.

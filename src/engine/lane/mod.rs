@@ -87,22 +87,43 @@ pub struct Via {
     /// The recipient domain's policy that set the TLS requirement: `mta-sts` (enforce),
     /// `None` for the configured one.
     pub policy: Option<&'static str>,
+    /// All of it as events show it, made once per pipelined group.
+    json: Arc<str>,
 }
 
 impl Via {
-    /// `{"pool": "bulk", "source": "192.0.2.10", "tls": "opportunistic", "encrypted":
-    /// true}`, as events show it.
-    pub fn to_json(&self) -> String {
-        let mut via = serde_json::json!({
-            "pool": &*self.pool,
-            "source": self.source.map(|a| a.to_string()),
-            "tls": self.tls,
-            "encrypted": self.encrypted,
+    /// How a group left, with its JSON made once.
+    pub fn new(
+        pool: Arc<str>,
+        source: Option<std::net::IpAddr>,
+        tls: TlsPolicy,
+        encrypted: bool,
+        policy: Option<&'static str>,
+    ) -> Self {
+        let mut json = serde_json::json!({
+            "pool": &*pool,
+            "source": source.map(|a| a.to_string()),
+            "tls": tls,
+            "encrypted": encrypted,
         });
-        if let Some(policy) = self.policy {
-            via["policy"] = policy.into();
+        if let Some(policy) = policy {
+            json["policy"] = policy.into();
         }
-        via.to_string()
+        Self {
+            pool,
+            source,
+            tls,
+            encrypted,
+            policy,
+            json: Arc::from(json.to_string()),
+        }
+    }
+
+    /// `{"pool": "bulk", "source": "192.0.2.10", "tls": "opportunistic", "encrypted":
+    /// true}` (and `"policy": "mta-sts"` when a domain policy set the TLS), as events
+    /// show it.
+    pub fn json(&self) -> &Arc<str> {
+        &self.json
     }
 }
 

@@ -164,13 +164,13 @@ async fn send_group<K: Sync>(
         elapsed,
         u64::try_from(n).unwrap_or(u64::MAX),
     );
-    let via = Arc::new(Via {
-        pool: Arc::clone(&ctx.egress.name),
-        source: session.local_addr().map(|a| a.ip()),
-        tls: ctx.tls,
-        encrypted: session.is_tls(),
-        policy: ctx.policy,
-    });
+    let via = Arc::new(Via::new(
+        Arc::clone(&ctx.egress.name),
+        session.local_addr().map(|a| a.ip()),
+        ctx.tls,
+        session.is_tls(),
+        ctx.policy,
+    ));
     ctx.metrics.count_egress(
         &via.pool,
         via.source,

@@ -478,7 +478,7 @@ pub(super) fn complete(db: &Database, batch: Vec<Completion>, now: SystemTime) -
                 to: d.to.clone(),
                 reply: reply.map(str::to_string),
                 late: false,
-                via,
+                via: via.as_deref().map(str::to_owned),
             };
             events.insert(cursor, &event.encode()[..])?;
             deliveries.insert(&key[..], &d.encode()[..])?;
