@@ -134,6 +134,11 @@ impl Provider {
             })
     }
 
+    /// Its key in the cluster's slots and pauses.
+    pub fn cluster_key(&self) -> String {
+        format!("provider:{}", self.name)
+    }
+
     /// Pauses the provider until `until_ms` (never shortens a pause).
     pub(crate) fn pause_until(&self, until_ms: u64) {
         self.paused_until_ms.fetch_max(until_ms, Ordering::Relaxed);

@@ -263,7 +263,13 @@ pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
         site: Arc::clone(&shared_site),
         egress: Arc::clone(&deps.pool),
         sources,
-        provider: deps.provider.as_ref().map(|p| Arc::clone(&p.budget)),
+        provider: deps.provider.as_ref().map(|p| {
+            (
+                Arc::clone(&p.budget),
+                Arc::from(p.cluster_key()),
+                p.connections,
+            )
+        }),
         slots: Arc::new(Semaphore::new(max)),
         cap: max,
         cluster: deps
@@ -417,10 +423,15 @@ async fn run_lane<K: Send + Sync + 'static>(
                     if let Some(provider) = &ctx.provider {
                         provider.pause_until(unix_ms(until));
                     }
-                    tracing::info!(site = %ctx.site_key, "site is throttling us: fewer connections for a while");
                     if let Some(cluster) = &cluster {
                         cluster.report_throttle(&ctx.site_key, settings.throttle_pause);
+                        if let Some(provider) = &ctx.provider {
+                            // The provider's other sites, on every worker, pause too; a
+                            // rule's longer pause was reported by the worker itself.
+                            cluster.report_throttle(&provider.cluster_key(), settings.throttle_pause);
+                        }
                     }
+                    tracing::info!(site = %ctx.site_key, "site is throttling us: fewer connections for a while");
                 }
             },
             () = sleep_until(wake) => {},
@@ -429,6 +440,9 @@ async fn run_lane<K: Send + Sync + 'static>(
             _ = tick.tick() => {
                 if let Some(cluster) = &cluster {
                     follow_cluster_throttle(&ctx, cluster.as_ref(), &mut throttle, &mut applied).await;
+                    if let Some(provider) = &ctx.provider {
+                        follow_provider_pause(provider, cluster.as_ref()).await;
+                    }
                 }
                 close_idle(&ctx.pool, settings.idle_timeout);
                 let idle = queue.is_empty() && active == 0 && ctx.pool.status().size == 0;
@@ -451,6 +465,20 @@ async fn run_lane<K: Send + Sync + 'static>(
 }
 
 /// Applies a slow-down another worker of the cluster was asked for, once.
+/// Applies a pause of the site's provider that another worker reported.
+async fn follow_provider_pause(provider: &Provider, cluster: &dyn SlotSource) {
+    match cluster.throttle_of(&provider.cluster_key()).await {
+        Ok(Some(shared)) if !shared.mine => {
+            let until = std::time::SystemTime::now() + shared.remaining;
+            provider.pause_until(unix_ms(until));
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::debug!(provider = %provider.name, %error, "cannot read the provider's cluster pause");
+        }
+    }
+}
+
 async fn follow_cluster_throttle<K>(
     ctx: &LaneContext<K>,
     cluster: &dyn SlotSource,

@@ -147,6 +147,7 @@ pub struct PooledSession {
     all: OwnedSemaphorePermit,
     provider: Option<OwnedSemaphorePermit>,
     cluster: Option<ClusterSlot>,
+    provider_slot: Option<ClusterSlot>,
 }
 
 /// Keeps the site's open-connection gauge right however the session ends.
@@ -182,10 +183,11 @@ impl PooledSession {
             all,
             provider,
             cluster,
+            provider_slot,
         } = self;
         session.quit().await;
         drop(open);
-        drop((slot, all, provider, cluster));
+        drop((slot, all, provider, cluster, provider_slot));
     }
 }
 
@@ -210,8 +212,9 @@ pub struct SessionManager {
     pub(super) egress: Arc<crate::engine::egress::Pool>,
     /// One configuration per source of the pool, in the pool's order.
     pub(super) sources: Vec<SourceConfigs>,
-    /// The connection permits of the site's provider (provider shaping), if any.
-    pub(super) provider: Option<Arc<Budget>>,
+    /// The connection permits of the site's provider (provider shaping), if any, with
+    /// its cluster key and cap (its connections are the cluster's, like a site's).
+    pub(super) provider: Option<(Arc<Budget>, Arc<str>, usize)>,
     pub(super) slots: Arc<Semaphore>,
     /// The site's cap, and the cluster's slots when workers share it.
     pub(super) cap: usize,
@@ -236,7 +239,7 @@ impl managed::Manager for SessionManager {
         // holding an engine-wide permit another site could use.
         let all = self.all.acquire().await.ok_or(SmtpError::Unusable)?;
         let provider = match &self.provider {
-            Some(budget) => Some(budget.acquire().await.ok_or(SmtpError::Unusable)?),
+            Some((budget, _, _)) => Some(budget.acquire().await.ok_or(SmtpError::Unusable)?),
             None => None,
         };
         let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
@@ -244,6 +247,10 @@ impl managed::Manager for SessionManager {
         let cluster = match &self.cluster {
             Some(source) => Some(cluster_slot(source, &self.key, self.cap).await),
             None => None,
+        };
+        let provider_slot = match (&self.cluster, &self.provider) {
+            (Some(source), Some((_, key, cap))) => Some(cluster_slot(source, key, *cap).await),
+            _ => None,
         };
         let mut last = None;
         for (host, addr) in site.targets().take(MAX_TARGETS) {
@@ -292,6 +299,7 @@ impl managed::Manager for SessionManager {
                         all,
                         provider,
                         cluster,
+                        provider_slot,
                     });
                 }
                 Err(e) if classify_connect(&e) != ConnectFailure::Stop => {

@@ -190,6 +190,11 @@ async fn send_group<K: Sync>(
             let until = crate::time::unix_ms(std::time::SystemTime::now() + pause);
             provider.pause_until(until);
             ctx.counters.paused_until_ms.fetch_max(until, Relaxed);
+            if let Some(cluster) = &ctx.shared_limits.cluster {
+                cluster
+                    .slots
+                    .report_throttle(&provider.cluster_key(), pause);
+            }
             outcome.throttle = true;
             tracing::info!(site = %ctx.site_key, provider = %provider.name, ?action, ?pause, reply = %outcome.detail, "provider rule: pausing");
         }
