@@ -166,6 +166,9 @@ async fn stats_and_jobs_follow_a_campaign() {
     assert!(site["rate_per_s"].as_f64().is_some(), "{site}");
     assert!(site["paused_until"].is_null(), "{site}");
     assert!(site["last_reply"].is_string(), "{site}");
+    // The site lists the domains routed to it; a relay belongs to no provider.
+    assert_eq!(site["domains"], json!(["example.org"]), "{site}");
+    assert!(site["provider"].is_null(), "{site}");
 
     let delivery = stage(&after, "delivery");
     assert_eq!(delivery["count"], 21, "{after}");

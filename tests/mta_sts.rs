@@ -295,6 +295,7 @@ async fn policies_are_fetched_cached_and_enforced() {
         "volley_mta_sts_fetched_total 6",
         "volley_mta_sts_fetch_failures_total 1",
         "volley_mta_sts_refused_total 3",
+        "tls=\"verify\",encrypted=\"true\",policy=\"mta-sts\"} 6",
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }

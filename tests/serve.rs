@@ -660,7 +660,7 @@ async fn a_message_leaves_from_its_egress_pool_and_its_events_say_how() {
         "the pool's own site: {metrics}"
     );
     assert!(
-        metrics.contains("volley_egress_messages_total{pool=\"tx\",source=\"127.0.0.22\",tls=\"verify\",encrypted=\"true\"} 1"),
+        metrics.contains("volley_egress_messages_total{pool=\"tx\",source=\"127.0.0.22\",tls=\"verify\",encrypted=\"true\",policy=\"config\"} 1"),
         "{metrics}"
     );
     volley.stop().await;

@@ -243,8 +243,9 @@ pub struct Metrics {
     egress: Mutex<BTreeMap<EgressKey, u64>>,
 }
 
-/// How messages left: pool, source address, TLS policy, encrypted.
-type EgressKey = (Arc<str>, String, &'static str, bool);
+/// How messages left: pool, source address, TLS policy, encrypted, the domain policy
+/// that set the TLS policy (`""` for the configuration).
+type EgressKey = (Arc<str>, String, &'static str, bool, &'static str);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -416,19 +417,20 @@ impl Metrics {
     }
 
     /// Counts `n` messages attempted on a connection of `pool`, bound to `source`,
-    /// under the TLS policy `tls`, encrypted or not.
+    /// under the TLS policy `tls` (set by the domain's `policy`, e.g. `mta-sts`, or by
+    /// the configuration: `""`), encrypted or not.
     pub fn count_egress(
         &self,
         pool: &Arc<str>,
         source: Option<std::net::IpAddr>,
-        tls: &'static str,
+        tls: (&'static str, &'static str),
         encrypted: bool,
         n: u64,
     ) {
         let source = source.map_or_else(String::new, |a| a.to_string());
         let mut egress = self.egress.lock().unwrap_or_else(|e| e.into_inner());
         *egress
-            .entry((Arc::clone(pool), source, tls, encrypted))
+            .entry((Arc::clone(pool), source, tls.0, encrypted, tls.1))
             .or_default() += n;
     }
 
@@ -538,11 +540,12 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        for ((pool, source, tls, encrypted), v) in &egress {
+        for ((pool, source, tls, encrypted, policy), v) in &egress {
             let (pool, source) = (escape_label(pool), escape_label(source));
+            let policy = if policy.is_empty() { "config" } else { policy };
             let _ = writeln!(
                 out,
-                "volley_egress_messages_total{{pool=\"{pool}\",source=\"{source}\",tls=\"{tls}\",encrypted=\"{encrypted}\"}} {v}"
+                "volley_egress_messages_total{{pool=\"{pool}\",source=\"{source}\",tls=\"{tls}\",encrypted=\"{encrypted}\",policy=\"{policy}\"}} {v}"
             );
         }
         out

@@ -174,7 +174,7 @@ async fn send_group<K: Sync>(
     ctx.metrics.count_egress(
         &via.pool,
         via.source,
-        via.tls.as_str(),
+        (via.tls.as_str(), via.policy.unwrap_or_default()),
         via.encrypted,
         u64::try_from(n).unwrap_or(u64::MAX),
     );
