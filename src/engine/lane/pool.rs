@@ -235,13 +235,14 @@ impl managed::Manager for SessionManager {
             .acquire_owned()
             .await
             .map_err(|_| SmtpError::Unusable)?;
-        // Taken after the site's own slot, so that a site at its limit waits without
-        // holding an engine-wide permit another site could use.
-        let all = self.all.acquire().await.ok_or(SmtpError::Unusable)?;
+        // The provider's permit next, and the engine-wide one after both, so that a site
+        // at its own or its provider's limit waits without holding an engine-wide permit
+        // another site could use.
         let provider = match &self.provider {
             Some((budget, _, _)) => Some(budget.acquire().await.ok_or(SmtpError::Unusable)?),
             None => None,
         };
+        let all = self.all.acquire().await.ok_or(SmtpError::Unusable)?;
         let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
         // The cluster's slot last: held only while this process could connect at once.
         let cluster = match &self.cluster {
