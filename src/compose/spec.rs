@@ -67,8 +67,9 @@ pub struct JobSpec {
     #[serde(default)]
     pub list: Option<String>,
     /// The egress pool it leaves from; `None`: `[egress] default_pool` at send time.
+    /// Shared, so that each delivery carries it without a copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<String>,
+    pub pool: Option<std::sync::Arc<str>>,
     /// A message submitted whole over SMTP (kind `smtp`): its bytes, base64, already
     /// prepared at intake (Bcc removed, Date and Message-ID set), so that every attempt
     /// sends the same message.

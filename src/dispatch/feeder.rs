@@ -388,7 +388,7 @@ impl Feeder {
             body,
             queued_at,
             cancelled,
-            pool: s.spec.pool.as_deref().map(Arc::from),
+            pool: s.spec.pool.clone(),
         })
     }
 

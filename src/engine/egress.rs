@@ -125,43 +125,22 @@ impl<'de> Deserialize<'de> for WarmupStep {
     }
 }
 
-/// `YYYY-MM-DD` as days since 1970-01-01.
+/// `YYYY-MM-DD` (UTC) as days since 1970-01-01, read by humantime's RFC 3339 parser.
 fn parse_day(text: &str) -> Option<i64> {
-    let mut parts = text.trim().splitn(3, '-');
-    let y: i64 = parts.next()?.parse().ok()?;
-    let m: u32 = parts.next()?.parse().ok()?;
-    let d: u32 = parts.next()?.parse().ok()?;
-    let days_in = |m: u32| match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        _ => 0,
-    };
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 || d > days_in(m) {
+    let text = text.trim();
+    if text.len() != 10 {
         return None;
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let (y, m, d) = (y - i64::from(m <= 2), i64::from(m), i64::from(d));
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    let at = humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).ok()?;
+    let secs = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs / 86_400).ok()
 }
 
 /// Days since 1970-01-01 as `YYYY-MM-DD`.
 fn format_day(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let secs = u64::try_from(days).unwrap_or(0).saturating_mul(86_400);
+    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    crate::time::rfc3339(at)[..10].to_owned()
 }
 
 /// Today (UTC) as days since 1970-01-01.
@@ -301,6 +280,10 @@ impl Pool {
     }
 
     fn warmup_step(&self) -> Option<(&Rate, &Option<Limiter>)> {
+        // Asked for every message: no clock read for a pool without a schedule.
+        if self.warmup.is_empty() {
+            return None;
+        }
         let today = today();
         self.warmup
             .iter()

@@ -286,55 +286,18 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
 
     /// Hands the job to its lane (or reports why it cannot go); returns the lane's key.
     fn deliver(&mut self, job: Job<K>, domain: &str, answer: Answer) -> Option<Arc<str>> {
-        let (site, verified) = match answer {
-            Ok((site, policy)) => match self.apply_policy(domain, site, policy) {
-                Ok(applied) => applied,
-                Err(outcome) => {
-                    self.metrics.count(EventKind::Deferred);
-                    let Delivery { key, to, .. } = job.delivery;
-                    let _ = self.reports.send(Report {
-                        key,
-                        to,
-                        site: None,
-                        outcome: Some(outcome),
-                        via: None,
-                    });
-                    return None;
-                }
-            },
-            Err(e) => {
-                let outcome = classify_route(&e);
-                let counted = if outcome.disposition == Disposition::Transient {
-                    EventKind::Deferred
-                } else {
-                    EventKind::Bounced
-                };
-                self.metrics.count(counted);
-                let Delivery { key, to, .. } = job.delivery;
-                let _ = self.reports.send(Report {
-                    key,
-                    to,
-                    site: None,
-                    outcome: Some(outcome),
-                    via: None,
-                });
-                return None;
-            }
+        let routed = answer
+            .map_err(|e| classify_route(&e))
+            .and_then(|(site, policy)| self.apply_policy(domain, site, policy));
+        let (site, verified) = match routed {
+            Ok(routed) => routed,
+            Err(outcome) => return self.refuse(job, outcome),
         };
         let Some(pool) = self.egress.pool(job.delivery.pool.as_deref()).cloned() else {
             // Its pool left the configuration: it waits for it (or for its expiry)
             // rather than leave from addresses it was not meant to use.
             let outcome = no_egress_pool(job.delivery.pool.as_deref().unwrap_or_default());
-            self.metrics.count(EventKind::Deferred);
-            let Delivery { key, to, .. } = job.delivery;
-            let _ = self.reports.send(Report {
-                key,
-                to,
-                site: None,
-                outcome: Some(outcome),
-                via: None,
-            });
-            return None;
+            return self.refuse(job, outcome);
         };
         let lane_key = pool.site_key(&site.key);
         let mut job = job;
@@ -355,6 +318,24 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             to,
             site: Some(lane_key),
             outcome: None,
+            via: None,
+        });
+        None
+    }
+
+    /// Reports a delivery that goes to no lane (no route, its policy or its pool
+    /// refuses it), counted as its outcome says.
+    fn refuse(&self, job: Job<K>, outcome: crate::outcome::Outcome) -> Option<Arc<str>> {
+        self.metrics.count(match outcome.disposition {
+            Disposition::Transient => EventKind::Deferred,
+            _ => EventKind::Bounced,
+        });
+        let Delivery { key, to, .. } = job.delivery;
+        let _ = self.reports.send(Report {
+            key,
+            to,
+            site: None,
+            outcome: Some(outcome),
             via: None,
         });
         None

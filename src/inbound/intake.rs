@@ -197,7 +197,7 @@ impl Intake {
             attachments: Vec::new(),
             tags: vec![sender.tag()],
             list: None,
-            pool: self.pools.of(sender),
+            pool: self.pools.of(sender).map(Into::into),
             raw: Some(base64::engine::general_purpose::STANDARD.encode(prepared)),
         };
         // The same person named twice gets one copy, as with the API.

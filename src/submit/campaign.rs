@@ -50,7 +50,7 @@ fn spec(req: &mut CampaignRequest, composer: &Composer) -> Result<JobSpec, Inval
         attachments: Vec::new(),
         tags: std::mem::take(&mut req.tags),
         list: req.list.take(),
-        pool: req.pool.take(),
+        pool: req.pool.take().map(Into::into),
         raw: None,
     })
 }

@@ -142,7 +142,7 @@ pub fn prepare_message(
             .collect(),
         tags: req.tags,
         list: req.list,
-        pool: req.pool,
+        pool: req.pool.map(Into::into),
         raw: None,
     };
     let id = JobId::new(ctx.now);

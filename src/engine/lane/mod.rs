@@ -215,11 +215,10 @@ pub(crate) struct LaneDeps<K> {
 /// Starts the lane of `site`.
 pub(crate) fn spawn_lane<K: Send + Sync + 'static>(
     site: Arc<Site>,
-    deps: LaneDeps<K>,
+    mut deps: LaneDeps<K>,
 ) -> LaneHandle<K> {
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = deps.metrics.site(&deps.key);
-    let mut deps = deps;
     if let Some(provider) = &deps.provider {
         // The provider's limits hold for each of its sites too.
         let _ = counters.provider.set(Arc::clone(&provider.name));
@@ -464,7 +463,6 @@ async fn run_lane<K: Send + Sync + 'static>(
     ctx.quitting.wait().await;
 }
 
-/// Applies a slow-down another worker of the cluster was asked for, once.
 /// Applies a pause of the site's provider that another worker reported.
 async fn follow_provider_pause(provider: &Provider, cluster: &dyn SlotSource) {
     match cluster.throttle_of(&provider.cluster_key()).await {
@@ -479,6 +477,7 @@ async fn follow_provider_pause(provider: &Provider, cluster: &dyn SlotSource) {
     }
 }
 
+/// Applies a slow-down another worker of the cluster was asked for, once.
 async fn follow_cluster_throttle<K>(
     ctx: &LaneContext<K>,
     cluster: &dyn SlotSource,
