@@ -187,6 +187,20 @@ pub fn mta_sts_no_mx(domain: &str, hosts: &str, patterns: &[String]) -> Outcome 
     outcome
 }
 
+/// A delivery that cannot go under DANE (RFC 7672): the domain's MX answer could not be
+/// validated, or no MX host is usable (its TLSA lookup failed, or the validated MX set
+/// names none of the hosts we found). Deferred (4.7.5), never sent around the failure.
+pub fn dane_refused(domain: &str, reason: &str) -> Outcome {
+    let enhanced = EnhancedCode::new(4, 7, 5);
+    let mut outcome = Outcome::new(
+        Disposition::Transient,
+        Scope::Connection,
+        format!("{enhanced} DANE for {domain}: {reason}"),
+    );
+    outcome.enhanced = Some(enhanced);
+    outcome
+}
+
 /// Classifies a failure reply to a command of `phase`.
 fn classify_reply(phase: Option<Phase>, reply: &Reply) -> Outcome {
     let code = reply.code().get();

@@ -12,7 +12,11 @@
 //!   (NODATA);
 //! * a name configured with [`DnsRecords::servfail`], and every name under it, is answered
 //!   SERVFAIL whatever the query type;
-//! * names outside every served suffix are REFUSED.
+//! * names outside every served suffix are REFUSED;
+//! * a zone named with [`DnsRecords::sign`] is signed (DNSSEC, Ed25519, NSEC denial) with a
+//!   key made at start; [`DnsServer::trust_anchors`] gives its DNSKEY in the presentation
+//!   format a validating resolver takes as a trust anchor. [`DnsRecords::sign_badly`] signs a
+//!   zone but hands out another key as its anchor, so that every answer from it is bogus.
 //!
 //! Invalid input (a malformed name, an empty name) never panics: it is reported by
 //! [`DnsServer::start`] as an [`std::io::ErrorKind::InvalidInput`] error wrapping a
@@ -24,9 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+use hickory_server::proto::dnssec::crypto::Ed25519SigningKey;
+use hickory_server::proto::dnssec::rdata::{DNSKEY, DNSSECRData};
+use hickory_server::proto::dnssec::{DnssecSigner, SigningKey};
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -51,6 +60,8 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const TCP_RESPONSE_BUFFER: usize = 32;
 /// How many random UDP ports are tried before giving up finding one whose TCP twin is free.
 const BIND_ATTEMPTS: usize = 32;
+/// How long the signatures of a signed zone stay valid.
+const SIGNATURE_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
 
 /// Why a [`DnsRecords`] set cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +79,14 @@ pub enum DnsRecordError {
     RootOwner {
         /// The name as given to the builder.
         name: String,
+    },
+    /// The zone could not be signed.
+    #[error("cannot sign the zone {zone}: {reason}")]
+    Signing {
+        /// Origin of the zone.
+        zone: String,
+        /// What failed.
+        reason: String,
     },
     /// The zone refused the record (hickory-server's `upsert` failed).
     #[error("the zone {zone} refused the record {record}")]
@@ -88,11 +107,20 @@ impl From<DnsRecordError> for std::io::Error {
 /// The data of one record, as given to the builder (names are parsed by [`DnsServer::start`]).
 #[derive(Clone, Debug)]
 enum Data {
-    Mx { preference: u16, exchange: String },
+    Mx {
+        preference: u16,
+        exchange: String,
+    },
     NullMx,
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    Tlsa {
+        usage: u8,
+        selector: u8,
+        matching: u8,
+        data: Vec<u8>,
+    },
 }
 
 /// One record, as given to the builder.
@@ -121,6 +149,8 @@ pub struct DnsRecords {
     ttl: u32,
     entries: Vec<Entry>,
     servfail: Vec<String>,
+    /// Zones to sign, and whether their published anchor is the key that signed them.
+    signed: Vec<(String, bool)>,
 }
 
 impl Default for DnsRecords {
@@ -129,6 +159,7 @@ impl Default for DnsRecords {
             ttl: DEFAULT_TTL,
             entries: Vec::new(),
             servfail: Vec::new(),
+            signed: Vec::new(),
         }
     }
 }
@@ -176,6 +207,33 @@ impl DnsRecords {
     /// concatenate (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
     pub fn txt(self, name: &str, text: &str) -> Self {
         self.push(name, Data::Txt(text.to_owned()))
+    }
+
+    /// Adds `name TLSA usage selector matching data` (RFC 6698), e.g. at `_25._tcp.mx.example`.
+    pub fn tlsa(self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> Self {
+        self.push(
+            name,
+            Data::Tlsa {
+                usage,
+                selector,
+                matching,
+                data: data.to_vec(),
+            },
+        )
+    }
+
+    /// Signs the zone `zone` (a top-level label such as `"secure"`) with DNSSEC; its key is
+    /// in [`DnsServer::trust_anchors`].
+    pub fn sign(mut self, zone: &str) -> Self {
+        self.signed.push((zone.to_owned(), true));
+        self
+    }
+
+    /// Signs the zone `zone`, but [`DnsServer::trust_anchors`] names another key for it: a
+    /// validating resolver finds every answer from it bogus (a forged or broken zone).
+    pub fn sign_badly(mut self, zone: &str) -> Self {
+        self.signed.push((zone.to_owned(), false));
+        self
     }
 
     /// Makes every query for `domain`, and for every name under it, fail with SERVFAIL,
@@ -236,16 +294,31 @@ fn to_record(entry: &Entry) -> Result<Record, DnsRecordError> {
         Data::A(ip) => RData::A(A(*ip)),
         Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
         Data::Txt(text) => RData::TXT(TXT::from_bytes(txt_chunks(text))),
+        Data::Tlsa {
+            usage,
+            selector,
+            matching,
+            data,
+        } => RData::TLSA(TLSA::new(
+            CertUsage::from(*usage),
+            Selector::from(*selector),
+            Matching::from(*matching),
+            data.clone(),
+        )),
     };
     Ok(Record::from_rdata(owner, entry.ttl, data))
 }
 
 /// An empty authoritative zone for `origin`, holding only its SOA.
-fn new_zone(origin: &Name) -> Result<InMemoryZoneHandler<TokioRuntimeProvider>, DnsRecordError> {
+fn new_zone(
+    origin: &Name,
+    signed: bool,
+) -> Result<InMemoryZoneHandler<TokioRuntimeProvider>, DnsRecordError> {
     let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
         origin.clone(),
         ZoneType::Primary,
         AxfrPolicy::Deny,
+        signed.then_some(NxProofKind::Nsec),
     );
     let label = |prefix: &str| {
         Name::from_ascii(prefix)
@@ -285,17 +358,83 @@ fn insert(
     }
 }
 
+/// A new Ed25519 key, and its DNSKEY record at `origin` in presentation format.
+fn zone_key(origin: &Name) -> Result<(Ed25519SigningKey, String), DnsRecordError> {
+    let error = |reason: String| DnsRecordError::Signing {
+        zone: origin.to_string(),
+        reason,
+    };
+    let pkcs8 = Ed25519SigningKey::generate_pkcs8().map_err(|e| error(e.to_string()))?;
+    let key = Ed25519SigningKey::from_pkcs8(&pkcs8).map_err(|e| error(e.to_string()))?;
+    let public = key.to_public_key().map_err(|e| error(e.to_string()))?;
+    let dnskey = DNSKEY::from_key(&public);
+    let record = Record::from_rdata(
+        origin.clone(),
+        SOA_TTL,
+        RData::DNSSEC(DNSSECRData::DNSKEY(dnskey)),
+    );
+    Ok((key, record.to_string()))
+}
+
+/// Signs `zone` with a new key; returns the anchor to publish for it (its own DNSKEY, or,
+/// when `honest` is false, another key's).
+fn sign(
+    zone: &mut InMemoryZoneHandler<TokioRuntimeProvider>,
+    origin: &Name,
+    honest: bool,
+) -> Result<String, DnsRecordError> {
+    let error = |reason: String| DnsRecordError::Signing {
+        zone: origin.to_string(),
+        reason,
+    };
+    let (key, anchor) = zone_key(origin)?;
+    let public = key.to_public_key().map_err(|e| error(e.to_string()))?;
+    let signer = DnssecSigner::new(
+        DNSKEY::from_key(&public),
+        Box::new(key),
+        origin.clone(),
+        SIGNATURE_VALIDITY,
+    );
+    zone.add_zone_signing_key_mut(signer)
+        .map_err(|e| error(e.to_string()))?;
+    zone.secure_zone_mut().map_err(|e| error(e.to_string()))?;
+    if honest {
+        Ok(anchor)
+    } else {
+        Ok(zone_key(origin)?.1)
+    }
+}
+
+/// What [`build`] makes: the catalog, the SERVFAIL names, the zones' origins, and the trust
+/// anchors of the signed zones.
+type Built = (Catalog, Vec<LowerName>, Vec<Name>, Vec<String>);
+
 /// Builds the catalog (one zone per top-level label) and the list of SERVFAIL names.
-fn build(records: &DnsRecords) -> Result<(Catalog, Vec<LowerName>, Vec<Name>), DnsRecordError> {
+fn build(records: &DnsRecords) -> Result<Built, DnsRecordError> {
+    let signed: Vec<(Name, bool)> = records
+        .signed
+        .iter()
+        .map(|(zone, honest)| parse_owner(zone).map(|z| (z.to_lowercase(), *honest)))
+        .collect::<Result<_, _>>()?;
+    let is_signed = |origin: &Name| signed.iter().find(|(z, _)| z == origin).map(|(_, h)| *h);
     let mut zones: BTreeMap<Name, InMemoryZoneHandler<TokioRuntimeProvider>> = BTreeMap::new();
     for entry in &records.entries {
         let record = to_record(entry)?;
         let origin = record.name.trim_to(1).to_lowercase();
         let zone = match zones.entry(origin.clone()) {
             std::collections::btree_map::Entry::Occupied(zone) => zone.into_mut(),
-            std::collections::btree_map::Entry::Vacant(slot) => slot.insert(new_zone(&origin)?),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let fresh = new_zone(&origin, is_signed(&origin).is_some())?;
+                slot.insert(fresh)
+            }
         };
         insert(zone, &origin, record)?;
+    }
+    let mut anchors = Vec::new();
+    for (origin, zone) in &mut zones {
+        if let Some(honest) = is_signed(origin) {
+            anchors.push(sign(zone, origin, honest)?);
+        }
     }
     let servfail = records
         .servfail
@@ -308,7 +447,7 @@ fn build(records: &DnsRecords) -> Result<(Catalog, Vec<LowerName>, Vec<Name>), D
         let handler: Arc<dyn ZoneHandler> = Arc::new(zone);
         catalog.upsert(LowerName::from(origin), vec![handler]);
     }
-    Ok((catalog, servfail, origins))
+    Ok((catalog, servfail, origins, anchors))
 }
 
 /// The request handler: SERVFAIL for the configured names, the catalog for everything else.
@@ -377,6 +516,7 @@ async fn bind() -> std::io::Result<(UdpSocket, TcpListener)> {
 pub struct DnsServer {
     addr: SocketAddr,
     zones: Vec<Name>,
+    anchors: Vec<String>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -396,7 +536,7 @@ impl DnsServer {
     /// starts serving. Invalid records are reported as [`std::io::ErrorKind::InvalidInput`]
     /// (wrapping a [`DnsRecordError`]).
     pub async fn start(records: DnsRecords) -> std::io::Result<DnsServer> {
-        let (catalog, servfail, zones) = build(&records)?;
+        let (catalog, servfail, zones, anchors) = build(&records)?;
         let (udp, tcp) = bind().await?;
         let addr = udp.local_addr()?;
         let mut server = Server::new(Handler { catalog, servfail });
@@ -416,6 +556,7 @@ impl DnsServer {
         Ok(DnsServer {
             addr,
             zones,
+            anchors,
             stop,
             task,
         })
@@ -424,6 +565,13 @@ impl DnsServer {
     /// The address (UDP and TCP) the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The DNSKEY records of the signed zones, one per line in presentation format: the
+    /// trust anchors a validating resolver needs (a file of them is what `[dane]
+    /// trust_anchor` reads). Empty when no zone is signed.
+    pub fn trust_anchors(&self) -> String {
+        self.anchors.iter().map(|a| format!("{a}\n")).collect()
     }
 
     /// Stops accepting queries and waits for the server's tasks to end.

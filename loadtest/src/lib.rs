@@ -30,3 +30,4 @@ mod tls;
 pub use cpu::process_cpu_seconds;
 pub use dns::{DnsRecords, DnsServer};
 pub use sink::{Received, Sink, SinkConfig, Stats};
+pub use tls::TlsIdentity;

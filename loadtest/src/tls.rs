@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, PublicKeyData,
 };
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -33,6 +33,19 @@ pub(crate) struct TlsMaterial {
     pub ca_pem: String,
     /// Acceptor configured with the leaf certificate and key.
     pub acceptor: TlsAcceptor,
+    /// The certificates in DER, for TLSA records.
+    pub identity: TlsIdentity,
+}
+
+/// A server's certificates in DER, what a TLSA record (DANE) is made from.
+#[derive(Clone, Debug)]
+pub struct TlsIdentity {
+    /// The CA certificate that signed the leaf; the server sends it after the leaf.
+    pub ca: Vec<u8>,
+    /// The server's own certificate.
+    pub leaf: Vec<u8>,
+    /// The leaf's SubjectPublicKeyInfo.
+    pub leaf_spki: Vec<u8>,
 }
 
 /// Generates a CA and a leaf certificate valid for `localhost`, `hostname`, 127.0.0.1, ::1
@@ -100,11 +113,17 @@ pub(crate) fn generate_for(
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(vec![leaf_cert.der().clone()], key)?;
+    // The chain as servers send it: the leaf, then its issuer (DANE-TA needs it there).
+    .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)?;
 
     Ok(TlsMaterial {
         ca_pem: ca_cert.pem(),
         acceptor: TlsAcceptor::from(Arc::new(config)),
+        identity: TlsIdentity {
+            ca: ca_cert.der().to_vec(),
+            leaf: leaf_cert.der().to_vec(),
+            leaf_spki: leaf_key.subject_public_key_info(),
+        },
     })
 }
 

@@ -8,8 +8,9 @@ use super::config::Config;
 use crate::engine::Egress;
 use crate::metrics::Metrics;
 use crate::outcome::{Disposition, classify_route};
+use crate::route::dane::Verdict;
 use crate::route::mta_sts::Mode;
-use crate::route::{MtaSts, Router, SiteKind};
+use crate::route::{Dane, HostDane, MtaSts, Router, Site, SiteKind};
 
 /// Why the domain could not be checked (the configuration, not the domain).
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +139,9 @@ pub async fn domain(
         domain_rate,
         config.limits.global
     );
+    if dane(config, domain, &site, &mut out).await? {
+        return Ok(out);
+    }
     let policy = match site.kind {
         SiteKind::Mx if config.mta_sts.enabled => {
             let ca = config
@@ -223,4 +227,84 @@ pub async fn domain(
     };
     let _ = writeln!(out, "tls: {tls}");
     Ok(out)
+}
+
+/// The `dane:` lines; true when DANE decides the domain's TLS (nothing more to say).
+async fn dane(
+    config: &Config,
+    domain: &str,
+    site: &Site,
+    out: &mut String,
+) -> Result<bool, DomainCheckError> {
+    if site.kind == SiteKind::Relay {
+        let _ = writeln!(out, "dane: not applied (relay)");
+        return Ok(false);
+    }
+    if !config.dane.enabled {
+        let _ = writeln!(out, "dane: not looked up (dane.enabled = false)");
+        return Ok(false);
+    }
+    let dane = Dane::new(&config.dns, &config.dane, Arc::new(Metrics::default()))
+        .map_err(DomainCheckError::Route)?;
+    let Some(verdict) = dane.verdict(domain).await else {
+        let _ = writeln!(
+            out,
+            "dane: does not apply (the MX answer is not DNSSEC-signed, or no MX host has TLSA records)"
+        );
+        return Ok(false);
+    };
+    let (mx, hosts, failed) = match &*verdict {
+        Verdict::Failed(reason) => {
+            let _ = writeln!(out, "dane: failed: {reason}");
+            let _ = writeln!(
+                out,
+                "tls: none: mail is deferred (4.7.5) until DNSSEC validates"
+            );
+            return Ok(true);
+        }
+        Verdict::Applies { mx, hosts, failed } => (mx, hosts, failed),
+    };
+    let _ = writeln!(
+        out,
+        "dane: applies (the MX answer is DNSSEC-secure: {})",
+        mx.join(", ")
+    );
+    let mut usable = 0;
+    for host in &site.hosts {
+        let line = if !mx.contains(&host.name) {
+            "not in the validated MX answer: not used".to_owned()
+        } else if let Some(reason) = failed.get(&host.name) {
+            format!("TLSA lookup failed ({reason}): not used")
+        } else {
+            usable += 1;
+            match hosts.get(&host.name) {
+                Some(HostDane::Verify(records)) => {
+                    let records: Vec<String> = records
+                        .iter()
+                        .map(|r| format!("{} {} {}", r.usage, r.selector, r.matching))
+                        .collect();
+                    format!(
+                        "verify: encrypted and the certificate checked against TLSA {}, or deferred",
+                        records.join(", ")
+                    )
+                }
+                Some(HostDane::Encrypt) => {
+                    "required: no TLSA record usable in SMTP; encrypted, not authenticated"
+                        .to_owned()
+                }
+                None => "no TLSA records: as [smtp] tls says".to_owned(),
+            }
+        };
+        let _ = writeln!(out, "  {}: {line}", host.name);
+    }
+    let _ = writeln!(out, "mta-sts: not applied (DANE takes precedence)");
+    if usable == 0 {
+        let _ = writeln!(
+            out,
+            "tls: none: no usable MX host; mail is deferred (4.7.5)"
+        );
+    } else {
+        let _ = writeln!(out, "tls: per MX host, as DANE says above");
+    }
+    Ok(true)
 }

@@ -67,6 +67,8 @@ pub struct Config {
     pub mta_sts: crate::route::MtaStsConfig,
     /// `[shaping]`: overrides of the shipped provider shaping.
     pub shaping: crate::engine::ShapingConfig,
+    /// `[dane]`: TLSA records of MX hosts, DNSSEC-validated (off by default).
+    pub dane: crate::route::DaneConfig,
     /// The file this was read from; `None` for the built-in defaults.
     #[serde(skip)]
     pub file: Option<PathBuf>,

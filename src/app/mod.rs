@@ -32,7 +32,7 @@ use crate::message::load_signers;
 use crate::metrics::Metrics;
 use crate::metrics::history::{History, start_sampler};
 use crate::queue::{AnyQueue, Backend};
-use crate::route::Router;
+use crate::route::{Dane, Router};
 use crate::template::Templates;
 
 /// Why volley could not start.
@@ -152,6 +152,12 @@ impl App {
             Arc::clone(&self.metrics),
         )
         .map_err(StartError::Dns)?;
+        let dane = match c.dane.enabled {
+            true => Some(Arc::new(
+                Dane::new(&c.dns, &c.dane, Arc::clone(&self.metrics)).map_err(StartError::Dns)?,
+            )),
+            false => None,
+        };
         let shared = self
             .cluster
             .as_ref()
@@ -167,6 +173,7 @@ impl App {
             egress: c.egress.clone(),
             mta_sts: c.mta_sts.clone(),
             shaping: c.shaping.clone(),
+            dane,
             backlog: BACKLOG,
             cluster: shared,
         };

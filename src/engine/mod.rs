@@ -27,10 +27,11 @@ use self::lane::{Job, LaneDeps, LaneHandle, LaneSettings, SharedLimits, spawn_la
 use crate::event::EventKind;
 use crate::metrics::Counter;
 use crate::metrics::Metrics;
-use crate::outcome::{Disposition, classify_route, mta_sts_no_mx, no_egress_pool};
+use crate::outcome::{Disposition, classify_route, dane_refused, mta_sts_no_mx, no_egress_pool};
 use crate::rate::{PermitSource, Rate};
+use crate::route::dane::Verdict;
 use crate::route::mta_sts::{Mode, Policy};
-use crate::route::{MtaSts, MtaStsConfig};
+use crate::route::{Dane, MtaSts, MtaStsConfig};
 use crate::route::{RelayConfig, Router, Site, SiteKind};
 
 /// What the engine needs from the configuration.
@@ -48,6 +49,9 @@ pub struct EngineConfig {
     pub mta_sts: MtaStsConfig,
     /// `[shaping]`: provider limits and reply rules over the shipped `shaping.toml`.
     pub shaping: ShapingConfig,
+    /// `[dane]`: the validating lookups of TLSA records, when enabled (direct delivery
+    /// only; a relay is the operator's choice).
+    pub dane: Option<Arc<Dane>>,
     /// Most deliveries inside the engine at once. Default 0 means 50,000.
     pub backlog: usize,
     /// When several workers share one queue: their shared limits. `None` keeps every
@@ -126,6 +130,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
             ))
         });
         let shaping = Shaping::new(&config.shaping, config.cluster.as_ref().map(|c| &c.permits))?;
+        let dane = config.dane.clone().filter(|_| !config.relay.is_enabled());
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let backlog = if config.backlog == 0 {
             50_000
@@ -139,6 +144,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
             sessions,
             egress,
             mta_sts,
+            dane,
             shaping,
             enforced: HashMap::new(),
             settings: LaneSettings {
@@ -200,9 +206,10 @@ struct Dispatcher<K> {
     sessions: SessionConfigs,
     egress: Egress,
     mta_sts: Option<Arc<MtaSts>>,
+    dane: Option<Arc<Dane>>,
     shaping: Shaping,
-    /// Per domain under an `enforce` policy: the site and policy it was derived from,
-    /// and the site of its matching MX hosts only.
+    /// Per domain under DANE or an `enforce` policy: the site and demand it was derived
+    /// from, and the site of the MX hosts it allows.
     enforced: HashMap<String, Enforced>,
     settings: LaneSettings,
     site_rate: Rate,
@@ -213,11 +220,46 @@ struct Dispatcher<K> {
     waiting: HashMap<String, Vec<Job<K>>>,
 }
 
-/// A domain's site and enforced policy, and the site of the MX hosts it allows.
-type Enforced = (Arc<Site>, Arc<Policy>, Arc<Site>);
+/// A domain's site and demand, and the site of the MX hosts it allows.
+type Enforced = (Arc<Site>, Demand, Arc<Site>);
 
-/// A domain's route, and its MTA-STS policy when it has one.
-type Answer = Result<(Arc<Site>, Option<Arc<Policy>>), crate::route::RouteError>;
+/// What a domain asks of our TLS, beyond `[smtp] tls`.
+#[derive(Clone, Debug)]
+enum Demand {
+    /// Nothing: the configured policy.
+    None,
+    /// Its MTA-STS policy.
+    Sts(Arc<Policy>),
+    /// DANE: its MX answer is DNSSEC-secure and some hosts have TLSA records (or it
+    /// could not be validated). Takes precedence over MTA-STS (RFC 8461 section 2).
+    Dane(Arc<Verdict>),
+}
+
+impl Demand {
+    /// The same answer (not merely an equal one): a derived site may be reused.
+    fn same(&self, other: &Demand) -> bool {
+        match (self, other) {
+            (Demand::None, Demand::None) => true,
+            (Demand::Sts(a), Demand::Sts(b)) => Arc::ptr_eq(a, b),
+            (Demand::Dane(a), Demand::Dane(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// How a lane's sessions secure their connections, beyond per-host DANE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Secured {
+    /// `[smtp] tls`.
+    Configured,
+    /// Verified TLS to the MTA-STS policy's hosts.
+    MtaSts,
+    /// The site's hosts as DANE says, each host's TLS set by its TLSA records.
+    Dane,
+}
+
+/// A domain's route, and what it asks of our TLS.
+type Answer = Result<(Arc<Site>, Demand), crate::route::RouteError>;
 
 impl<K: Send + Sync + 'static> Dispatcher<K> {
     async fn run(mut self, mut rx: mpsc::Receiver<Job<K>>) {
@@ -253,12 +295,12 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
     fn dispatch(&mut self, job: Job<K>, answers: &mpsc::UnboundedSender<(String, Answer)>) {
         let domain = job.delivery.to.domain().to_ascii_lowercase();
         if let Some(route) = self.router.cached(&domain) {
-            let policy = match (&route, &self.mta_sts) {
-                (Ok(site), Some(sts)) if site.kind == SiteKind::Mx => sts.cached(&domain),
-                _ => Some(None),
+            let demand = match &route {
+                Ok(site) if site.kind == SiteKind::Mx => self.cached_demand(&domain),
+                _ => Some(Demand::None),
             };
-            if let Some(policy) = policy {
-                let answer = route.map(|site| (site, policy));
+            if let Some(demand) = demand {
+                let answer = route.map(|site| (site, demand));
                 self.deliver(job, &domain, answer);
                 return;
             }
@@ -267,20 +309,31 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         waiting.push(job);
         if waiting.len() == 1 {
             let (router, answers) = (Arc::clone(&self.router), answers.clone());
-            let mta_sts = self.mta_sts.clone();
+            let (mta_sts, dane) = (self.mta_sts.clone(), self.dane.clone());
             tokio::spawn(async move {
                 let answer = match router.route(&domain).await {
-                    Ok(site) => {
-                        let policy = match &mta_sts {
-                            Some(sts) if site.kind == SiteKind::Mx => sts.policy(&domain).await,
-                            _ => None,
-                        };
-                        Ok((site, policy))
+                    Ok(site) if site.kind == SiteKind::Mx => {
+                        let demand = demand(&domain, dane.as_deref(), mta_sts.as_deref()).await;
+                        Ok((site, demand))
                     }
+                    Ok(site) => Ok((site, Demand::None)),
                     Err(e) => Err(e),
                 };
                 let _ = answers.send((domain, answer));
             });
+        }
+    }
+
+    /// The domain's demand when every answer it needs is cached.
+    fn cached_demand(&self, domain: &str) -> Option<Demand> {
+        if let Some(dane) = &self.dane
+            && let Some(verdict) = dane.cached(domain)?
+        {
+            return Some(Demand::Dane(verdict));
+        }
+        match &self.mta_sts {
+            Some(sts) => Some(sts.cached(domain)?.map_or(Demand::None, Demand::Sts)),
+            None => Some(Demand::None),
         }
     }
 
@@ -289,7 +342,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         let routed = answer
             .map_err(|e| classify_route(&e))
             .and_then(|(site, policy)| self.apply_policy(domain, site, policy));
-        let (site, verified) = match routed {
+        let (site, secured) = match routed {
             Ok(routed) => routed,
             Err(outcome) => return self.refuse(job, outcome),
         };
@@ -302,7 +355,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         let lane_key = pool.site_key(&site.key);
         let mut job = job;
         for _ in 0..2 {
-            let lane = self.lane(&site, &pool, &lane_key, verified);
+            let lane = self.lane(&site, &pool, &lane_key, secured);
             match lane.tx.send(job) {
                 Ok(()) => return Some(lane_key),
                 Err(returned) => {
@@ -341,33 +394,43 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         None
     }
 
-    /// The site a domain's mail goes to under its MTA-STS policy, and whether its TLS
-    /// must be verified; or the outcome that defers it (`enforce`, and no MX host matches).
+    /// The site a domain's mail goes to under DANE or its MTA-STS policy, and how its
+    /// TLS is secured; or the outcome that defers it.
     fn apply_policy(
         &mut self,
         domain: &str,
         site: Arc<Site>,
-        policy: Option<Arc<Policy>>,
-    ) -> Result<(Arc<Site>, bool), crate::outcome::Outcome> {
-        let Some(policy) = policy else {
-            return Ok((site, false));
+        demand: Demand,
+    ) -> Result<(Arc<Site>, Secured), crate::outcome::Outcome> {
+        if let Some((from, from_demand, derived)) = self.enforced.get(domain)
+            && Arc::ptr_eq(from, &site)
+            && from_demand.same(&demand)
+        {
+            let secured = match demand {
+                Demand::Dane(_) => Secured::Dane,
+                _ => Secured::MtaSts,
+            };
+            return Ok((Arc::clone(derived), secured));
+        }
+        let policy = match &demand {
+            Demand::None => return Ok((site, Secured::Configured)),
+            Demand::Dane(verdict) => {
+                let derived = self.apply_dane(domain, &site, verdict)?;
+                self.remember(domain, site, demand, Arc::clone(&derived));
+                return Ok((derived, Secured::Dane));
+            }
+            Demand::Sts(policy) => Arc::clone(policy),
         };
         match policy.mode {
-            Mode::None => Ok((site, false)),
+            Mode::None => Ok((site, Secured::Configured)),
             Mode::Testing => {
                 if !site.hosts.iter().all(|h| policy.matches(&h.name)) {
                     self.metrics.add(Counter::MtaStsTestingFailures, 1);
                     tracing::debug!(domain, site = %site.key, mx = ?policy.mx, "MTA-STS testing: enforcing would refuse some MX hosts");
                 }
-                Ok((site, false))
+                Ok((site, Secured::Configured))
             }
             Mode::Enforce => {
-                if let Some((from, from_policy, derived)) = self.enforced.get(domain)
-                    && Arc::ptr_eq(from, &site)
-                    && Arc::ptr_eq(from_policy, &policy)
-                {
-                    return Ok((Arc::clone(derived), true));
-                }
                 let hosts: Vec<_> = site
                     .hosts
                     .iter()
@@ -387,16 +450,67 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                     kind: site.kind,
                     expires: site.expires,
                 });
-                if self.enforced.len() > 10_000 {
-                    self.enforced.clear();
-                }
-                self.enforced.insert(
-                    domain.to_owned(),
-                    (site, Arc::clone(&policy), Arc::clone(&derived)),
-                );
-                Ok((derived, true))
+                self.remember(domain, site, demand, Arc::clone(&derived));
+                Ok((derived, Secured::MtaSts))
             }
         }
+    }
+
+    /// The site of the hosts DANE lets mail go to, each with its TLS requirement: those
+    /// of the validated MX answer, less those whose TLSA lookup failed.
+    fn apply_dane(
+        &self,
+        domain: &str,
+        site: &Site,
+        verdict: &Verdict,
+    ) -> Result<Arc<Site>, crate::outcome::Outcome> {
+        let refuse = |reason: String| {
+            self.metrics.add(Counter::DaneRefused, 1);
+            dane_refused(domain, &reason)
+        };
+        let (mx, hosts, failed) = match verdict {
+            Verdict::Failed(reason) => return Err(refuse(reason.clone())),
+            Verdict::Applies { mx, hosts, failed } => (mx, hosts, failed),
+        };
+        let usable: Vec<_> = site
+            .hosts
+            .iter()
+            .filter(|h| mx.contains(&h.name) && !failed.contains_key(&h.name))
+            .map(|h| crate::route::MxHost {
+                dane: hosts.get(&h.name).cloned(),
+                ..h.clone()
+            })
+            .collect();
+        if usable.is_empty() {
+            let mut why: Vec<String> = failed.iter().map(|(h, e)| format!("{h}: {e}")).collect();
+            why.sort_unstable();
+            if why.is_empty() {
+                why.push(format!(
+                    "the validated MX answer ({}) names none of {}",
+                    mx.join(", "),
+                    site.key
+                ));
+            }
+            return Err(refuse(format!("no usable MX host ({})", why.join("; "))));
+        }
+        let mut names: Vec<&str> = usable.iter().map(|h| h.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(Arc::new(Site {
+            key: Arc::from(format!("{} (dane)", names.join(","))),
+            hosts: usable,
+            kind: site.kind,
+            expires: site.expires,
+        }))
+    }
+
+    /// Keeps a derived site for the domain's next deliveries.
+    fn remember(&mut self, domain: &str, site: Arc<Site>, demand: Demand, derived: Arc<Site>) {
+        if self.enforced.len() > 10_000 {
+            self.enforced.clear();
+        }
+        self.enforced
+            .insert(domain.to_owned(), (site, demand, derived));
     }
 
     fn lane(
@@ -404,7 +518,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         site: &Arc<Site>,
         pool: &Arc<egress::Pool>,
         lane_key: &Arc<str>,
-        verified: bool,
+        secured: Secured,
     ) -> &LaneHandle<K> {
         if let Some(lane) = self.lanes.get(lane_key) {
             // A fresher answer (addresses may have changed) is used for new connections.
@@ -414,7 +528,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             }
         } else {
             let session = match site.kind {
-                SiteKind::Mx if verified => Arc::clone(&self.sessions.verified),
+                SiteKind::Mx if secured == Secured::MtaSts => Arc::clone(&self.sessions.verified),
                 SiteKind::Mx => Arc::clone(&self.sessions.direct),
                 SiteKind::Relay => Arc::clone(&self.sessions.relay),
             };
@@ -429,7 +543,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 provider,
                 key: Arc::clone(lane_key),
                 pool: Arc::clone(pool),
-                policy: verified.then_some("mta-sts"),
+                policy: (secured == Secured::MtaSts).then_some("mta-sts"),
                 settings: self.settings.clone(),
                 session,
                 site_rate: self.site_rate,
@@ -441,5 +555,19 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 .insert(Arc::clone(lane_key), spawn_lane(Arc::clone(site), deps));
         }
         &self.lanes[lane_key]
+    }
+}
+
+/// What `domain` asks of our TLS: DANE when its MX answer is secure and it has TLSA
+/// records (or the answer fails validation), its MTA-STS policy otherwise.
+async fn demand(domain: &str, dane: Option<&Dane>, mta_sts: Option<&MtaSts>) -> Demand {
+    if let Some(dane) = dane
+        && let Some(verdict) = dane.verdict(domain).await
+    {
+        return Demand::Dane(verdict);
+    }
+    match mta_sts {
+        Some(sts) => sts.policy(domain).await.map_or(Demand::None, Demand::Sts),
+        None => Demand::None,
     }
 }

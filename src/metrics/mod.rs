@@ -97,10 +97,15 @@ pub enum Counter {
     MtaStsRefused,
     /// Domains whose `testing` policy would have refused their MX hosts (delivered).
     MtaStsTestingFailures,
+    /// DANE lookups that failed (a bogus MX or TLSA answer, or none): the domain's
+    /// mail, or that host's, waits.
+    DaneFailures,
+    /// Deliveries refused under DANE: no MX host of the domain was usable (deferred).
+    DaneRefused,
 }
 
 impl Counter {
-    const ALL: [Counter; 11] = [
+    const ALL: [Counter; 13] = [
         Counter::QueueErrors,
         Counter::StaleCompletions,
         Counter::LeasesLost,
@@ -112,6 +117,8 @@ impl Counter {
         Counter::MtaStsFetchFailed,
         Counter::MtaStsRefused,
         Counter::MtaStsTestingFailures,
+        Counter::DaneFailures,
+        Counter::DaneRefused,
     ];
 
     /// The metric's name.
@@ -128,6 +135,8 @@ impl Counter {
             Counter::MtaStsFetchFailed => "volley_mta_sts_fetch_failures_total",
             Counter::MtaStsRefused => "volley_mta_sts_refused_total",
             Counter::MtaStsTestingFailures => "volley_mta_sts_testing_failures_total",
+            Counter::DaneFailures => "volley_dane_failures_total",
+            Counter::DaneRefused => "volley_dane_refused_total",
         }
     }
 }

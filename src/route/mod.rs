@@ -8,6 +8,7 @@
 
 mod cache;
 mod config;
+pub mod dane;
 pub mod mta_sts;
 mod resolve;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use config::{DnsConfig, RelayConfig, RelayTls, SecurityConfig};
+pub use dane::{Dane, DaneConfig, HostDane};
 pub use mta_sts::{MtaSts, MtaStsConfig};
 pub use resolve::{Router, is_forbidden};
 
@@ -28,6 +30,8 @@ pub struct MxHost {
     pub preference: u16,
     /// Addresses with the SMTP port, in the order to try.
     pub addrs: Vec<SocketAddr>,
+    /// Its TLS under DANE, when its domain's MX answer is secure and it has TLSA records.
+    pub dane: Option<HostDane>,
 }
 
 /// Whether a site is reached directly or through the relay.
@@ -54,11 +58,11 @@ pub struct Site {
 }
 
 impl Site {
-    /// Every address to try, in order, with the host name each belongs to.
-    pub fn targets(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+    /// Every address to try, in order, with the host each belongs to.
+    pub fn targets(&self) -> impl Iterator<Item = (&MxHost, SocketAddr)> {
         self.hosts
             .iter()
-            .flat_map(|h| h.addrs.iter().map(move |a| (h.name.as_str(), *a)))
+            .flat_map(|h| h.addrs.iter().map(move |a| (h, *a)))
     }
 }
 

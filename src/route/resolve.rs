@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use rand::seq::SliceRandom;
 
 use super::cache::{Answer, NEGATIVE_TTL, RouteCache, TEMPORARY_TTL};
@@ -65,6 +65,31 @@ pub fn is_forbidden(ip: IpAddr) -> bool {
     }
 }
 
+/// A resolver builder asking `[dns] nameservers`, or the system's when there are none.
+pub(super) fn resolver_builder(
+    dns: &DnsConfig,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
+    if dns.nameservers.is_empty() {
+        return TokioResolver::builder_tokio()
+            .map_err(|e| format!("system resolver configuration: {e}"));
+    }
+    let servers = dns
+        .nameservers
+        .iter()
+        .map(|addr| {
+            let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+            for connection in &mut server.connections {
+                connection.port = addr.port();
+            }
+            server
+        })
+        .collect();
+    Ok(TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(servers),
+        TokioRuntimeProvider::default(),
+    ))
+}
+
 impl Router {
     /// A router from the configuration. `port` is `[smtp] port` (25 unless a test
     /// says otherwise).
@@ -75,26 +100,7 @@ impl Router {
         port: u16,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let mut builder = if dns.nameservers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| format!("system resolver configuration: {e}"))?
-        } else {
-            let servers = dns
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                    for connection in &mut server.connections {
-                        connection.port = addr.port();
-                    }
-                    server
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
+        let mut builder = resolver_builder(dns)?;
         let opts = builder.options_mut();
         opts.timeout = Duration::from_secs(5);
         opts.attempts = 2;
@@ -220,6 +226,7 @@ impl Router {
                     name: literal.to_owned(),
                     preference: 0,
                     addrs,
+                    dane: None,
                 }],
                 SiteKind::Mx,
                 far,
@@ -269,6 +276,7 @@ impl Router {
                     name: trim_dot(&host),
                     preference,
                     addrs,
+                    dane: None,
                 }),
                 Err(e) => refused = Some(e),
             }
@@ -288,6 +296,7 @@ impl Router {
                     name: domain.to_owned(),
                     preference: 0,
                     addrs,
+                    dane: None,
                 };
                 Ok(site(vec![host], SiteKind::Mx, ips.valid_until()))
             }
@@ -329,6 +338,7 @@ impl Router {
                 name: host.to_owned(),
                 preference: 0,
                 addrs,
+                dane: None,
             }],
             SiteKind::Relay,
             expires,
@@ -460,6 +470,7 @@ mod tests {
             name: n.into(),
             preference: 10,
             addrs: vec![],
+            dane: None,
         };
         assert_eq!(
             site(vec![h("b.mx"), h("a.mx")], SiteKind::Mx, far).key,

@@ -11,6 +11,7 @@
 //! - [`timeouts`]: per-phase timeouts.
 //! - [`error`]: session errors.
 //! - [`tls`]: TLS policy and client configurations.
+//! - [`dane`]: certificates checked against TLSA records (RFC 7672).
 //! - [`auth`]: SASL encodings.
 //! - [`connection`]: the socket with its buffers.
 //! - [`session`]: greeting, EHLO, STARTTLS, AUTH, simple commands.
@@ -21,6 +22,7 @@ pub mod body;
 pub mod capabilities;
 pub mod command;
 pub mod connection;
+pub mod dane;
 pub mod error;
 pub mod reply;
 pub mod server;

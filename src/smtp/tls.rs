@@ -158,6 +158,16 @@ impl TlsConnectors {
         })
     }
 
+    /// Connectors that verify with `config` whatever the policy: a DANE host's, where
+    /// no TLS is accepted without its TLSA records' word.
+    pub fn verifying_with(config: ClientConfig) -> Self {
+        let connector = TlsConnector::from(Arc::new(config));
+        Self {
+            verifying: connector.clone(),
+            opportunistic: connector,
+        }
+    }
+
     /// The connector for a policy: verifying for `verify`, the other one otherwise.
     pub fn for_policy(&self, policy: TlsPolicy) -> &TlsConnector {
         match policy {

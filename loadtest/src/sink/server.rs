@@ -45,6 +45,7 @@ pub struct Sink {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     ca_pem: String,
+    identity: tls::TlsIdentity,
     listeners: Vec<JoinHandle<()>>,
 }
 
@@ -106,6 +107,7 @@ impl Sink {
             shared,
             addrs,
             ca_pem: material.ca_pem,
+            identity: material.identity,
             listeners,
         })
     }
@@ -129,6 +131,11 @@ impl Sink {
     /// (empty unless `SinkConfig::track_recipients`).
     pub fn delivery_counts(&self) -> HashMap<String, u64> {
         self.shared.store.delivery_counts()
+    }
+
+    /// The sink's certificates in DER (for TLSA records).
+    pub fn tls_identity(&self) -> tls::TlsIdentity {
+        self.identity.clone()
     }
 
     /// PEM of the CA certificate that signed the sink's TLS certificate.

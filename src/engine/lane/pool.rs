@@ -14,8 +14,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use crate::metrics::{Metrics, SiteCounters, Stage};
 use crate::outcome::{ConnectFailure, classify_connect};
 use crate::rate::BoxFuture;
-use crate::route::Site;
-use crate::smtp::{Phase, Session, SessionConfig, SmtpError};
+use crate::route::{HostDane, Site};
+use crate::smtp::{Phase, Session, SessionConfig, SmtpError, TlsPolicy};
 
 /// At most this many addresses are tried for one connection.
 const MAX_TARGETS: usize = 8;
@@ -148,6 +148,8 @@ pub struct PooledSession {
     provider: Option<OwnedSemaphorePermit>,
     cluster: Option<ClusterSlot>,
     provider_slot: Option<ClusterSlot>,
+    /// The TLS policy DANE set for the host this session reached, if it did.
+    dane: Option<TlsPolicy>,
 }
 
 /// Keeps the site's open-connection gauge right however the session ends.
@@ -174,6 +176,12 @@ impl DerefMut for PooledSession {
 }
 
 impl PooledSession {
+    /// The TLS policy DANE set for this session's host (`verify` against its TLSA
+    /// records, or `required` when none of them is usable), if DANE applied.
+    pub fn dane(&self) -> Option<TlsPolicy> {
+        self.dane
+    }
+
     /// Says QUIT and closes; the slot is released only when the socket is closed.
     pub async fn quit(self) {
         let PooledSession {
@@ -184,6 +192,7 @@ impl PooledSession {
             provider,
             cluster,
             provider_slot,
+            dane: _,
         } = self;
         session.quit().await;
         drop(open);
@@ -254,7 +263,8 @@ impl managed::Manager for SessionManager {
             _ => None,
         };
         let mut last = None;
-        for (host, addr) in site.targets().take(MAX_TARGETS) {
+        for (mx, addr) in site.targets().take(MAX_TARGETS) {
+            let host = mx.name.as_str();
             let Some(source) = self
                 .egress
                 .next_source(addr.is_ipv4())
@@ -272,10 +282,21 @@ impl managed::Manager for SessionManager {
                 });
                 continue;
             };
-            let result = match (
-                Session::connect(addr, host, Arc::clone(&source.tls)).await,
-                &source.plain,
-            ) {
+            let (config, plain, dane) = match &mx.dane {
+                None => (Arc::clone(&source.tls), source.plain.as_ref(), None),
+                // DANE: no clear text, whatever `[smtp] tls` says.
+                Some(dane) => match dane_config(&source.tls, dane) {
+                    Ok(config) => {
+                        let policy = config.tls;
+                        (config, None, Some(policy))
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            let result = match (Session::connect(addr, host, config).await, plain) {
                 (Err(e), Some(plain)) if classify_connect(&e) == ConnectFailure::Tls => {
                     tracing::info!(site = %self.key, host, %addr, error = %e, "TLS failed; sending in clear text (opportunistic TLS)");
                     Session::connect(addr, host, Arc::clone(plain)).await
@@ -301,6 +322,7 @@ impl managed::Manager for SessionManager {
                         provider,
                         cluster,
                         provider_slot,
+                        dane,
                     });
                 }
                 Err(e) if classify_connect(&e) != ConnectFailure::Stop => {
@@ -328,4 +350,19 @@ impl managed::Manager for SessionManager {
             Err(RecycleError::message("session spent or broken"))
         }
     }
+}
+
+/// A source's settings for a DANE host: TLS verified against its TLSA records, or
+/// required without authentication when none of them is usable in SMTP.
+fn dane_config(base: &SessionConfig, dane: &HostDane) -> Result<Arc<SessionConfig>, SmtpError> {
+    let mut config = base.clone();
+    match dane {
+        HostDane::Verify(records) => {
+            config.tls = TlsPolicy::Verify;
+            config.connectors = crate::smtp::dane::connectors(records)
+                .map_err(|e| SmtpError::Tls(e.to_string()))?;
+        }
+        HostDane::Encrypt => config.tls = TlsPolicy::Required,
+    }
+    Ok(Arc::new(config))
 }

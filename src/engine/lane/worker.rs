@@ -164,12 +164,16 @@ async fn send_group<K: Sync>(
         elapsed,
         u64::try_from(n).unwrap_or(u64::MAX),
     );
+    let (tls, policy) = match session.dane() {
+        Some(policy) => (policy, Some("dane")),
+        None => (ctx.tls, ctx.policy),
+    };
     let via = Arc::new(Via::new(
         Arc::clone(&ctx.egress.name),
         session.local_addr().map(|a| a.ip()),
-        ctx.tls,
+        tls,
         session.is_tls(),
-        ctx.policy,
+        policy,
     ));
     ctx.metrics.count_egress(
         &via.pool,
