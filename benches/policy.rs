@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use volley::metrics::Metrics;
-use volley::route::{DnsConfig, MtaSts, RelayConfig, Router, SecurityConfig};
+use volley::route::{DnsConfig, MtaSts, MtaStsConfig, RelayConfig, Router, SecurityConfig};
 use volley::smtp::{TlsConnectors, TlsPolicy};
 use volley_loadtest::policy_server::{Answer, PolicyServer};
 use volley_loadtest::{DnsRecords, DnsServer};
@@ -54,7 +54,15 @@ fn bench(c: &mut Criterion) {
             Arc::clone(&metrics),
         )
         .expect("router");
-        let sts = MtaSts::new(Arc::new(router), server.addr().port(), tls, metrics);
+        let sts = MtaSts::new(
+            Arc::new(router),
+            &MtaStsConfig {
+                port: server.addr().port(),
+                ..MtaStsConfig::default()
+            },
+            tls,
+            metrics,
+        );
         let started = Instant::now();
         let policy = sts.policy("bench.test").await.expect("a policy");
         println!(

@@ -178,6 +178,7 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
         mta_sts: MtaStsConfig {
             enabled: true,
             port: server.addr().port(),
+            ..MtaStsConfig::default()
         },
         dane: Some(Arc::new(dane)),
         ..EngineConfig::default()

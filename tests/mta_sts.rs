@@ -174,6 +174,7 @@ async fn policies_are_fetched_cached_and_enforced() {
         mta_sts: MtaStsConfig {
             enabled: true,
             port: server.addr().port(),
+            ..MtaStsConfig::default()
         },
         ..EngineConfig::default()
     };
@@ -299,4 +300,104 @@ async fn policies_are_fetched_cached_and_enforced() {
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }
+}
+
+#[tokio::test]
+async fn a_new_txt_id_brings_the_new_policy() {
+    let (sinks, port) = sinks().await;
+    let zone = |id: &str| {
+        DnsRecords::new()
+            .ttl(1)
+            .mx("rotate.test", 10, "mx.trusted.test")
+            .a("mx.trusted.test", TRUSTED)
+            .a("mta-sts.rotate.test", POLICY_IP)
+            .txt("_mta-sts.rotate.test", &format!("v=STSv1; id={id};"))
+    };
+    let mut dns = DnsServer::start(zone("1")).await.unwrap();
+    let host = "mta-sts.rotate.test";
+    let server = PolicyServer::start(
+        POLICY_IP.into(),
+        HashMap::from([(host.to_owned(), policy("enforce", "mx.trusted.test"))]),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        format!("{}{}", server.ca_pem(), sinks[&TRUSTED].ca_pem()),
+    )
+    .unwrap();
+    let smtp = SmtpConfig {
+        helo_name: "volley.test".into(),
+        port,
+        ca_file: Some(ca),
+        ..SmtpConfig::default()
+    };
+    let recheck = Duration::from_millis(500);
+    let config = EngineConfig {
+        smtp,
+        mta_sts: MtaStsConfig {
+            enabled: true,
+            port: server.addr().port(),
+            recheck,
+        },
+        ..EngineConfig::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let dns_config = DnsConfig {
+        nameservers: vec![dns.addr()],
+        ..DnsConfig::default()
+    };
+    let security = SecurityConfig {
+        allow_loopback_mx: true,
+    };
+    let router = Router::new(
+        &dns_config,
+        &config.relay,
+        &security,
+        port,
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let (engine, mut reports) =
+        Engine::start(config, Arc::new(router), Arc::clone(&metrics)).unwrap();
+    let mut key = 0;
+    let mut send = async |engine: &Engine<u32>| {
+        key += 1;
+        engine
+            .submit(delivery(key, &format!("u{key}@rotate.test")))
+            .await
+            .unwrap();
+        collect(&mut reports, 1).await.remove(&key).unwrap()
+    };
+    let first = send(&engine).await;
+    assert_eq!(
+        first.outcome.as_ref().unwrap().disposition,
+        Disposition::Delivered
+    );
+    // The policy file changes, its TXT id does not: the cached policy stays.
+    server.set(host, policy("enforce", "mail.elsewhere.test"));
+    tokio::time::sleep(recheck + Duration::from_millis(1200)).await;
+    let same_id = send(&engine).await;
+    assert_eq!(
+        same_id.outcome.as_ref().unwrap().disposition,
+        Disposition::Delivered,
+        "{same_id:?}"
+    );
+    assert_eq!(server.hits(host), 1, "same id: not fetched again");
+    // A new id: the new policy is fetched and enforced.
+    dns.replace(zone("2")).unwrap();
+    tokio::time::sleep(recheck + Duration::from_millis(1200)).await;
+    let new_id = send(&engine).await;
+    let outcome = new_id.outcome.as_ref().unwrap();
+    assert_eq!(outcome.disposition, Disposition::Transient, "{new_id:?}");
+    assert!(
+        outcome.detail.contains("policy mx mail.elsewhere.test"),
+        "{}",
+        outcome.detail
+    );
+    assert_eq!(server.hits(host), 2);
+    engine.shutdown().await;
+    assert_eq!(sinks[&TRUSTED].messages().len(), 2);
 }

@@ -450,13 +450,13 @@ fn build(records: &DnsRecords) -> Result<Built, DnsRecordError> {
     Ok((catalog, servfail, origins, anchors))
 }
 
-/// The request handler: SERVFAIL for the configured names, the catalog for everything else.
-struct Handler {
+/// What is served: the catalog, and the names answered SERVFAIL.
+struct Zones {
     catalog: Catalog,
     servfail: Vec<LowerName>,
 }
 
-impl Handler {
+impl Zones {
     fn is_servfail(&self, request: &Request) -> bool {
         request
             .queries
@@ -466,6 +466,12 @@ impl Handler {
     }
 }
 
+/// The request handler: SERVFAIL for the configured names, the catalog for everything else.
+/// The zones can be replaced while the server runs ([`DnsServer::replace`]).
+struct Handler {
+    zones: Arc<std::sync::RwLock<Arc<Zones>>>,
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -473,8 +479,9 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        if !self.is_servfail(request) {
-            return self
+        let zones = Arc::clone(&self.zones.read().unwrap_or_else(|e| e.into_inner()));
+        if !zones.is_servfail(request) {
+            return zones
                 .catalog
                 .handle_request::<R, T>(request, response_handle)
                 .await;
@@ -517,6 +524,7 @@ pub struct DnsServer {
     addr: SocketAddr,
     zones: Vec<Name>,
     anchors: Vec<String>,
+    served: Arc<std::sync::RwLock<Arc<Zones>>>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -539,7 +547,13 @@ impl DnsServer {
         let (catalog, servfail, zones, anchors) = build(&records)?;
         let (udp, tcp) = bind().await?;
         let addr = udp.local_addr()?;
-        let mut server = Server::new(Handler { catalog, servfail });
+        let served = Arc::new(std::sync::RwLock::new(Arc::new(Zones {
+            catalog,
+            servfail,
+        })));
+        let mut server = Server::new(Handler {
+            zones: Arc::clone(&served),
+        });
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
         let (stop, stopped) = oneshot::channel();
@@ -557,6 +571,7 @@ impl DnsServer {
             addr,
             zones,
             anchors,
+            served,
             stop,
             task,
         })
@@ -565,6 +580,17 @@ impl DnsServer {
     /// The address (UDP and TCP) the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Serves `records` from now on instead of the ones given to [`DnsServer::start`] (a
+    /// zone whose records change). Signed zones get new keys: their anchors change too.
+    pub fn replace(&mut self, records: DnsRecords) -> std::io::Result<()> {
+        let (catalog, servfail, zones, anchors) = build(&records)?;
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Zones { catalog, servfail });
+        self.zones = zones;
+        self.anchors = anchors;
+        Ok(())
     }
 
     /// The DNSKEY records of the signed zones, one per line in presentation format: the

@@ -156,7 +156,7 @@ pub async fn domain(
                 .config();
             let sts = MtaSts::new(
                 Arc::clone(&router),
-                config.mta_sts.port,
+                &config.mta_sts,
                 (**tls).clone(),
                 Arc::new(Metrics::default()),
             );

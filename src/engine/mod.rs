@@ -124,7 +124,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
                 .config();
             Arc::new(MtaSts::new(
                 Arc::clone(&router),
-                config.mta_sts.port,
+                &config.mta_sts,
                 (**tls).clone(),
                 Arc::clone(&metrics),
             ))

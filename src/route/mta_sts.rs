@@ -4,7 +4,8 @@
 //! the policy itself comes over HTTPS from `mta-sts.DOMAIN/.well-known/mta-sts.txt`,
 //! its certificate verified (webpki roots plus `[smtp] ca_file`), its host resolved by
 //! our own resolver. Policies are cached for their `max_age` and fetched again when the
-//! TXT id changes; the TXT record is asked again at most every [`RECHECK`]. As the RFC
+//! TXT id changes; the TXT record is asked again every `[mta_sts] recheck` (five minutes
+//! unless configured). As the RFC
 //! says, a policy that cannot be fetched leaves the cached one in force, or none.
 
 use std::collections::HashMap;
@@ -17,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::resolve::Router;
 use crate::metrics::{Counter, Metrics};
 
-/// How long a domain's TXT answer is trusted before it is asked again.
-pub const RECHECK: Duration = Duration::from_secs(300);
+/// How long a domain's TXT answer is trusted before it is asked again, by default.
+const RECHECK: Duration = Duration::from_secs(300);
 /// Largest policy accepted (RFC 8461 asks for small files; 64 KiB is generous).
 const MAX_POLICY: usize = 64 * 1024;
 /// Time for the whole fetch.
@@ -36,6 +37,10 @@ pub struct MtaStsConfig {
     pub enabled: bool,
     /// The HTTPS port of policy hosts. 443; other values are for tests.
     pub port: u16,
+    /// How long a domain's `_mta-sts` TXT answer (or its absence) is kept before it is
+    /// asked again, to see whether the policy's id changed. Default 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub recheck: Duration,
 }
 
 impl Default for MtaStsConfig {
@@ -43,6 +48,7 @@ impl Default for MtaStsConfig {
         Self {
             enabled: true,
             port: 443,
+            recheck: RECHECK,
         }
     }
 }
@@ -194,6 +200,7 @@ impl Entry {
 pub struct MtaSts {
     router: Arc<Router>,
     port: u16,
+    recheck: Duration,
     tls: rustls::ClientConfig,
     cache: Mutex<HashMap<String, Entry>>,
     metrics: Arc<Metrics>,
@@ -211,17 +218,18 @@ impl std::fmt::Debug for MtaSts {
 type Fetched = Result<Policy, String>;
 
 impl MtaSts {
-    /// Policies asked of `router`'s resolver, fetched on `port` over TLS verified with
-    /// `tls`; fetches are counted in `metrics`.
+    /// Policies asked of `router`'s resolver, fetched on `config.port` over TLS verified
+    /// with `tls`; fetches are counted in `metrics`.
     pub fn new(
         router: Arc<Router>,
-        port: u16,
+        config: &MtaStsConfig,
         tls: rustls::ClientConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             router,
-            port,
+            port: config.port,
+            recheck: config.recheck,
             tls,
             cache: Mutex::new(HashMap::new()),
             metrics,
@@ -234,7 +242,7 @@ impl MtaSts {
         let now = Instant::now();
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let entry = cache.get(domain)?;
-        (now.duration_since(entry.checked) < RECHECK).then(|| entry.current(now))
+        (now.duration_since(entry.checked) < self.recheck).then(|| entry.current(now))
     }
 
     /// The policy of `domain` in force now: asks the TXT record, fetches the policy when
