@@ -124,6 +124,11 @@ async fn policies_are_fetched_cached_and_enforced() {
             "mx.plain.test",
             Some(policy("testing", "mx.other.test")),
         ),
+        (
+            "testing-forged.test",
+            "mx.untrusted.test",
+            Some(policy("testing", "mx.untrusted.test")),
+        ),
         ("nopolicy.test", "mx.plain.test", None),
         (
             "broken.test",
@@ -247,7 +252,21 @@ async fn policies_are_fetched_cached_and_enforced() {
                         outcome.detail
                     );
                 }
-                "testing.test" | "nopolicy.test" | "broken.test" => {
+                "testing.test" | "testing-forged.test" => {
+                    assert_eq!(
+                        outcome.disposition,
+                        Disposition::Delivered,
+                        "{domain}: {report:?}"
+                    );
+                    let via = via.expect("sent on a connection");
+                    let encrypted = domain == "testing-forged.test";
+                    assert_eq!(
+                        (via.tls, via.encrypted, via.policy),
+                        (TlsPolicy::Opportunistic, encrypted, Some("mta-sts-testing")),
+                        "{domain}"
+                    );
+                }
+                "nopolicy.test" | "broken.test" => {
                     assert_eq!(
                         outcome.disposition,
                         Disposition::Delivered,
@@ -281,7 +300,13 @@ async fn policies_are_fetched_cached_and_enforced() {
             .map(|m| m.rcpt_to[0].clone())
             .collect()
     };
-    assert!(at(UNTRUSTED).is_empty(), "{:?}", at(UNTRUSTED));
+    assert!(
+        at(UNTRUSTED)
+            .iter()
+            .all(|r| r.ends_with("@testing-forged.test")),
+        "only a testing domain's mail reaches an untrusted certificate: {:?}",
+        at(UNTRUSTED)
+    );
     let plain = at(PLAIN);
     assert!(
         plain.iter().all(|r| !r.ends_with("@stripped.test")),
@@ -293,13 +318,22 @@ async fn policies_are_fetched_cached_and_enforced() {
     assert!(sinks[&TRUSTED].messages().iter().all(|m| m.tls));
     let text = metrics.render_prometheus();
     for line in [
-        "volley_mta_sts_fetched_total 6",
+        "volley_mta_sts_fetched_total 7",
         "volley_mta_sts_fetch_failures_total 1",
         "volley_mta_sts_refused_total 3",
         "tls=\"verify\",encrypted=\"true\",policy=\"mta-sts\"} 6",
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }
+    // Each handshake with the untrusted certificate of a testing domain's MX was counted
+    // (one or more connections), and none with the trusted one.
+    let failures: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("volley_mta_sts_testing_tls_failures_total "))
+        .expect("counted")
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&failures), "{failures}");
 }
 
 #[tokio::test]

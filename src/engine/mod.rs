@@ -129,6 +129,10 @@ impl<K: Send + Sync + 'static> Engine<K> {
                 Arc::clone(&metrics),
             ))
         });
+        let testing = match &mta_sts {
+            Some(_) => Some(testing_session(&config.smtp, &sessions, &metrics)?),
+            None => None,
+        };
         let shaping = Shaping::new(&config.shaping, config.cluster.as_ref().map(|c| &c.permits))?;
         let dane = config.dane.clone().filter(|_| !config.relay.is_enabled());
         let (report_tx, report_rx) = mpsc::unbounded_channel();
@@ -144,6 +148,7 @@ impl<K: Send + Sync + 'static> Engine<K> {
             sessions,
             egress,
             mta_sts,
+            testing,
             dane,
             shaping,
             enforced: HashMap::new(),
@@ -206,6 +211,9 @@ struct Dispatcher<K> {
     sessions: SessionConfigs,
     egress: Egress,
     mta_sts: Option<Arc<MtaSts>>,
+    /// Sessions for `testing` domains: opportunistic, each certificate checked and its
+    /// failure counted.
+    testing: Option<Arc<crate::smtp::SessionConfig>>,
     dane: Option<Arc<Dane>>,
     shaping: Shaping,
     /// Per domain under DANE or an `enforce` policy: the site and demand it was derived
@@ -254,6 +262,8 @@ enum Secured {
     Configured,
     /// Verified TLS to the MTA-STS policy's hosts.
     MtaSts,
+    /// As configured, with what an MTA-STS `testing` policy would refuse counted.
+    MtaStsTesting,
     /// The site's hosts as DANE says, each host's TLS set by its TLSA records.
     Dane,
 }
@@ -406,8 +416,9 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             && Arc::ptr_eq(from, &site)
             && from_demand.same(&demand)
         {
-            let secured = match demand {
+            let secured = match &demand {
                 Demand::Dane(_) => Secured::Dane,
+                Demand::Sts(p) if p.mode == Mode::Testing => Secured::MtaStsTesting,
                 _ => Secured::MtaSts,
             };
             return Ok((Arc::clone(derived), secured));
@@ -428,7 +439,16 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                     self.metrics.add(Counter::MtaStsTestingFailures, 1);
                     tracing::debug!(domain, site = %site.key, mx = ?policy.mx, "MTA-STS testing: enforcing would refuse some MX hosts");
                 }
-                Ok((site, Secured::Configured))
+                if self.testing.is_none() {
+                    return Ok((site, Secured::Configured));
+                }
+                // Its own lane, whose sessions check certificates without refusing them.
+                let derived = Arc::new(Site {
+                    key: Arc::from(format!("{} (mta-sts testing)", site.key)),
+                    ..(*site).clone()
+                });
+                self.remember(domain, site, demand, Arc::clone(&derived));
+                Ok((derived, Secured::MtaStsTesting))
             }
             Mode::Enforce => {
                 let hosts: Vec<_> = site
@@ -529,6 +549,10 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
         } else {
             let session = match site.kind {
                 SiteKind::Mx if secured == Secured::MtaSts => Arc::clone(&self.sessions.verified),
+                SiteKind::Mx if secured == Secured::MtaStsTesting => self
+                    .testing
+                    .clone()
+                    .unwrap_or_else(|| Arc::clone(&self.sessions.direct)),
                 SiteKind::Mx => Arc::clone(&self.sessions.direct),
                 SiteKind::Relay => Arc::clone(&self.sessions.relay),
             };
@@ -543,7 +567,11 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                 provider,
                 key: Arc::clone(lane_key),
                 pool: Arc::clone(pool),
-                policy: (secured == Secured::MtaSts).then_some("mta-sts"),
+                policy: match secured {
+                    Secured::MtaSts => Some("mta-sts"),
+                    Secured::MtaStsTesting => Some("mta-sts-testing"),
+                    Secured::Configured | Secured::Dane => None,
+                },
                 settings: self.settings.clone(),
                 session,
                 site_rate: self.site_rate,
@@ -570,4 +598,30 @@ async fn demand(domain: &str, dane: Option<&Dane>, mta_sts: Option<&MtaSts>) -> 
         Some(sts) => sts.policy(domain).await.map_or(Demand::None, Demand::Sts),
         None => Demand::None,
     }
+}
+
+/// The sessions of `testing` domains: as configured for MX hosts, each certificate
+/// checked as `enforce` would check it, and a failure counted and logged, not refused.
+fn testing_session(
+    smtp: &SmtpConfig,
+    sessions: &SessionConfigs,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<crate::smtp::SessionConfig>, ConfigError> {
+    let metrics = Arc::clone(metrics);
+    let report: crate::smtp::tls::Report = Arc::new(move |host, error| {
+        metrics.add(Counter::MtaStsTestingTlsFailures, 1);
+        tracing::info!(host, %error, "MTA-STS testing: enforcing would refuse this certificate");
+    });
+    let ca = smtp
+        .ca_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty());
+    let connectors =
+        crate::smtp::TlsConnectors::reporting(ca, report).map_err(|e| ConfigError::Invalid {
+            field: "smtp.ca_file",
+            message: e.to_string(),
+        })?;
+    let mut config = (*sessions.direct).clone();
+    config.connectors = connectors;
+    Ok(Arc::new(config))
 }

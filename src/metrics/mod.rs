@@ -97,6 +97,9 @@ pub enum Counter {
     MtaStsRefused,
     /// Domains whose `testing` policy would have refused their MX hosts (delivered).
     MtaStsTestingFailures,
+    /// TLS handshakes with MX hosts of `testing` domains whose certificate `enforce`
+    /// would have refused (delivered all the same).
+    MtaStsTestingTlsFailures,
     /// DANE lookups that failed (a bogus MX or TLSA answer, or none): the domain's
     /// mail, or that host's, waits.
     DaneFailures,
@@ -105,7 +108,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    const ALL: [Counter; 13] = [
+    const ALL: [Counter; 14] = [
         Counter::QueueErrors,
         Counter::StaleCompletions,
         Counter::LeasesLost,
@@ -117,6 +120,7 @@ impl Counter {
         Counter::MtaStsFetchFailed,
         Counter::MtaStsRefused,
         Counter::MtaStsTestingFailures,
+        Counter::MtaStsTestingTlsFailures,
         Counter::DaneFailures,
         Counter::DaneRefused,
     ];
@@ -135,6 +139,7 @@ impl Counter {
             Counter::MtaStsFetchFailed => "volley_mta_sts_fetch_failures_total",
             Counter::MtaStsRefused => "volley_mta_sts_refused_total",
             Counter::MtaStsTestingFailures => "volley_mta_sts_testing_failures_total",
+            Counter::MtaStsTestingTlsFailures => "volley_mta_sts_testing_tls_failures_total",
             Counter::DaneFailures => "volley_dane_failures_total",
             Counter::DaneRefused => "volley_dane_refused_total",
         }

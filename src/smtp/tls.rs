@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -112,36 +113,41 @@ impl std::fmt::Debug for TlsConnectors {
 impl TlsConnectors {
     /// Builds both connectors; `ca_file` (PEM) adds trust roots to the webpki set.
     pub fn new(ca_file: Option<&Path>) -> Result<Self, TlsSetupError> {
-        let extra = match ca_file {
-            Some(path) => std::fs::read(path).map_err(|e| TlsSetupError::CaFile {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?,
-            None => Vec::new(),
-        };
+        let extra = read_ca_file(ca_file)?;
         Self::with_extra_roots_pem(&extra, ca_file.map(|p| p.display().to_string()))
+    }
+
+    /// Like [`Self::new`], but the opportunistic side checks each certificate as the
+    /// verifying side would and tells `report` why it would have been refused, before
+    /// going on anyway (MTA-STS `testing`: deliver as usual, record the failure).
+    pub fn reporting(ca_file: Option<&Path>, report: Report) -> Result<Self, TlsSetupError> {
+        let extra = read_ca_file(ca_file)?;
+        let origin = ca_file.map(|p| p.display().to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = roots(&extra, origin.clone())?;
+        let checker =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut connectors = Self::with_extra_roots_pem(&extra, origin)?;
+        let algorithms = provider.signature_verification_algorithms;
+        let reporting = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Reporting {
+                checker,
+                any: AnyCertificate(algorithms),
+                report,
+            }))
+            .with_no_client_auth();
+        connectors.opportunistic = TlsConnector::from(Arc::new(reporting));
+        Ok(connectors)
     }
 
     /// Like [`Self::new`] with the extra roots given as PEM text.
     pub fn with_extra_roots_pem(pem: &[u8], origin: Option<String>) -> Result<Self, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let ca_error = |message: String| TlsSetupError::CaFile {
-            path: origin.clone().unwrap_or_else(|| "<inline>".into()),
-            message,
-        };
-        if !pem.is_empty() {
-            let mut added = 0;
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| ca_error(e.to_string()))?;
-                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(ca_error("no certificate found".into()));
-            }
-        }
+        let roots = roots(pem, origin)?;
         let verifying = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -157,7 +163,45 @@ impl TlsConnectors {
             opportunistic: TlsConnector::from(Arc::new(opportunistic)),
         })
     }
+}
 
+/// Told the host name and the reason when a certificate would have been refused.
+pub type Report = Arc<dyn Fn(&str, &rustls::Error) + Send + Sync>;
+
+/// The PEM text of `smtp.ca_file`, or nothing.
+fn read_ca_file(ca_file: Option<&Path>) -> Result<Vec<u8>, TlsSetupError> {
+    match ca_file {
+        Some(path) => std::fs::read(path).map_err(|e| TlsSetupError::CaFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The webpki roots plus the certificates of `pem`.
+fn roots(pem: &[u8], origin: Option<String>) -> Result<RootCertStore, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let ca_error = |message: String| TlsSetupError::CaFile {
+        path: origin.clone().unwrap_or_else(|| "<inline>".into()),
+        message,
+    };
+    if !pem.is_empty() {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ca_error("no certificate found".into()));
+        }
+    }
+    Ok(roots)
+}
+
+impl TlsConnectors {
     /// Connectors that verify with `config` whatever the policy: a DANE host's, where
     /// no TLS is accepted without its TLSA records' word.
     pub fn verifying_with(config: ClientConfig) -> Self {
@@ -221,6 +265,64 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_schemes()
+    }
+}
+
+/// Accepts any certificate as [`AnyCertificate`] does, after checking it as the
+/// verifying connector would and reporting why that one would refuse it.
+struct Reporting {
+    checker: Arc<WebPkiServerVerifier>,
+    any: AnyCertificate,
+    report: Report,
+}
+
+impl std::fmt::Debug for Reporting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporting")
+    }
+}
+
+impl ServerCertVerifier for Reporting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Err(e) = self.checker.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            (self.report)(&server_name.to_str(), &e);
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.any.supported_verify_schemes()
     }
 }
 
