@@ -427,3 +427,91 @@ async fn a_rolling_restart_loses_and_duplicates_nothing() {
     }
     redis_cleanup(&c.prefix).await;
 }
+
+/// Egress pools and provider shaping keep their limits across the cluster: a pool's
+/// warm-up rate is the cluster's, and a provider's connection cap counts every worker's
+/// connections to all its sites (two MX sets, on one sink that sees them together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_warmup_and_a_providers_cap_hold_across_the_cluster() {
+    if !redis_available().await {
+        return;
+    }
+    const WARMUP: f64 = 20.0;
+    const PROVIDER_CAP: u64 = 2;
+    let (sink, _other, port) = sinks().await;
+    let dns = DnsServer::start(
+        DnsRecords::new()
+            .mx("a.test", 10, "mx.a.test")
+            .a("mx.a.test", MX_A)
+            .mx("b.test", 10, "mx.b.test")
+            .a("mx.b.test", MX_A),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    // Each site may have 3 connections per worker: only the provider's cap (shared by
+    // both sites and the three workers) keeps them to 2.
+    let shared = format!(
+        "[smtp]\nhelo_name = \"volley.test\"\nport = {port}\nmax_connections_per_site = 3\n\
+         [dns]\nnameservers = [\"{}\"]\n[security]\nallow_loopback_mx = true\n\
+         [egress]\ndefault_pool = \"bulk\"\n\
+         [egress.pools.bulk]\naddresses = [\"127.0.0.1\"]\nwarmup = [[\"2026-01-01\", \"{WARMUP}/s\"]]\n\
+         [shaping.providers.corp]\nmx_suffixes = [\"a.test\", \"b.test\"]\nconnections = {PROVIDER_CAP}\n",
+        dns.addr()
+    );
+    let mut workers: Vec<Serve> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|name| start_worker(dir.path(), name, &prefix, &shared))
+        .collect();
+    for w in &workers {
+        w.ready().await;
+    }
+    let to = recipients(180);
+    let started = Instant::now();
+    let (w, t) = (&workers, &to);
+    let ids = tokio::join!(
+        w[0].campaign(&t[..60]),
+        w[1].campaign(&t[60..120]),
+        w[2].campaign(&t[120..])
+    );
+    for id in [ids.0, ids.1, ids.2] {
+        let job = workers[0].wait_done(&id).await;
+        assert_eq!(job["counts"]["delivered"], 60, "{job}");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let counts = sink.delivery_counts();
+    assert_eq!(counts.len(), 180);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a recipient got two copies"
+    );
+    let stats = sink.stats();
+    eprintln!(
+        "cluster pool and provider: peak connections {} (provider cap {PROVIDER_CAP}); {:.1} msg/s (warm-up {WARMUP}/s)",
+        stats.peak_connections,
+        180.0 / elapsed
+    );
+    assert!(
+        stats.peak_connections <= PROVIDER_CAP,
+        "{} connections to the provider at once",
+        stats.peak_connections
+    );
+    // The warm-up's first second may burst; the rest keeps to its pace.
+    assert!(
+        180.0 / elapsed <= WARMUP * 1.25,
+        "{:.1} msg/s",
+        180.0 / elapsed
+    );
+    let events = workers[0].json("/v1/events?limit=5").await.unwrap();
+    let events = events["events"].as_array().expect("events");
+    assert!(!events.is_empty());
+    for e in events {
+        assert_eq!(e["via"]["pool"], "bulk", "{e}");
+        assert_eq!(e["via"]["source"], "127.0.0.1", "{e}");
+    }
+    for w in &mut workers {
+        w.stop();
+    }
+    redis_cleanup(&prefix).await;
+}
