@@ -372,6 +372,12 @@ pub fn classify_connect(err: &SmtpError) -> ConnectFailure {
             phase: Phase::Greeting,
             reply,
         } if reply.code().is_permanent() => ConnectFailure::NextHost,
+        // STARTTLS refused where TLS is required (DANE, MTA-STS, `required`): this host
+        // cannot take the mail; another may (RFC 7672 section 2.2).
+        SmtpError::Reply {
+            phase: Phase::StartTls,
+            ..
+        } => ConnectFailure::Tls,
         _ => ConnectFailure::Stop,
     }
 }
@@ -782,6 +788,14 @@ mod tests {
             (greeting("554 no service"), NextHost),
             (greeting("421 busy"), Stop),
             (SmtpError::Tls("handshake".into()), Tls),
+            // STARTTLS refused where TLS is required: the next host may do it.
+            (
+                SmtpError::Reply {
+                    phase: Phase::StartTls,
+                    reply: reply("454 4.7.0 TLS not available"),
+                },
+                Tls,
+            ),
             (
                 SmtpError::Closed {
                     phase: Phase::StartTls,

@@ -139,9 +139,6 @@ pub async fn domain(
         domain_rate,
         config.limits.global
     );
-    if dane(config, domain, &site, &mut out).await? {
-        return Ok(out);
-    }
     let policy = match site.kind {
         SiteKind::Mx if config.mta_sts.enabled => {
             let ca = config
@@ -164,6 +161,9 @@ pub async fn domain(
         }
         _ => None,
     };
+    if dane(config, domain, &site, policy.as_deref(), &mut out).await? {
+        return Ok(out);
+    }
     match (&policy, site.kind) {
         (_, SiteKind::Relay) => {
             let _ = writeln!(out, "mta-sts: not applied (relay)");
@@ -234,6 +234,7 @@ async fn dane(
     config: &Config,
     domain: &str,
     site: &Site,
+    policy: Option<&crate::route::mta_sts::Policy>,
     out: &mut String,
 ) -> Result<bool, DomainCheckError> {
     if site.kind == SiteKind::Relay {
@@ -269,12 +270,17 @@ async fn dane(
         "dane: applies (the MX answer is DNSSEC-secure: {})",
         mx.join(", ")
     );
+    let enforce = policy.filter(|p| p.mode == Mode::Enforce);
     let mut usable = 0;
     for host in &site.hosts {
         let line = if !mx.contains(&host.name) {
             "not in the validated MX answer: not used".to_owned()
         } else if let Some(reason) = failed.get(&host.name) {
             format!("TLSA lookup failed ({reason}): not used")
+        } else if !hosts.contains_key(&host.name) && enforce.is_some_and(|p| !p.matches(&host.name))
+        {
+            "no TLSA records, and the MTA-STS policy (enforce) does not name it: not used"
+                .to_owned()
         } else {
             usable += 1;
             match hosts.get(&host.name) {
@@ -292,12 +298,23 @@ async fn dane(
                     "required: no TLSA record usable in SMTP; encrypted, not authenticated"
                         .to_owned()
                 }
+                None if enforce.is_some() => {
+                    "no TLSA records: verify (MTA-STS enforce): encrypted and the certificate checked against the MX host name, or deferred".to_owned()
+                }
                 None => "no TLSA records: as [smtp] tls says".to_owned(),
             }
         };
         let _ = writeln!(out, "  {}: {line}", host.name);
     }
-    let _ = writeln!(out, "mta-sts: not applied (DANE takes precedence)");
+    let _ = match policy {
+        Some(p) => writeln!(
+            out,
+            "mta-sts: {} (id {}), for the hosts without TLSA records only (DANE takes precedence)",
+            p.mode.as_str(),
+            p.id
+        ),
+        None => writeln!(out, "mta-sts: none (DANE decides)"),
+    };
     if usable == 0 {
         let _ = writeln!(
             out,

@@ -29,10 +29,10 @@ use crate::metrics::Counter;
 use crate::metrics::Metrics;
 use crate::outcome::{Disposition, classify_route, dane_refused, mta_sts_no_mx, no_egress_pool};
 use crate::rate::{PermitSource, Rate};
-use crate::route::dane::Verdict;
+use crate::route::dane::{HostDane, Verdict};
 use crate::route::mta_sts::{Mode, Policy};
 use crate::route::{Dane, MtaSts, MtaStsConfig};
-use crate::route::{RelayConfig, Router, Site, SiteKind};
+use crate::route::{HostTls, RelayConfig, Router, Site, SiteKind};
 
 /// What the engine needs from the configuration.
 #[derive(Clone, Debug, Default)]
@@ -239,8 +239,9 @@ enum Demand {
     /// Its MTA-STS policy.
     Sts(Arc<Policy>),
     /// DANE: its MX answer is DNSSEC-secure and some hosts have TLSA records (or it
-    /// could not be validated). Takes precedence over MTA-STS (RFC 8461 section 2).
-    Dane(Arc<Verdict>),
+    /// could not be validated). Takes precedence over MTA-STS (RFC 8461 section 2) for
+    /// the hosts with records; an `enforce` policy still binds the others.
+    Dane(Arc<Verdict>, Option<Arc<Policy>>),
 }
 
 impl Demand {
@@ -249,7 +250,14 @@ impl Demand {
         match (self, other) {
             (Demand::None, Demand::None) => true,
             (Demand::Sts(a), Demand::Sts(b)) => Arc::ptr_eq(a, b),
-            (Demand::Dane(a), Demand::Dane(b)) => Arc::ptr_eq(a, b),
+            (Demand::Dane(a, p), Demand::Dane(b, q)) => {
+                Arc::ptr_eq(a, b)
+                    && match (p, q) {
+                        (Some(p), Some(q)) => Arc::ptr_eq(p, q),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            }
             _ => false,
         }
     }
@@ -336,15 +344,21 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
 
     /// The domain's demand when every answer it needs is cached.
     fn cached_demand(&self, domain: &str) -> Option<Demand> {
-        if let Some(dane) = &self.dane
-            && let Some(verdict) = dane.cached(domain)?
-        {
-            return Some(Demand::Dane(verdict));
-        }
-        match &self.mta_sts {
-            Some(sts) => Some(sts.cached(domain)?.map_or(Demand::None, Demand::Sts)),
-            None => Some(Demand::None),
-        }
+        let verdict = match &self.dane {
+            Some(dane) => dane.cached(domain)?,
+            None => None,
+        };
+        let policy = match &self.mta_sts {
+            // A failed verdict defers whatever the policy says.
+            Some(_) if matches!(verdict.as_deref(), Some(Verdict::Failed(_))) => None,
+            Some(sts) => sts.cached(domain)?,
+            None => None,
+        };
+        Some(match (verdict, policy) {
+            (Some(verdict), policy) => Demand::Dane(verdict, policy),
+            (None, Some(policy)) => Demand::Sts(policy),
+            (None, None) => Demand::None,
+        })
     }
 
     /// Hands the job to its lane (or reports why it cannot go); returns the lane's key.
@@ -417,16 +431,22 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             && from_demand.same(&demand)
         {
             let secured = match &demand {
-                Demand::Dane(_) => Secured::Dane,
-                Demand::Sts(p) if p.mode == Mode::Testing => Secured::MtaStsTesting,
+                Demand::Dane(..) => Secured::Dane,
+                Demand::Sts(p) if p.mode == Mode::Testing => {
+                    // Counted per delivery, as on the first one.
+                    if !derived.hosts.iter().all(|h| p.matches(&h.name)) {
+                        self.metrics.add(Counter::MtaStsTestingFailures, 1);
+                    }
+                    Secured::MtaStsTesting
+                }
                 _ => Secured::MtaSts,
             };
             return Ok((Arc::clone(derived), secured));
         }
         let policy = match &demand {
             Demand::None => return Ok((site, Secured::Configured)),
-            Demand::Dane(verdict) => {
-                let derived = self.apply_dane(domain, &site, verdict)?;
+            Demand::Dane(verdict, policy) => {
+                let derived = self.apply_dane(domain, &site, verdict, policy.as_deref())?;
                 self.remember(domain, site, demand, Arc::clone(&derived));
                 return Ok((derived, Secured::Dane));
             }
@@ -477,12 +497,15 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
     }
 
     /// The site of the hosts DANE lets mail go to, each with its TLS requirement: those
-    /// of the validated MX answer, less those whose TLSA lookup failed.
+    /// of the validated MX answer, less those whose TLSA lookup failed, and less those
+    /// without TLSA records that an MTA-STS `enforce` policy does not name (those it
+    /// names get TLS verified against their name).
     fn apply_dane(
         &self,
         domain: &str,
         site: &Site,
         verdict: &Verdict,
+        policy: Option<&Policy>,
     ) -> Result<Arc<Site>, crate::outcome::Outcome> {
         let refuse = |reason: String| {
             self.metrics.add(Counter::DaneRefused, 1);
@@ -492,13 +515,22 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             Verdict::Failed(reason) => return Err(refuse(reason.clone())),
             Verdict::Applies { mx, hosts, failed } => (mx, hosts, failed),
         };
+        let enforce = policy.filter(|p| p.mode == Mode::Enforce);
         let usable: Vec<_> = site
             .hosts
             .iter()
             .filter(|h| mx.contains(&h.name) && !failed.contains_key(&h.name))
-            .map(|h| crate::route::MxHost {
-                dane: hosts.get(&h.name).cloned(),
-                ..h.clone()
+            .filter_map(|h| {
+                let tls = match (hosts.get(&h.name), enforce) {
+                    (Some(HostDane::Verify(records)), _) => {
+                        Some(HostTls::Dane(Arc::clone(records)))
+                    }
+                    (Some(HostDane::Encrypt), _) => Some(HostTls::DaneEncrypt),
+                    (None, Some(p)) if p.matches(&h.name) => Some(HostTls::MtaSts),
+                    (None, Some(_)) => return None,
+                    (None, None) => None,
+                };
+                Some(crate::route::MxHost { tls, ..h.clone() })
             })
             .collect();
         if usable.is_empty() {
@@ -509,6 +541,12 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
                     "the validated MX answer ({}) names none of {}",
                     mx.join(", "),
                     site.key
+                ));
+            }
+            if let Some(p) = enforce {
+                why.push(format!(
+                    "hosts without TLSA records must match the MTA-STS policy (mx {})",
+                    p.mx.join(", ")
                 ));
             }
             return Err(refuse(format!("no usable MX host ({})", why.join("; "))));
@@ -589,14 +627,20 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
 /// What `domain` asks of our TLS: DANE when its MX answer is secure and it has TLSA
 /// records (or the answer fails validation), its MTA-STS policy otherwise.
 async fn demand(domain: &str, dane: Option<&Dane>, mta_sts: Option<&MtaSts>) -> Demand {
-    if let Some(dane) = dane
-        && let Some(verdict) = dane.verdict(domain).await
-    {
-        return Demand::Dane(verdict);
-    }
-    match mta_sts {
-        Some(sts) => sts.policy(domain).await.map_or(Demand::None, Demand::Sts),
-        None => Demand::None,
+    let verdict = match dane {
+        Some(dane) => dane.verdict(domain).await,
+        None => None,
+    };
+    let policy = match mta_sts {
+        // A failed verdict defers whatever the policy says.
+        Some(_) if matches!(verdict.as_deref(), Some(Verdict::Failed(_))) => None,
+        Some(sts) => sts.policy(domain).await,
+        None => None,
+    };
+    match (verdict, policy) {
+        (Some(verdict), policy) => Demand::Dane(verdict, policy),
+        (None, Some(policy)) => Demand::Sts(policy),
+        (None, None) => Demand::None,
     }
 }
 

@@ -176,7 +176,7 @@ impl Dane {
         let (mx, mut expires) = match self.ask(domain, RecordType::MX).await {
             Validated::Secure(records, expires) => (records, expires),
             // No MX, or an unsigned zone: DANE does not apply (the router decides the rest).
-            Validated::Insecure(expires) => return (None, expires),
+            Validated::Insecure(expires) => return (None, expires.min(now + MAX_TTL)),
             Validated::Absent => return (None, now + FAILURE_TTL),
             Validated::Failed(reason) => {
                 let reason = format!("the MX answer of {domain} could not be validated: {reason}");
@@ -247,19 +247,25 @@ impl Dane {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         match self.resolver.lookup(fqdn.as_str(), kind).await {
             Ok(lookup) => {
-                let records: Vec<Record> = lookup
+                // Every record of the answer counts, CNAMEs included: a secure TLSA
+                // record reached through a forged, insecure CNAME is an attacker's.
+                let answers: Vec<&Record> = lookup
                     .answers()
                     .iter()
+                    .filter(|r| r.record_type() != RecordType::RRSIG)
+                    .collect();
+                let records: Vec<Record> = answers
+                    .iter()
                     .filter(|r| r.record_type() == kind)
-                    .cloned()
+                    .map(|r| (*r).clone())
                     .collect();
                 if records.is_empty() {
                     return Validated::Absent;
                 }
                 let until = lookup.valid_until();
-                if records.iter().any(|r| r.proof == Proof::Bogus) {
+                if answers.iter().any(|r| r.proof == Proof::Bogus) {
                     Validated::Failed(format!("{name} {kind}: DNSSEC-bogus"))
-                } else if records.iter().all(|r| r.proof == Proof::Secure) {
+                } else if answers.iter().all(|r| r.proof == Proof::Secure) {
                     Validated::Secure(records, until)
                 } else {
                     Validated::Insecure(until)

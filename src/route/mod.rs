@@ -30,8 +30,32 @@ pub struct MxHost {
     pub preference: u16,
     /// Addresses with the SMTP port, in the order to try.
     pub addrs: Vec<SocketAddr>,
-    /// Its TLS under DANE, when its domain's MX answer is secure and it has TLSA records.
-    pub dane: Option<HostDane>,
+    /// Its own TLS requirement, when its domain's DNS sets one (DANE).
+    pub tls: Option<HostTls>,
+}
+
+/// A host's own TLS requirement, set by its domain's DNS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostTls {
+    /// DANE: TLS verified against these usable TLSA records, or no mail.
+    Dane(Arc<[crate::smtp::dane::TlsaRecord]>),
+    /// DANE with no record usable in SMTP: TLS required, not authenticated.
+    DaneEncrypt,
+    /// A host without TLSA records of a domain where DANE applies, under the domain's
+    /// MTA-STS `enforce` policy: TLS verified against its name (web PKI and
+    /// `smtp.ca_file`), or no mail.
+    MtaSts,
+}
+
+impl HostTls {
+    /// The session's TLS policy, and the label events and metrics give it.
+    pub fn policy(&self) -> (crate::smtp::TlsPolicy, &'static str) {
+        match self {
+            Self::Dane(_) => (crate::smtp::TlsPolicy::Verify, "dane"),
+            Self::DaneEncrypt => (crate::smtp::TlsPolicy::Required, "dane"),
+            Self::MtaSts => (crate::smtp::TlsPolicy::Verify, "mta-sts"),
+        }
+    }
 }
 
 /// Whether a site is reached directly or through the relay.

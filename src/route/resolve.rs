@@ -226,7 +226,7 @@ impl Router {
                     name: literal.to_owned(),
                     preference: 0,
                     addrs,
-                    dane: None,
+                    tls: None,
                 }],
                 SiteKind::Mx,
                 far,
@@ -276,7 +276,7 @@ impl Router {
                     name: trim_dot(&host),
                     preference,
                     addrs,
-                    dane: None,
+                    tls: None,
                 }),
                 Err(e) => refused = Some(e),
             }
@@ -296,7 +296,7 @@ impl Router {
                     name: domain.to_owned(),
                     preference: 0,
                     addrs,
-                    dane: None,
+                    tls: None,
                 };
                 Ok(site(vec![host], SiteKind::Mx, ips.valid_until()))
             }
@@ -338,7 +338,7 @@ impl Router {
                 name: host.to_owned(),
                 preference: 0,
                 addrs,
-                dane: None,
+                tls: None,
             }],
             SiteKind::Relay,
             expires,
@@ -470,7 +470,7 @@ mod tests {
             name: n.into(),
             preference: 10,
             addrs: vec![],
-            dane: None,
+            tls: None,
         };
         assert_eq!(
             site(vec![h("b.mx"), h("a.mx")], SiteKind::Mx, far).key,

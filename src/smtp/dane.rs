@@ -40,9 +40,16 @@ pub struct TlsaRecord {
 
 impl TlsaRecord {
     /// Whether SMTP may use the record: DANE-TA or DANE-EE, with a selector and a
-    /// matching type we know (RFC 7672 section 3.1.3).
+    /// matching type we know, and data of the digest's length (RFC 7672 section 3.1.3:
+    /// a malformed record is an unusable one).
     pub fn is_usable(&self) -> bool {
-        matches!(self.usage, DANE_TA | DANE_EE) && self.selector <= 1 && self.matching <= 2
+        let length_ok = match self.matching {
+            0 => !self.data.is_empty(),
+            1 => self.data.len() == 32,
+            2 => self.data.len() == 64,
+            _ => false,
+        };
+        matches!(self.usage, DANE_TA | DANE_EE) && self.selector <= 1 && length_ok
     }
 
     /// Whether `cert` (DER) matches the record's selector, matching type and data.
@@ -283,6 +290,12 @@ mod tests {
                 selector: 1,
                 matching: 9,
                 data: vec![1],
+            },
+            TlsaRecord {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![1; 31],
             },
         ] {
             assert!(!r.is_usable(), "{r:?}");

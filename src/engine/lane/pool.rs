@@ -14,7 +14,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use crate::metrics::{Metrics, SiteCounters, Stage};
 use crate::outcome::{ConnectFailure, classify_connect};
 use crate::rate::BoxFuture;
-use crate::route::{HostDane, Site};
+use crate::route::{HostTls, Site};
 use crate::smtp::{Phase, Session, SessionConfig, SmtpError, TlsPolicy};
 
 /// At most this many addresses are tried for one connection.
@@ -148,8 +148,9 @@ pub struct PooledSession {
     provider: Option<OwnedSemaphorePermit>,
     cluster: Option<ClusterSlot>,
     provider_slot: Option<ClusterSlot>,
-    /// The TLS policy DANE set for the host this session reached, if it did.
-    dane: Option<TlsPolicy>,
+    /// The host this session reached, and the TLS its domain's DNS set for it, if any.
+    host: String,
+    host_tls: Option<(TlsPolicy, &'static str)>,
 }
 
 /// Keeps the site's open-connection gauge right however the session ends.
@@ -176,10 +177,10 @@ impl DerefMut for PooledSession {
 }
 
 impl PooledSession {
-    /// The TLS policy DANE set for this session's host (`verify` against its TLSA
-    /// records, or `required` when none of them is usable), if DANE applied.
-    pub fn dane(&self) -> Option<TlsPolicy> {
-        self.dane
+    /// The TLS policy its domain's DNS set for this session's host (DANE, or MTA-STS
+    /// beside it), with its label, if it did.
+    pub fn host_tls(&self) -> Option<(TlsPolicy, &'static str)> {
+        self.host_tls
     }
 
     /// Says QUIT and closes; the slot is released only when the socket is closed.
@@ -192,7 +193,8 @@ impl PooledSession {
             provider,
             cluster,
             provider_slot,
-            dane: _,
+            host: _,
+            host_tls: _,
         } = self;
         session.quit().await;
         drop(open);
@@ -282,14 +284,11 @@ impl managed::Manager for SessionManager {
                 });
                 continue;
             };
-            let (config, plain, dane) = match &mx.dane {
+            let (config, plain, host_tls) = match &mx.tls {
                 None => (Arc::clone(&source.tls), source.plain.as_ref(), None),
-                // DANE: no clear text, whatever `[smtp] tls` says.
-                Some(dane) => match dane_config(&source.tls, dane) {
-                    Ok(config) => {
-                        let policy = config.tls;
-                        (config, None, Some(policy))
-                    }
+                // No clear text, whatever `[smtp] tls` says.
+                Some(tls) => match host_config(&source.tls, tls) {
+                    Ok(config) => (config, None, Some(tls.policy())),
                     Err(e) => {
                         last = Some(e);
                         continue;
@@ -322,7 +321,8 @@ impl managed::Manager for SessionManager {
                         provider,
                         cluster,
                         provider_slot,
-                        dane,
+                        host: host.to_owned(),
+                        host_tls,
                     });
                 }
                 Err(e) if classify_connect(&e) != ConnectFailure::Stop => {
@@ -344,25 +344,33 @@ impl managed::Manager for SessionManager {
         session: &mut PooledSession,
         _: &PoolMetrics,
     ) -> RecycleResult<SmtpError> {
-        if session.is_usable() && session.transactions() < self.max_messages {
-            Ok(())
-        } else {
-            Err(RecycleError::message("session spent or broken"))
+        if !session.is_usable() || session.transactions() >= self.max_messages {
+            return Err(RecycleError::message("session spent or broken"));
         }
+        // The host's TLSA records appeared, went or changed kind since it connected:
+        // the next message goes on a connection made under the new requirement.
+        let site = Arc::clone(&self.site.lock().unwrap_or_else(|e| e.into_inner()));
+        let now = site
+            .hosts
+            .iter()
+            .find(|h| h.name == session.host)
+            .map(|h| h.tls.as_ref().map(HostTls::policy));
+        if now != Some(session.host_tls) {
+            return Err(RecycleError::message("the host's TLS requirement changed"));
+        }
+        Ok(())
     }
 }
 
-/// A source's settings for a DANE host: TLS verified against its TLSA records, or
-/// required without authentication when none of them is usable in SMTP.
-fn dane_config(base: &SessionConfig, dane: &HostDane) -> Result<Arc<SessionConfig>, SmtpError> {
+/// A source's settings for a host with its own requirement: TLS verified against its
+/// TLSA records, or against its name (MTA-STS), or required without authentication
+/// when none of its records is usable in SMTP.
+fn host_config(base: &SessionConfig, tls: &HostTls) -> Result<Arc<SessionConfig>, SmtpError> {
     let mut config = base.clone();
-    match dane {
-        HostDane::Verify(records) => {
-            config.tls = TlsPolicy::Verify;
-            config.connectors = crate::smtp::dane::connectors(records)
-                .map_err(|e| SmtpError::Tls(e.to_string()))?;
-        }
-        HostDane::Encrypt => config.tls = TlsPolicy::Required,
+    config.tls = tls.policy().0;
+    if let HostTls::Dane(records) = tls {
+        config.connectors =
+            crate::smtp::dane::connectors(records).map_err(|e| SmtpError::Tls(e.to_string()))?;
     }
     Ok(Arc::new(config))
 }

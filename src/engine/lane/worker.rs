@@ -164,8 +164,8 @@ async fn send_group<K: Sync>(
         elapsed,
         u64::try_from(n).unwrap_or(u64::MAX),
     );
-    let (tls, policy) = match session.dane() {
-        Some(policy) => (policy, Some("dane")),
+    let (tls, policy) = match session.host_tls() {
+        Some((policy, label)) => (policy, Some(label)),
         None => (ctx.tls, ctx.policy),
     };
     let via = Arc::new(Via::new(
