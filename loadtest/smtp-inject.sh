@@ -5,6 +5,7 @@
 # this client on this machine, smtp-source straight into volley-sink.
 #
 # Usage: loadtest/smtp-inject.sh [MESSAGES] [SESSIONS] [SIZE]   (default 20000 50 2048)
+# HOLD=1 holds delivery back ([limits] global = "1/d") to measure the intake alone.
 # Needs: smtp-source (Debian's postfix package) and a release build
 #   (cargo build --release -p volley -p volley-loadtest). Loopback only; every run is
 # bounded by its message count and a 300 s timeout.
@@ -51,6 +52,9 @@ tls = "none"
 listen = "127.0.0.1:$smtp_port"
 trusted_networks = ["127.0.0.0/8"]
 EOF
+if [ "${HOLD:-0}" = 1 ]; then
+    printf '[limits]\nglobal = "1/d"\n' >>"$work/volley.toml"
+fi
 "$bin/volley" serve --config "$work/volley.toml" >"$work/volley.log" 2>&1 &
 pids+=($!)
 volley_pid=$!
@@ -76,7 +80,8 @@ volley_s=$(run "$smtp_port")
 v1=$(cpu_ticks "$volley_pid")
 # Wait (at most 120 s) until every message has been delivered onwards.
 delivered=0
-for _ in $(seq 1 1200); do
+[ "${HOLD:-0}" = 1 ] && wait_rounds=0 || wait_rounds=1200
+for _ in $(seq 1 "$wait_rounds"); do
     delivered=$(curl -s "http://127.0.0.1:$api_port/metrics" \
         | awk '/^volley_deliveries_total\{outcome="delivered"\}/ {print $2}')
     [ "${delivered:-0}" -ge "$messages" ] && break
