@@ -5,7 +5,8 @@
 # this client on this machine, smtp-source straight into volley-sink.
 #
 # Usage: loadtest/smtp-inject.sh [MESSAGES] [SESSIONS] [SIZE]   (default 20000 50 2048)
-# HOLD=1 holds delivery back ([limits] global = "1/d") to measure the intake alone.
+# HOLD=1 holds delivery back ([dispatch] deliver = false) to measure the intake alone;
+# VOLLEY=PATH runs another build of volley (to compare two builds in one series).
 # Needs: smtp-source (Debian's postfix package) and a release build
 #   (cargo build --release -p volley -p volley-loadtest). Loopback only; every run is
 # bounded by its message count and a 300 s timeout.
@@ -53,9 +54,9 @@ listen = "127.0.0.1:$smtp_port"
 trusted_networks = ["127.0.0.0/8"]
 EOF
 if [ "${HOLD:-0}" = 1 ]; then
-    printf '[limits]\nglobal = "1/d"\n' >>"$work/volley.toml"
+    printf '[dispatch]\ndeliver = false\n' >>"$work/volley.toml"
 fi
-"$bin/volley" serve --config "$work/volley.toml" >"$work/volley.log" 2>&1 &
+"${VOLLEY:-$bin/volley}" serve --config "$work/volley.toml" >"$work/volley.log" 2>&1 &
 pids+=($!)
 volley_pid=$!
 for _ in $(seq 1 100); do

@@ -515,3 +515,56 @@ async fn a_pools_warmup_and_a_providers_cap_hold_across_the_cluster() {
     }
     redis_cleanup(&prefix).await;
 }
+
+/// An intake-only process (`[dispatch] deliver = false`) stores what it is given and
+/// sends nothing; a delivering worker on the same Redis sends it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intake_only_worker_stores_and_another_delivers() {
+    if !redis_available().await {
+        return;
+    }
+    let (a, b, port) = sinks().await;
+    let dns = DnsServer::start(
+        DnsRecords::new()
+            .mx("a.test", 10, "mx.a.test")
+            .a("mx.a.test", MX_A)
+            .mx("b.test", 10, "mx.b.test")
+            .a("mx.b.test", MX_B),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let shared = format!(
+        "[smtp]\nhelo_name = \"volley.test\"\nport = {port}\n\
+         [dns]\nnameservers = [\"{}\"]\n[security]\nallow_loopback_mx = true\n",
+        dns.addr()
+    );
+    let intake = format!("{shared}[dispatch]\ndeliver = false\n");
+    let mut front = start_worker(dir.path(), "front", &prefix, &intake);
+    front.ready().await;
+    let id = front.campaign(&recipients(20)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = front.json(&format!("/v1/jobs/{id}?limit=1")).await.unwrap();
+    assert_eq!(job["counts"]["queued"], 20, "nothing sent yet: {job}");
+    assert_eq!(a.stats().messages + b.stats().messages, 0);
+    let mut back = start_worker(dir.path(), "back", &prefix, &shared);
+    back.ready().await;
+    let job = front.wait_done(&id).await;
+    assert_eq!(job["counts"]["delivered"], 20, "{job}");
+    let mut counts = a.delivery_counts();
+    counts.extend(b.delivery_counts());
+    assert_eq!(counts.len(), 20);
+    assert!(counts.values().all(|&n| n == 1));
+    let metrics = front.get("/metrics").await.unwrap().1;
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("volley_deliveries_total{outcome=\"delivered\"}")
+                && !l.ends_with(" 0")
+        ),
+        "the intake-only process delivered: {metrics}"
+    );
+    front.stop();
+    back.stop();
+    redis_cleanup(&prefix).await;
+}

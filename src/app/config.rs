@@ -53,7 +53,7 @@ pub struct Config {
     pub message: MessageConfig,
     /// `[retention]`: how long events and finished jobs are kept.
     pub retention: RetentionConfig,
-    /// `[dispatch]`: what the dispatcher keeps in memory.
+    /// `[dispatch]`: what the dispatcher keeps in memory, and whether it runs.
     pub dispatch: DispatchConfig,
     /// `[submission]`: the SMTP submission listener; absent means none.
     pub submission: Option<SubmissionConfig>,
@@ -284,11 +284,18 @@ pub struct DispatchConfig {
     /// while it sends them. Default `"64MiB"`.
     #[serde(deserialize_with = "byte_size")]
     pub cache: usize,
+    /// Whether `volley serve` delivers. `false` makes an intake-only process: the API
+    /// and the SMTP listeners store, and other workers on the same Redis deliver (or
+    /// this one, restarted with `true`). Default true.
+    pub deliver: bool,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        Self { cache: 64 << 20 }
+        Self {
+            cache: 64 << 20,
+            deliver: true,
+        }
     }
 }
 

@@ -297,7 +297,14 @@ impl App {
                 shutdown_rx.clone(),
             )?,
         };
-        let dispatch = self.start_delivery(shutdown_rx.clone())?;
+        let dispatch = if self.config.dispatch.deliver {
+            Some(self.start_delivery(shutdown_rx.clone())?)
+        } else {
+            tracing::warn!(
+                "[dispatch] deliver = false: accepting and storing mail, delivering none"
+            );
+            None
+        };
         let (queue, retention) = (Arc::clone(&self.queue), self.config.retention);
         let mut background = Vec::new();
         let pruner = match &self.cluster {
@@ -355,7 +362,10 @@ impl App {
         for listener in smtp {
             let _ = listener.await;
         }
-        let unstored = dispatch.join().await;
+        let unstored = match dispatch {
+            Some(dispatch) => dispatch.join().await,
+            None => crate::dispatch::Unstored::default(),
+        };
         let _ = sampler.await;
         let _ = pruner.await;
         for task in background {
