@@ -139,6 +139,9 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
         .mx("mixed.secure", 20, "mx.good.secure")
         .txt("_mta-sts.mixed.secure", "v=STSv1; id=1;")
         .a("mta-sts.mixed.secure", POLICY_IP)
+        // No MX: the domain is its own host, and its TLSA records count.
+        .a("implicit.secure", GOOD)
+        .tlsa("_25._tcp.implicit.secure", 3, 1, 1, &sha(&good.leaf_spki))
         // A zone whose signatures do not validate: nothing goes.
         .mx("d.forged", 10, "mx.forged");
     let dns = DnsServer::start(records).await.unwrap();
@@ -225,6 +228,10 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
         ("flaky.secure", Expect::Sent(TlsPolicy::Verify, true, dane)),
         ("both.secure", Expect::Sent(TlsPolicy::Verify, true, dane)),
         ("mixed.secure", Expect::Sent(TlsPolicy::Verify, true, dane)),
+        (
+            "implicit.secure",
+            Expect::Sent(TlsPolicy::Verify, true, dane),
+        ),
         ("d.forged", Expect::Deferred),
     ];
     // Two rounds: the second one runs on cached answers.
@@ -288,12 +295,14 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
             "r0@both.secure",
             "r0@ee.secure",
             "r0@flaky.secure",
+            "r0@implicit.secure",
             "r0@mixed.secure",
             "r0@pkix.secure",
             "r0@ta.secure",
             "r1@both.secure",
             "r1@ee.secure",
             "r1@flaky.secure",
+            "r1@implicit.secure",
             "r1@mixed.secure",
             "r1@pkix.secure",
             "r1@ta.secure",
@@ -316,7 +325,7 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
     for line in [
         "volley_dane_failures_total 2",
         "volley_dane_refused_total 2",
-        "tls=\"verify\",encrypted=\"true\",policy=\"dane\"} 10",
+        "tls=\"verify\",encrypted=\"true\",policy=\"dane\"} 12",
         "tls=\"required\",encrypted=\"true\",policy=\"dane\"} 2",
     ] {
         assert!(

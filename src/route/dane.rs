@@ -173,28 +173,36 @@ impl Dane {
 
     async fn lookup(&self, domain: &str) -> (Option<Verdict>, Instant) {
         let now = Instant::now();
-        let (mx, mut expires) = match self.ask(domain, RecordType::MX).await {
-            Validated::Secure(records, expires) => (records, expires),
-            // No MX, or an unsigned zone: DANE does not apply (the router decides the rest).
+        let (names, mut expires) = match self.ask(domain, RecordType::MX).await {
+            Validated::Secure(records, expires) => {
+                let names = records
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) if !mx.exchange.is_root() => Some(
+                            mx.exchange
+                                .to_ascii()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
+                        ),
+                        _ => None,
+                    })
+                    .collect::<Vec<String>>();
+                (names, expires)
+            }
+            // An unsigned zone: DANE does not apply (the router decides the rest).
             Validated::Insecure(expires) => return (None, expires.min(now + MAX_TTL)),
-            Validated::Absent => return (None, now + FAILURE_TTL),
+            // No MX: the domain is its own mail host (RFC 5321 5.1), a DANE one when
+            // its address answer is secure (RFC 7672 section 2.2.1).
+            Validated::Absent => match self.implicit(domain).await {
+                Ok(Some(expires)) => (vec![domain.to_ascii_lowercase()], expires),
+                Ok(None) => return (None, now + FAILURE_TTL),
+                Err(reason) => return (Some(Verdict::Failed(reason)), now + FAILURE_TTL),
+            },
             Validated::Failed(reason) => {
                 let reason = format!("the MX answer of {domain} could not be validated: {reason}");
                 return (Some(Verdict::Failed(reason)), now + FAILURE_TTL);
             }
         };
-        let names: Vec<String> = mx
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::MX(mx) if !mx.exchange.is_root() => Some(
-                    mx.exchange
-                        .to_ascii()
-                        .trim_end_matches('.')
-                        .to_ascii_lowercase(),
-                ),
-                _ => None,
-            })
-            .collect();
         let tlsa_names: Vec<String> = names.iter().map(|h| format!("_25._tcp.{h}")).collect();
         let lookups = tlsa_names
             .iter()
@@ -240,6 +248,24 @@ impl Dane {
             failed,
         };
         (Some(verdict), expires.min(now + MAX_TTL))
+    }
+
+    /// For a domain without MX records: whether its own address answer (A, else AAAA) is
+    /// secure, and until when; `Err` when it could not be validated.
+    async fn implicit(&self, domain: &str) -> Result<Option<Instant>, String> {
+        for kind in [RecordType::A, RecordType::AAAA] {
+            match self.ask(domain, kind).await {
+                Validated::Secure(_, expires) => return Ok(Some(expires)),
+                Validated::Insecure(_) => return Ok(None),
+                Validated::Absent => {}
+                Validated::Failed(reason) => {
+                    return Err(format!(
+                        "the address answer of {domain} (no MX) could not be validated: {reason}"
+                    ));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// One validated lookup of `name`'s `kind` records.
