@@ -22,13 +22,16 @@ const POLICY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 40);
 const GOOD: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 41);
 const PLAIN: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 42);
 const OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 43);
+/// A host without TLSA records whose certificate `smtp.ca_file` trusts.
+const PKI: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 44);
 
-/// The three sinks on one port: the engine has one SMTP port.
+/// The four sinks on one port: the engine has one SMTP port.
 async fn sinks() -> (HashMap<Ipv4Addr, Sink>, u16) {
     let configs = [
         (GOOD, "mx.good.secure", true),
         (PLAIN, "mx.plain.secure", false),
         (OTHER, "mx.other.secure", true),
+        (PKI, "mx.pki.secure", true),
     ];
     for _ in 0..20 {
         let probe = std::net::TcpListener::bind((GOOD, 0)).unwrap();
@@ -142,6 +145,20 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
         // No MX: the domain is its own host, and its TLSA records count.
         .a("implicit.secure", GOOD)
         .tlsa("_25._tcp.implicit.secure", 3, 1, 1, &sha(&good.leaf_spki))
+        // Two domains on the same MX hosts, one with an MTA-STS policy naming the host
+        // without TLSA records: that host is verified for it alone, on its own lane.
+        .a("mx.pki.secure", PKI)
+        .mx("stsmix.secure", 10, "mx.pki.secure")
+        .mx("stsmix.secure", 20, "mx.good.secure")
+        .txt("_mta-sts.stsmix.secure", "v=STSv1; id=1;")
+        .a("mta-sts.stsmix.secure", POLICY_IP)
+        .mx("nopolicymix.secure", 10, "mx.pki.secure")
+        .mx("nopolicymix.secure", 20, "mx.good.secure")
+        // A host whose TLSA name is a CNAME into the zone that does not validate.
+        .mx("cnamed.secure", 10, "mx.cnamed.secure")
+        .a("mx.cnamed.secure", GOOD)
+        .cname("_25._tcp.mx.cnamed.secure", "tlsa.forged")
+        .a("tlsa.forged", GOOD)
         // A zone whose signatures do not validate: nothing goes.
         .mx("d.forged", 10, "mx.forged");
     let dns = DnsServer::start(records).await.unwrap();
@@ -150,6 +167,12 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
             "mta-sts.both.secure".to_owned(),
             Answer::policy(
                 "version: STSv1\r\nmode: enforce\r\nmx: elsewhere.test\r\nmax_age: 86400\r\n",
+            ),
+        ),
+        (
+            "mta-sts.stsmix.secure".to_owned(),
+            Answer::policy(
+                "version: STSv1\r\nmode: enforce\r\nmx: mx.pki.secure\r\nmax_age: 86400\r\n",
             ),
         ),
         (
@@ -166,8 +189,8 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
     let anchor = dir.path().join("anchors.zone");
     std::fs::write(&anchor, dns.trust_anchors()).unwrap();
     let ca = dir.path().join("ca.pem");
-    // The policy server is trusted; no sink's CA is.
-    std::fs::write(&ca, server.ca_pem()).unwrap();
+    // The policy server is trusted, and the host without TLSA records; no other sink.
+    std::fs::write(&ca, format!("{}{}", server.ca_pem(), sinks[&PKI].ca_pem())).unwrap();
 
     let metrics = Arc::new(Metrics::default());
     let dns_config = DnsConfig {
@@ -231,6 +254,20 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
         (
             "implicit.secure",
             Expect::Sent(TlsPolicy::Verify, true, dane),
+        ),
+        (
+            "stsmix.secure",
+            Expect::Sent(TlsPolicy::Verify, true, Some("mta-sts")),
+        ),
+        (
+            "nopolicymix.secure",
+            Expect::Sent(TlsPolicy::Opportunistic, true, None),
+        ),
+        ("cnamed.secure", Expect::Deferred),
+        // An address literal has no name for DANE to ask about: as configured.
+        (
+            "[127.0.0.44]",
+            Expect::Sent(TlsPolicy::Opportunistic, true, None),
         ),
         ("d.forged", Expect::Deferred),
     ];
@@ -311,6 +348,19 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
     );
     assert!(sinks[&GOOD].messages().iter().all(|m| m.tls));
     assert!(at(OTHER).is_empty(), "a key the TLSA records do not name");
+    let mut pki = at(PKI);
+    pki.sort();
+    assert_eq!(
+        pki,
+        [
+            "r0@[127.0.0.44]",
+            "r0@nopolicymix.secure",
+            "r0@stsmix.secure",
+            "r1@[127.0.0.44]",
+            "r1@nopolicymix.secure",
+            "r1@stsmix.secure"
+        ]
+    );
     assert_eq!(
         at(PLAIN),
         ["r0@notlsa.secure", "r1@notlsa.secure"],
@@ -323,8 +373,8 @@ async fn tlsa_records_decide_tls_and_failures_defer() {
     );
     let text = metrics.render_prometheus();
     for line in [
-        "volley_dane_failures_total 2",
-        "volley_dane_refused_total 2",
+        "volley_dane_failures_total 3",
+        "volley_dane_refused_total 4",
         "tls=\"verify\",encrypted=\"true\",policy=\"dane\"} 12",
         "tls=\"required\",encrypted=\"true\",policy=\"dane\"} 2",
     ] {

@@ -35,7 +35,7 @@ use hickory_server::proto::dnssec::rdata::{DNSKEY, DNSSECRData};
 use hickory_server::proto::dnssec::{DnssecSigner, SigningKey};
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TLSA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -115,6 +115,7 @@ enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    Cname(String),
     Tlsa {
         usage: u8,
         selector: u8,
@@ -209,6 +210,11 @@ impl DnsRecords {
         self.push(name, Data::Txt(text.to_owned()))
     }
 
+    /// Adds `name CNAME target`.
+    pub fn cname(self, name: &str, target: &str) -> Self {
+        self.push(name, Data::Cname(target.to_owned()))
+    }
+
     /// Adds `name TLSA usage selector matching data` (RFC 6698), e.g. at `_25._tcp.mx.example`.
     pub fn tlsa(self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> Self {
         self.push(
@@ -294,6 +300,7 @@ fn to_record(entry: &Entry) -> Result<Record, DnsRecordError> {
         Data::A(ip) => RData::A(A(*ip)),
         Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
         Data::Txt(text) => RData::TXT(TXT::from_bytes(txt_chunks(text))),
+        Data::Cname(target) => RData::CNAME(CNAME(parse_name(target)?)),
         Data::Tlsa {
             usage,
             selector,

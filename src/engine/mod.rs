@@ -344,6 +344,9 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
 
     /// The domain's demand when every answer it needs is cached.
     fn cached_demand(&self, domain: &str) -> Option<Demand> {
+        if domain.starts_with('[') {
+            return Some(Demand::None);
+        }
         let verdict = match &self.dane {
             Some(dane) => dane.cached(domain)?,
             None => None,
@@ -551,7 +554,15 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             }
             return Err(refuse(format!("no usable MX host ({})", why.join("; "))));
         }
-        let mut names: Vec<&str> = usable.iter().map(|h| h.name.as_str()).collect();
+        // A host's requirement under MTA-STS is the domain's, not the host's: it is in
+        // the lane's name, so that a domain without the policy never shares its lane.
+        let mut names: Vec<String> = usable
+            .iter()
+            .map(|h| match h.tls {
+                Some(HostTls::MtaSts) => format!("{} (mta-sts)", h.name),
+                _ => h.name.clone(),
+            })
+            .collect();
         names.sort_unstable();
         names.dedup();
         Ok(Arc::new(Site {
@@ -627,6 +638,10 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
 /// What `domain` asks of our TLS: DANE when its MX answer is secure and it has TLSA
 /// records (or the answer fails validation), its MTA-STS policy otherwise.
 async fn demand(domain: &str, dane: Option<&Dane>, mta_sts: Option<&MtaSts>) -> Demand {
+    // An address literal has no DNS name to hold a policy or TLSA records.
+    if domain.starts_with('[') {
+        return Demand::None;
+    }
     let verdict = match dane {
         Some(dane) => dane.verdict(domain).await,
         None => None,

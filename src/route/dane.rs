@@ -285,23 +285,42 @@ impl Dane {
                     .filter(|r| r.record_type() == kind)
                     .map(|r| (*r).clone())
                     .collect();
+                if answers.iter().any(|r| r.proof == Proof::Bogus) {
+                    return Validated::Failed(format!("{name} {kind}: DNSSEC-bogus"));
+                }
                 if records.is_empty() {
-                    return Validated::Absent;
+                    return self.absent(name).await;
                 }
                 let until = lookup.valid_until();
-                if answers.iter().any(|r| r.proof == Proof::Bogus) {
-                    Validated::Failed(format!("{name} {kind}: DNSSEC-bogus"))
-                } else if answers.iter().all(|r| r.proof == Proof::Secure) {
+                if answers.iter().all(|r| r.proof == Proof::Secure) {
                     Validated::Secure(records, until)
                 } else {
                     Validated::Insecure(until)
                 }
             }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => self.absent(name).await,
+            Err(NetError::Dns(DnsError::Nsec { proof, .. })) if proof != Proof::Bogus => {
+                self.absent(name).await
+            }
+            Err(e) => Validated::Failed(format!("{name} {kind}: {e}")),
+        }
+    }
+
+    /// "No such records" at `name`, unless a CNAME there fails validation: a resolver
+    /// that followed a forged CNAME to nothing reports no records and loses the CNAME's
+    /// bogus mark, which would turn a DANE host into one without TLSA records.
+    async fn absent(&self, name: &str) -> Validated {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.lookup(fqdn.as_str(), RecordType::CNAME).await {
+            Ok(lookup) if lookup.answers().iter().any(|r| r.proof == Proof::Bogus) => {
+                Validated::Failed(format!("{name} CNAME: DNSSEC-bogus"))
+            }
+            Ok(_) => Validated::Absent,
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Validated::Absent,
             Err(NetError::Dns(DnsError::Nsec { proof, .. })) if proof != Proof::Bogus => {
                 Validated::Absent
             }
-            Err(e) => Validated::Failed(format!("{name} {kind}: {e}")),
+            Err(e) => Validated::Failed(format!("{name} CNAME: {e}")),
         }
     }
 }
