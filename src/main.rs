@@ -275,7 +275,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 || "built-in defaults".to_owned(),
                 |f| f.display().to_string(),
             );
-            config.smtp.session_configs(&config.relay)?;
+            volley::app::check_delivery(&config)?;
             volley::message::load_signers(&config.dkim)?;
             config.unsubscribe.validate()?;
             volley::app::submission::check(&config)?;

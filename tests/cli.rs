@@ -272,6 +272,10 @@ fn check_refuses_unsafe_configurations_in_one_line_naming_the_key() {
         ),
         ("bounces.secret", "[bounces]\ndomains = [\"b.example\"]\n"),
         (
+            "dane.trust_anchor",
+            "[dane]\nenabled = true\ntrust_anchor = \"/nonexistent/anchors.zone\"\n",
+        ),
+        (
             "message.return_path",
             "[bounces]\ndomains = [\"b.example\"]\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
         ),
@@ -443,6 +447,46 @@ fn serve_listens_where_told_and_says_which_file_it_read() {
     let (child, line) = serve(dir.path(), &[], &[("VOLLEY_LISTEN", &listen)]);
     assert!(line.contains(&format!("listen={listen}")), "{line}");
     stop(child);
+}
+
+/// An intake-only `serve` sends nothing, yet refuses to start on a delivery setting
+/// that cannot work: it would be found only when delivery is switched back on.
+#[test]
+fn intake_only_serve_still_checks_the_delivery_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "intake.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[templates]\npath = {:?}\n[queue]\npath = {:?}\n\
+             [dispatch]\ndeliver = false\n[dane]\nenabled = true\ntrust_anchor = \"/nonexistent/anchors.zone\"\n",
+            free_port(),
+            templates(),
+            dir.path().join("data")
+        ),
+    );
+    let mut child = volley()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("volley serve started with a trust anchor file that does not exist");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("volley: dane.trust_anchor: "), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

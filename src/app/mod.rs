@@ -50,6 +50,9 @@ pub enum StartError {
     /// The resolver could not be set up.
     #[error("dns: {0}")]
     Dns(String),
+    /// DANE's validating resolver could not be set up (its trust anchor file).
+    #[error("{0}")]
+    Dane(String),
     /// An `[smtp]`, `[relay]` or `[limits]` setting cannot be used.
     #[error("{0}")]
     Engine(#[from] crate::engine::ConfigError),
@@ -154,7 +157,7 @@ impl App {
         .map_err(StartError::Dns)?;
         let dane = match c.dane.enabled {
             true => Some(Arc::new(
-                Dane::new(&c.dns, &c.dane, Arc::clone(&self.metrics)).map_err(StartError::Dns)?,
+                Dane::new(&c.dns, &c.dane, Arc::clone(&self.metrics)).map_err(StartError::Dane)?,
             )),
             false => None,
         };
@@ -300,6 +303,9 @@ impl App {
         let dispatch = if self.config.dispatch.deliver {
             Some(self.start_delivery(shutdown_rx.clone())?)
         } else {
+            // Nothing is sent, but a delivery setting that cannot work is said now, not
+            // when delivery is switched back on.
+            check_delivery(&self.config)?;
             tracing::warn!(
                 "[dispatch] deliver = false: accepting and storing mail, delivering none"
             );
@@ -383,6 +389,29 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Builds, and drops, what delivery needs from the configuration: the resolvers (DNS,
+/// and DANE's when enabled), the session settings (TLS roots), egress pools, provider
+/// shaping and the return path. `Err` names the setting that cannot work.
+pub fn check_delivery(c: &Config) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::default());
+    Router::new(
+        &c.dns,
+        &c.relay,
+        &c.security,
+        c.smtp.port,
+        Arc::clone(&metrics),
+    )
+    .map_err(StartError::Dns)?;
+    if c.dane.enabled {
+        Dane::new(&c.dns, &c.dane, metrics).map_err(StartError::Dane)?;
+    }
+    c.smtp.session_configs(&c.relay)?;
+    crate::engine::Egress::new(&c.egress, c.smtp.local_address, None)?;
+    crate::engine::Shaping::new(&c.shaping, None)?;
+    bounces::return_path(c)?;
+    Ok(())
 }
 
 /// The sockets `serve` listens on: the API's, and the SMTP listeners' when configured.

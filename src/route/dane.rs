@@ -112,7 +112,7 @@ impl Dane {
     ) -> Result<Self, String> {
         let anchors = match &config.trust_anchor {
             Some(path) => TrustAnchors::from_file(path)
-                .map_err(|e| format!("dane.trust_anchor {}: {e}", path.display()))?,
+                .map_err(|e| format!("dane.trust_anchor: {}: {e}", path.display()))?,
             None => TrustAnchors::default(),
         };
         let mut builder = resolver_builder(dns)?.with_trust_anchor(Arc::new(anchors));
