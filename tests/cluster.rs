@@ -112,15 +112,7 @@ async fn cluster() -> Cluster {
 /// Like [`cluster`], with more `[smtp]` settings.
 async fn cluster_with(smtp: &str) -> Cluster {
     let (a, b, port) = sinks().await;
-    let dns = DnsServer::start(
-        DnsRecords::new()
-            .mx("a.test", 10, "mx.a.test")
-            .a("mx.a.test", MX_A)
-            .mx("b.test", 10, "mx.b.test")
-            .a("mx.b.test", MX_B),
-    )
-    .await
-    .unwrap();
+    let dns = dns(MX_B).await;
     let (hook, posted) = webhook_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
@@ -147,6 +139,19 @@ async fn cluster_with(smtp: &str) -> Cluster {
         prefix,
         _dir: dir,
     }
+}
+
+/// `a.test` (MX on 127.0.0.2) and `b.test` (MX on `b`).
+async fn dns(b: Ipv4Addr) -> DnsServer {
+    DnsServer::start(
+        DnsRecords::new()
+            .mx("a.test", 10, "mx.a.test")
+            .a("mx.a.test", MX_A)
+            .mx("b.test", 10, "mx.b.test")
+            .a("mx.b.test", b),
+    )
+    .await
+    .unwrap()
 }
 
 fn recipients(n: usize) -> Vec<String> {
@@ -439,15 +444,7 @@ async fn a_pools_warmup_and_a_providers_cap_hold_across_the_cluster() {
     const WARMUP: f64 = 20.0;
     const PROVIDER_CAP: u64 = 2;
     let (sink, _other, port) = sinks().await;
-    let dns = DnsServer::start(
-        DnsRecords::new()
-            .mx("a.test", 10, "mx.a.test")
-            .a("mx.a.test", MX_A)
-            .mx("b.test", 10, "mx.b.test")
-            .a("mx.b.test", MX_A),
-    )
-    .await
-    .unwrap();
+    let dns = dns(MX_A).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
     // Each site may have 3 connections per worker: only the provider's cap (shared by
@@ -524,15 +521,7 @@ async fn an_intake_only_worker_stores_and_another_delivers() {
         return;
     }
     let (a, b, port) = sinks().await;
-    let dns = DnsServer::start(
-        DnsRecords::new()
-            .mx("a.test", 10, "mx.a.test")
-            .a("mx.a.test", MX_A)
-            .mx("b.test", 10, "mx.b.test")
-            .a("mx.b.test", MX_B),
-    )
-    .await
-    .unwrap();
+    let dns = dns(MX_B).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
     let shared = format!(

@@ -3,19 +3,21 @@
 //! sinks with certificates for their MX names, one without STARTTLS (a stripping
 //! attacker) and one whose certificate nobody trusts.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod policy_common;
 
-use volley::address::Address;
-use volley::engine::{Delivery, Engine, EngineConfig, Report, SmtpConfig};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use policy_common::{collect, delivery, has_metric, start_engine};
+use volley::engine::{Engine, EngineConfig, SmtpConfig};
 use volley::metrics::Metrics;
 use volley::outcome::Disposition;
-use volley::route::{DnsConfig, MtaStsConfig, Router, SecurityConfig};
+use volley::route::{DnsConfig, MtaStsConfig};
 use volley::smtp::TlsPolicy;
 use volley_loadtest::policy_server::{Answer, PolicyServer};
-use volley_loadtest::{DnsRecords, DnsServer, Sink, SinkConfig};
+use volley_loadtest::{DnsRecords, DnsServer, Sink};
 
 const POLICY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 30);
 const TRUSTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 31);
@@ -30,63 +32,12 @@ fn policy(mode: &str, mx: &str) -> Answer {
 
 /// The three sinks on one port: the engine has one SMTP port.
 async fn sinks() -> (HashMap<Ipv4Addr, Sink>, u16) {
-    let configs = [
+    policy_common::sinks(&[
         (TRUSTED, "mx.trusted.test", true),
         (PLAIN, "mx.plain.test", false),
         (UNTRUSTED, "mx.untrusted.test", true),
-    ];
-    for _ in 0..20 {
-        let probe = std::net::TcpListener::bind((TRUSTED, 0)).unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let mut started = HashMap::new();
-        for (ip, name, starttls) in configs {
-            let config = SinkConfig {
-                listen: vec![SocketAddr::from((ip, port))],
-                hostname: name.into(),
-                starttls,
-                capture: true,
-                ..SinkConfig::default()
-            };
-            match Sink::start(config).await {
-                Ok(sink) => {
-                    started.insert(ip, sink);
-                }
-                Err(_) => break,
-            }
-        }
-        if started.len() == configs.len() {
-            return (started, port);
-        }
-    }
-    panic!("no common free port");
-}
-
-fn delivery(key: u32, to: &str) -> Delivery<u32> {
-    Delivery {
-        key,
-        from: Some(Address::parse("bounces@volley.test").unwrap()),
-        to: Address::parse(to).unwrap(),
-        body: Arc::from(&b"Subject: sts\r\n\r\nhello\r\n"[..]),
-        queued_at: Instant::now(),
-        cancelled: Default::default(),
-        pool: None,
-    }
-}
-
-async fn collect(
-    reports: &mut tokio::sync::mpsc::UnboundedReceiver<Report<u32>>,
-    n: usize,
-) -> HashMap<u32, Report<u32>> {
-    let mut out = HashMap::new();
-    while out.len() < n {
-        let report = tokio::time::timeout(Duration::from_secs(30), reports.recv())
-            .await
-            .expect("a report within 30 s")
-            .expect("running");
-        out.insert(report.key, report);
-    }
-    out
+    ])
+    .await
 }
 
 #[tokio::test]
@@ -188,19 +139,7 @@ async fn policies_are_fetched_cached_and_enforced() {
         nameservers: vec![dns.addr()],
         ..DnsConfig::default()
     };
-    let security = SecurityConfig {
-        allow_loopback_mx: true,
-    };
-    let router = Router::new(
-        &dns_config,
-        &config.relay,
-        &security,
-        port,
-        Arc::clone(&metrics),
-    )
-    .unwrap();
-    let (engine, mut reports) =
-        Engine::start(config, Arc::new(router), Arc::clone(&metrics)).unwrap();
+    let (engine, mut reports) = start_engine(config, &dns_config, &metrics);
     // Three messages per domain, in two rounds: the policy is fetched once.
     let mut key = 0;
     let mut by_key = HashMap::new();
@@ -328,11 +267,7 @@ async fn policies_are_fetched_cached_and_enforced() {
         "volley_mta_sts_testing_failures_total 3",
         "tls=\"verify\",encrypted=\"true\",policy=\"mta-sts\"} 6",
     ] {
-        assert!(
-            text.lines()
-                .any(|l| l == line || l.ends_with(&format!(",{line}"))),
-            "{line} in {text}"
-        );
+        assert!(has_metric(&text, line), "{line} in {text}");
     }
     // Each handshake with the untrusted certificate of a testing domain's MX was counted
     // (one or more connections).
@@ -392,19 +327,7 @@ async fn a_new_txt_id_brings_the_new_policy() {
         nameservers: vec![dns.addr()],
         ..DnsConfig::default()
     };
-    let security = SecurityConfig {
-        allow_loopback_mx: true,
-    };
-    let router = Router::new(
-        &dns_config,
-        &config.relay,
-        &security,
-        port,
-        Arc::clone(&metrics),
-    )
-    .unwrap();
-    let (engine, mut reports) =
-        Engine::start(config, Arc::new(router), Arc::clone(&metrics)).unwrap();
+    let (engine, mut reports) = start_engine(config, &dns_config, &metrics);
     let mut key = 0;
     let mut send = async |engine: &Engine<u32>| {
         key += 1;

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::outcome::{Disposition, classify_route};
 use crate::route::dane::Verdict;
 use crate::route::mta_sts::Mode;
-use crate::route::{Dane, HostDane, MtaSts, Router, Site, SiteKind};
+use crate::route::{Dane, HostTls, MtaSts, Router, Site, SiteKind};
 
 /// Why the domain could not be checked (the configuration, not the domain).
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +284,7 @@ async fn dane(
         } else {
             usable += 1;
             match hosts.get(&host.name) {
-                Some(HostDane::Verify(records)) => {
+                Some(HostTls::Dane(records)) => {
                     let records: Vec<String> = records
                         .iter()
                         .map(|r| format!("{} {} {}", r.usage, r.selector, r.matching))
@@ -294,7 +294,7 @@ async fn dane(
                         records.join(", ")
                     )
                 }
-                Some(HostDane::Encrypt) => {
+                Some(HostTls::DaneEncrypt | HostTls::MtaSts) => {
                     "required: no TLSA record usable in SMTP; encrypted, not authenticated"
                         .to_owned()
                 }

@@ -29,7 +29,7 @@ use crate::metrics::Counter;
 use crate::metrics::Metrics;
 use crate::outcome::{Disposition, classify_route, dane_refused, mta_sts_no_mx, no_egress_pool};
 use crate::rate::{PermitSource, Rate};
-use crate::route::dane::{HostDane, Verdict};
+use crate::route::dane::Verdict;
 use crate::route::mta_sts::{Mode, Policy};
 use crate::route::{Dane, MtaSts, MtaStsConfig};
 use crate::route::{HostTls, RelayConfig, Router, Site, SiteKind};
@@ -525,10 +525,7 @@ impl<K: Send + Sync + 'static> Dispatcher<K> {
             .filter(|h| mx.contains(&h.name) && !failed.contains_key(&h.name))
             .filter_map(|h| {
                 let tls = match (hosts.get(&h.name), enforce) {
-                    (Some(HostDane::Verify(records)), _) => {
-                        Some(HostTls::Dane(Arc::clone(records)))
-                    }
-                    (Some(HostDane::Encrypt), _) => Some(HostTls::DaneEncrypt),
+                    (Some(tls), _) => Some(tls.clone()),
                     (None, Some(p)) if p.matches(&h.name) => Some(HostTls::MtaSts),
                     (None, Some(_)) => return None,
                     (None, None) => None,

@@ -23,6 +23,7 @@ use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use serde::{Deserialize, Serialize};
 
+use super::HostTls;
 use super::config::DnsConfig;
 use super::resolve::resolver_builder;
 use crate::metrics::{Counter, Metrics};
@@ -47,15 +48,6 @@ pub struct DaneConfig {
     pub trust_anchor: Option<PathBuf>,
 }
 
-/// How one MX host's TLS goes under DANE.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostDane {
-    /// TLS verified against these usable TLSA records, or no mail.
-    Verify(Arc<[TlsaRecord]>),
-    /// TLS required but not authenticated: its records are all unusable in SMTP.
-    Encrypt,
-}
-
 /// A domain's DANE answer, as the dispatcher applies it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -64,8 +56,8 @@ pub enum Verdict {
     Applies {
         /// The MX host names of the validated answer: mail goes to these only.
         mx: Vec<String>,
-        /// Hosts with records.
-        hosts: HashMap<String, HostDane>,
+        /// Hosts with records: [`HostTls::Dane`] or [`HostTls::DaneEncrypt`].
+        hosts: HashMap<String, HostTls>,
         /// Hosts whose TLSA lookup failed (bogus, or no answer), with why.
         failed: HashMap<String, String>,
     },
@@ -226,9 +218,9 @@ impl Dane {
                         })
                         .collect();
                     let dane = if records.iter().any(TlsaRecord::is_usable) {
-                        HostDane::Verify(records.into())
+                        HostTls::Dane(records.into())
                     } else {
-                        HostDane::Encrypt
+                        HostTls::DaneEncrypt
                     };
                     hosts.insert(name, dane);
                 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use config::{DnsConfig, RelayConfig, RelayTls, SecurityConfig};
-pub use dane::{Dane, DaneConfig, HostDane};
+pub use dane::{Dane, DaneConfig};
 pub use mta_sts::{MtaSts, MtaStsConfig};
 pub use resolve::{Router, is_forbidden};
 

@@ -18,7 +18,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256, Sha512};
 
-use super::tls::{TlsConnectors, TlsSetupError};
+use super::tls::{AnyCertificate, TlsConnectors, TlsSetupError};
 
 /// DANE-TA: the record names a trust anchor in the server's chain.
 pub const DANE_TA: u8 = 2;
@@ -76,14 +76,18 @@ impl TlsaRecord {
 pub struct DaneVerifier {
     records: Vec<TlsaRecord>,
     provider: Arc<CryptoProvider>,
+    /// The handshake's signature checks, as for any certificate.
+    signatures: AnyCertificate,
 }
 
 impl DaneVerifier {
     /// A verifier for one MX host's records; unusable records are left out.
     pub fn new(records: &[TlsaRecord]) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         Self {
             records: records.iter().filter(|r| r.is_usable()).cloned().collect(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            signatures: AnyCertificate(provider.signature_verification_algorithms),
+            provider,
         }
     }
 
@@ -152,12 +156,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -166,18 +165,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

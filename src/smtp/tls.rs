@@ -231,7 +231,7 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 /// Accepts any certificate but still checks that the handshake is signed by its key,
 /// so the session is encrypted to whoever holds that key (opportunistic TLS).
 #[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
+pub(super) struct AnyCertificate(pub(super) WebPkiSupportedAlgorithms);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
