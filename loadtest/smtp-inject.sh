@@ -2,7 +2,8 @@
 # SMTP injection throughput, measured with Postfix's smtp-source against volley's
 # submission listener (trusted network, no AUTH, durable store before each 250), with
 # the messages delivered onwards to volley-sink in the same run; and, as the ceiling of
-# this client on this machine, smtp-source straight into volley-sink.
+# this client on this machine, smtp-source straight into volley-sink, and into Postfix's
+# own smtp-sink (an independent server that stores nothing) where it is installed.
 #
 # Usage: loadtest/smtp-inject.sh [MESSAGES] [SESSIONS] [SIZE]   (default 20000 50 2048)
 # HOLD=1 holds delivery back ([dispatch] deliver = false) to measure the intake alone;
@@ -73,9 +74,30 @@ run() { # target → elapsed seconds
     python3 -c "print($end - $start)"
 }
 
+# Postfix's smtp-sink, as a reference nobody here wrote (it refuses to run as root
+# without -u).
+postfix_s=0 p0=0 p1=0
+if command -v smtp-sink >/dev/null; then
+    postfix_port=$(free_port)
+    user=()
+    [ "$(id -u)" = 0 ] && user=(-u nobody)
+    smtp-sink "${user[@]}" -c "127.0.0.1:$postfix_port" 256 >/dev/null 2>&1 &
+    pids+=($!)
+    postfix_pid=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$postfix_port") 2>/dev/null && break
+        sleep 0.1
+    done
+fi
+
 c0=$(cpu_ticks "$sink_pid")
 ceiling_s=$(run "$sink_port")
 c1=$(cpu_ticks "$sink_pid")
+if [ -n "${postfix_pid:-}" ]; then
+    p0=$(cpu_ticks "$postfix_pid")
+    postfix_s=$(run "$postfix_port")
+    p1=$(cpu_ticks "$postfix_pid")
+fi
 v0=$(cpu_ticks "$volley_pid")
 volley_s=$(run "$smtp_port")
 v1=$(cpu_ticks "$volley_pid")
@@ -90,15 +112,22 @@ for _ in $(seq 1 "$wait_rounds"); do
 done
 v2=$(cpu_ticks "$volley_pid")
 
-python3 - "$messages" "$ceiling_s" "$volley_s" "$hz" "$c0" "$c1" "$v0" "$v1" "$v2" "$delivered" <<'EOF'
+python3 - "$messages" "$ceiling_s" "$volley_s" "$hz" "$c0" "$c1" "$v0" "$v1" "$v2" "$delivered" \
+    "$postfix_s" "$p0" "$p1" <<'EOF'
 import json, sys
 n, ceiling_s, volley_s, hz = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 c0, c1, v0, v1, v2, delivered = (int(float(x)) for x in sys.argv[5:11])
+postfix_s, p0, p1 = float(sys.argv[11]), int(float(sys.argv[12])), int(float(sys.argv[13]))
 per10k = lambda ticks: ticks / hz / n * 10000
+postfix = {
+    "postfix_smtp_sink_per_s": round(n / postfix_s),
+    "postfix_smtp_sink_cpu_s_per_10k": round(per10k(p1 - p0), 3),
+} if postfix_s > 0 else {}
 print(json.dumps({
     "messages": n,
     "ceiling_smtp_source_to_sink_per_s": round(n / ceiling_s),
     "sink_cpu_s_per_10k": round(per10k(c1 - c0), 3),
+    **postfix,
     "volley_accepted_per_s": round(n / volley_s),
     "ratio_to_ceiling": round(ceiling_s / volley_s, 3),
     "volley_cpu_s_per_10k_during_injection": round(per10k(v1 - v0), 3),
