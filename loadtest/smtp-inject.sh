@@ -81,7 +81,7 @@ if command -v smtp-sink >/dev/null; then
     postfix_port=$(free_port)
     user=()
     [ "$(id -u)" = 0 ] && user=(-u nobody)
-    smtp-sink "${user[@]}" -c "127.0.0.1:$postfix_port" 256 >/dev/null 2>&1 &
+    smtp-sink "${user[@]}" "127.0.0.1:$postfix_port" 256 >/dev/null 2>&1 &
     pids+=($!)
     postfix_pid=$!
     for _ in $(seq 1 100); do
