@@ -37,6 +37,9 @@ pub trait Policy: Send + Sync + 'static {
 /// How long a stop waits for connections to finish what they are storing.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// How long a failed AUTH waits before its 535 (the session closes after a few).
+const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
+
 /// Everything a listener's connections share.
 pub struct Listener<P> {
     /// What the sessions offer.
@@ -202,6 +205,8 @@ impl<P: Policy> Listener<P> {
                         .unwrap_or(false);
                     if !ok {
                         tracing::info!(%ip, user, "SMTP authentication failed");
+                        // As Postfix's smtpd_error_sleep_time: a guesser waits for each no.
+                        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
                     }
                     session.authenticated(ok.then_some(user));
                 }

@@ -22,6 +22,14 @@ pub use content::Verdict;
 /// The longest command line accepted (RFC 5321 says 512; extensions make it longer).
 const MAX_LINE: usize = 4096;
 
+/// Failed AUTH attempts on one connection before it is closed: each is a password hash
+/// to compute, and a connection is not a free password-guessing channel.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+/// The most digits a BDAT chunk size may have: more would not fit a 64-bit size (and
+/// the parser wraps rather than refuses).
+const MAX_SIZE_DIGITS: usize = 19;
+
 /// What a server offers, fixed for a listener.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -151,6 +159,8 @@ pub struct Session {
     chunks: Option<Content>,
     /// A BDAT transaction that failed: its chunks are read and dropped until LAST.
     chunks_refused: Option<ServerReply>,
+    /// Failed AUTH attempts so far.
+    auth_failures: u32,
 }
 
 impl Session {
@@ -168,6 +178,7 @@ impl Session {
             to: Vec::new(),
             chunks: None,
             chunks_refused: None,
+            auth_failures: 0,
         };
         let greeting = format!("{} ESMTP volley", session.settings.hostname);
         session.reply(220, "", greeting);
@@ -314,12 +325,25 @@ impl Session {
             self.reply(500, "5.5.2", "lines must end with CRLF");
             return None;
         }
-        let parsed = Request::parse(&mut line.iter());
+        let bdat = is_bdat(line);
+        let parsed = if bdat && !bdat_size_fits(line) {
+            Err(smtp_proto::Error::SyntaxError {
+                syntax: "BDAT chunk-size [LAST]",
+            })
+        } else {
+            Request::parse(&mut line.iter())
+        };
         let request = match parsed {
             Ok(request) => request,
             Err(e) => {
                 let reply = syntax_reply(&e);
                 self.send(&reply);
+                if bdat {
+                    // The chunk that follows has no size we can trust: read as commands,
+                    // its bytes would be obeyed. Nothing after this line can be framed.
+                    self.reply(421, "4.5.0", "cannot find the end of that chunk; closing");
+                    self.state = State::Closing;
+                }
                 return None;
             }
         };
@@ -364,7 +388,10 @@ impl Session {
                 }
             }
             Request::Data => {
-                if let Some(refusal) = self.transaction_refusal() {
+                if self.chunks.is_some() || self.chunks_refused.is_some() {
+                    // RFC 3030: a transaction begun with BDAT ends with BDAT LAST.
+                    self.reply(503, "5.5.1", "BDAT in progress: end it with BDAT LAST");
+                } else if let Some(refusal) = self.transaction_refusal() {
                     self.send(&refusal);
                 } else {
                     self.reply(354, "", "end data with <CR><LF>.<CR><LF>");
@@ -626,8 +653,20 @@ impl Session {
                 self.user = Some(user);
                 self.reply(235, "2.7.0", "authentication succeeded");
             }
-            None => self.reply(535, "5.7.8", "authentication credentials invalid"),
+            None => {
+                self.auth_failures += 1;
+                self.reply(535, "5.7.8", "authentication credentials invalid");
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.reply(421, "4.7.0", "too many failed authentication attempts");
+                    self.state = State::Closing;
+                }
+            }
         }
+    }
+
+    /// How many AUTH attempts have failed on this connection.
+    pub fn auth_failures(&self) -> u32 {
+        self.auth_failures
     }
 
     /// The answer to [`Event::Mail`].
@@ -635,6 +674,9 @@ impl Session {
         self.state = State::Command;
         match decision {
             Ok(()) => {
+                // A new transaction: a refusal left by chunks sent before it is not its own.
+                self.chunks = None;
+                self.chunks_refused = None;
                 self.from = Some(from);
                 self.reply(250, "2.1.0", "sender OK");
             }
@@ -670,6 +712,21 @@ impl Session {
         self.reply(421, "4.4.2", text);
         self.state = State::Closing;
     }
+}
+
+/// Whether a command line is a BDAT command (whatever its arguments).
+fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..4].eq_ignore_ascii_case(b"BDAT") && matches!(line[4], b' ' | b'\r')
+}
+
+/// Whether a BDAT line's chunk size has at most [`MAX_SIZE_DIGITS`] digits.
+fn bdat_size_fits(line: &[u8]) -> bool {
+    let size = line[4..]
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    size <= MAX_SIZE_DIGITS
 }
 
 fn trim_crlf(line: &[u8]) -> &[u8] {

@@ -172,6 +172,88 @@ fn bdat_chunks_make_one_message() {
 }
 
 #[test]
+fn a_transaction_begun_with_bdat_ends_with_bdat() {
+    let mut s = Session::new(settings(false, false), false);
+    let (out, stored) = run(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nBDAT 12\r\nSubject: x\r\nDATA\r\nBDAT 6 LAST\r\n\r\nyo\r\n",
+    );
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "250", "503", "250"],
+        "{out}"
+    );
+    assert_eq!(stored.len(), 1, "{out}");
+    assert_eq!(stored[0].content, b"Subject: x\r\n\r\nyo\r\n");
+}
+
+#[test]
+fn a_chunk_refused_before_mail_does_not_refuse_the_next_transaction() {
+    let mut s = Session::new(settings(false, false), false);
+    let (out, stored) = run(
+        &mut s,
+        b"EHLO c\r\nBDAT 3\r\nabcMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nBDAT 17 LAST\r\nSubject: y\r\n\r\nz\r\n",
+    );
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "503", "250", "250", "250"],
+        "{out}"
+    );
+    assert_eq!(stored.len(), 1, "{out}");
+    assert_eq!(stored[0].content, b"Subject: y\r\n\r\nz\r\n");
+}
+
+#[test]
+fn a_bdat_without_a_readable_size_closes_the_connection() {
+    for bdat in [
+        "BDAT 20 FOO",
+        "BDAT 1000000000000000000000 LAST",
+        "BDAT",
+        "bdat x",
+    ] {
+        let mut s = Session::new(settings(false, false), false);
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n{bdat}\r\nRCPT TO:<c@example.org>\r\n"
+        );
+        let (out, stored) = run(&mut s, input.as_bytes());
+        let codes = codes(&out);
+        assert_eq!(codes.len(), 6, "{bdat}: {out}");
+        assert!(codes[4].starts_with('5'), "{bdat}: {out}");
+        assert_eq!(
+            codes[5], "421",
+            "{bdat}: the chunk is never read as commands: {out}"
+        );
+        assert!(stored.is_empty());
+        assert_eq!(s.next_event(), Event::Close);
+    }
+}
+
+#[test]
+fn a_connection_is_closed_after_three_failed_logins() {
+    let mut s = Session::new(settings(false, true), false);
+    let wrong = base64::engine::general_purpose::STANDARD.encode(b"\0ann\0guess");
+    let input = format!(
+        "EHLO c\r\nAUTH PLAIN {wrong}\r\nAUTH PLAIN {wrong}\r\nAUTH PLAIN {wrong}\r\nAUTH PLAIN {wrong}\r\nNOOP\r\n"
+    );
+    let (out, _) = run(&mut s, input.as_bytes());
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "535", "535", "535", "421"],
+        "{out}"
+    );
+    assert_eq!(s.auth_failures(), 3);
+    assert_eq!(s.next_event(), Event::Close);
+    // Two failures and then the right password: the user is in.
+    let mut s = Session::new(settings(false, true), false);
+    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0ann\0secret");
+    let input =
+        format!("EHLO c\r\nAUTH PLAIN {wrong}\r\nAUTH PLAIN {wrong}\r\nAUTH PLAIN {plain}\r\n");
+    let (out, _) = run(&mut s, input.as_bytes());
+    assert_eq!(codes(&out), ["220", "250", "535", "535", "235"], "{out}");
+    assert_eq!(s.user(), Some("ann"));
+}
+
+#[test]
 fn auth_needs_tls_first_and_checks_credentials() {
     let mut s = Session::new(settings(true, true), false);
     let plain = base64::engine::general_purpose::STANDARD.encode(b"\0ann\0secret");
