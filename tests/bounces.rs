@@ -66,8 +66,12 @@ fn dsn(to: &str, recipient: &str, action: &str, status: &str, diagnostic: &str) 
 }
 
 fn arf(original_return_path: &str) -> String {
+    feedback_report("abuse", original_return_path)
+}
+
+fn feedback_report(feedback_type: &str, original_return_path: &str) -> String {
     format!(
-        "From: fbl@provider.example\r\nTo: fbl@bounce.volley.test\r\nSubject: complaint\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"F\"\r\n\r\n--F\r\nContent-Type: text/plain\r\n\r\nAn abuse report.\r\n--F\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n\r\n--F\r\nContent-Type: message/rfc822\r\n\r\nReturn-Path: <{original_return_path}>\r\nFrom: shop@example.com\r\nSubject: News\r\n\r\nHello\r\n--F--\r\n"
+        "From: fbl@provider.example\r\nTo: fbl@bounce.volley.test\r\nSubject: complaint\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"F\"\r\n\r\n--F\r\nContent-Type: text/plain\r\n\r\nA feedback report.\r\n--F\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: {feedback_type}\r\nVersion: 1\r\n\r\n--F\r\nContent-Type: message/rfc822\r\n\r\nReturn-Path: <{original_return_path}>\r\nFrom: shop@example.com\r\nSubject: News\r\n\r\nHello\r\n--F--\r\n"
     )
 }
 
@@ -178,6 +182,22 @@ async fn reports_come_back_to_their_delivery_and_forgeries_change_nothing() {
         "{metrics}"
     );
 
+    // Cat's provider reports her "not spam" click and a DKIM failure: neither is a
+    // complaint, and neither stops her mail.
+    for kind in ["not-spam", "auth-failure", "virus"] {
+        let report_ = feedback_report(kind, &path("cat@example.org"));
+        let answer = report(&volley, "fbl@bounce.volley.test", &report_).await;
+        assert!(answer.starts_with("250"), "{kind}: {answer}");
+    }
+    assert_eq!(suppressed(&volley, "cat@example.org").await, None);
+    assert!(
+        !events(&volley)
+            .await
+            .iter()
+            .any(|e| e["event"] == "complained"),
+        "only abuse and fraud reports are complaints"
+    );
+
     // Bob complains through a feedback loop: the report quotes the original's Return-Path.
     let answer = report(
         &volley,
@@ -199,7 +219,7 @@ async fn reports_come_back_to_their_delivery_and_forgeries_change_nothing() {
             .is_some_and(|r| r.contains("complaint"))
     );
     // The dashboard counts what came back: one failed DSN (the delay is not a bounce),
-    // one complaint, one forgery ignored.
+    // one complaint; ignored: one forgery and the three reports that are no complaint.
     let stats = volley.get("/v1/dashboard/stats", &[]).await.json();
     assert_eq!(
         (
@@ -207,7 +227,7 @@ async fn reports_come_back_to_their_delivery_and_forgeries_change_nothing() {
             stats["late"]["ignored"].as_u64(),
             stats["totals"]["complained"].as_u64()
         ),
-        (Some(1), Some(1), Some(1)),
+        (Some(1), Some(4), Some(1)),
         "{stats}"
     );
 

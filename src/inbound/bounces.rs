@@ -88,6 +88,10 @@ impl BounceIntake {
                 (verdict != LateVerdict::Nothing).then_some((verdict, reply))
             })?,
             Report::Complaint { feedback_type } => {
+                // `not-spam`, `auth-failure`, `virus`, ...: not a complaint about us.
+                if !reports::COMPLAINTS.contains(&feedback_type.as_str()) {
+                    return None;
+                }
                 return Some(LateReport {
                     id,
                     kind: EventKind::Complained,
@@ -144,8 +148,18 @@ impl Policy for BounceIntake {
         }
     }
 
-    async fn store(&self, _: Option<&Sender>, envelope: Envelope) -> Result<String, ServerReply> {
-        let Some(parsed) = reports::parse(&envelope.content) else {
+    async fn store(
+        &self,
+        _: Option<&Sender>,
+        mut envelope: Envelope,
+    ) -> Result<String, ServerReply> {
+        // Anybody can send here, up to the size limit: parse off the runtime's threads.
+        let content = std::mem::take(&mut envelope.content);
+        let parsed = tokio::task::spawn_blocking(move || reports::parse(&content))
+            .await
+            .ok()
+            .flatten();
+        let Some(parsed) = parsed else {
             return self.ignored("not a message");
         };
         let Some(id) = self.delivery(&envelope, &parsed.candidates) else {

@@ -5,16 +5,27 @@
 //! can write anything there) but from a signed VERP address: the one the report was sent
 //! to, or one found in the original message it quotes.
 
+use std::collections::HashSet;
+
 use mail_parser::{MessageParser, MimeHeaders};
+
+/// Signed-address candidates taken from one message at most: a real report quotes a
+/// handful; a made-up one must not make us check millions of tags.
+const MAX_CANDIDATES: usize = 64;
+
+/// Feedback types that are a recipient's complaint (RFC 5965): `not-spam` (RFC 6430),
+/// `auth-failure` (RFC 6591), `virus` and `other` are not, and change nothing.
+pub const COMPLAINTS: [&str; 2] = ["abuse", "fraud"];
 
 /// What a received message reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// A delivery status notification: one entry per recipient it speaks of.
     Delivery(Vec<DsnRecipient>),
-    /// A complaint: the feedback type (`abuse`, `fraud`, ...).
+    /// A feedback report: its feedback type (`abuse`, `fraud`, `not-spam`, ...); only
+    /// those in [`COMPLAINTS`] are complaints.
     Complaint {
-        /// `Feedback-Type`, lower case.
+        /// `Feedback-Type`, lower case; empty when the report has none (malformed).
         feedback_type: String,
     },
     /// A bounce without a report: the first SMTP reply it quotes that carries a 5xx
@@ -80,11 +91,14 @@ pub fn parse(raw: &[u8]) -> Option<Parsed> {
                 .into_iter()
                 .flatten()
                 .find(|(name, _)| name == "feedback-type")
-                .map_or_else(|| "abuse".to_owned(), |(_, v)| v.to_ascii_lowercase());
+                .map(|(_, v)| v.trim().to_ascii_lowercase())
+                .unwrap_or_default();
             Report::Complaint { feedback_type }
         }
         _ => Report::Plain {
-            reply: quoted_reply(&String::from_utf8_lossy(raw)),
+            reply: message
+                .body_text(0)
+                .and_then(|text| quoted_reply(before_the_returned_message(&text))),
         },
     };
     Some(Parsed {
@@ -146,6 +160,26 @@ fn field_groups(text: &str) -> Vec<Vec<(String, String)>> {
     groups
 }
 
+/// A plain bounce's own text, without the copy of the returned message that many
+/// append after a ruled line (`--- Below this line is a copy of the message.`, `-----
+/// Original message follows -----`): a refusal quoted in that copy is not the bounce's.
+/// Any ruled line that speaks of a message ends the text, so a bounce that puts one
+/// before its reason is not acted on: erring that way suppresses nobody.
+fn before_the_returned_message(text: &str) -> &str {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let lower = line.trim().to_ascii_lowercase();
+        let ruled = ["---", "===", "***"].iter().any(|r| lower.starts_with(r));
+        let marker = (ruled && (lower.contains("message") || lower.contains("headers")))
+            || lower.starts_with("original message headers");
+        if marker {
+            return &text[..at];
+        }
+        at += line.len();
+    }
+    text
+}
+
 /// The first line that quotes an SMTP refusal with an enhanced code: `5xx 5.x.x ...`
 /// (or `5xx-5.x.x`, or `#5.x.x` after a 5xx). Only permanent ones: a bounce that quotes
 /// nothing so clear is not acted on.
@@ -170,15 +204,20 @@ fn quoted_reply(text: &str) -> Option<String> {
     None
 }
 
-/// Tokens that could be addresses with a `+` tag, in order.
+/// Tokens that could be addresses with a `+` tag, in order, each once, at most
+/// [`MAX_CANDIDATES`].
 fn candidates(raw: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(raw);
     let separators = |c: char| c.is_whitespace() || "<>\"'();,:[]".contains(c);
+    let mut seen = HashSet::new();
     let mut out: Vec<String> = Vec::new();
     for token in text.split(separators) {
         let token = token.trim_end_matches('.');
-        if token.contains('@') && token.contains('+') && !out.iter().any(|t| t == token) {
+        if token.contains('@') && token.contains('+') && seen.insert(token) {
             out.push(token.to_owned());
+            if out.len() == MAX_CANDIDATES {
+                break;
+            }
         }
     }
     out
@@ -286,12 +325,39 @@ Hello\r
     }
 
     #[test]
+    fn candidates_are_each_taken_once_and_bounded() {
+        let mut raw = String::from("From: x@y.example\r\nSubject: many\r\n\r\n");
+        for i in 0..100_000 {
+            raw.push_str(&format!("a+{i}@b.example a+1@b.example\r\n"));
+        }
+        let found = parse(raw.as_bytes()).unwrap().candidates;
+        assert_eq!(found.len(), MAX_CANDIDATES);
+        assert_eq!(found[0], "a+0@b.example");
+        assert_eq!(found[1], "a+1@b.example");
+        assert_eq!(found[2], "a+2@b.example");
+    }
+
+    #[test]
     fn a_plain_bounce_quotes_a_permanent_reply_or_nothing() {
         let plain = "From: postmaster@old.example\r\nSubject: failure notice\r\n\r\nHi. This is the qmail-send program.\r\n<ann@old.example>:\r\nRemote host said: 550-5.1.1 The email account does not exist\r\n";
         assert_eq!(
             parse(plain.as_bytes()).unwrap().report,
             Report::Plain {
                 reply: Some("550 5.1.1 The email account does not exist".into())
+            }
+        );
+        // A refusal quoted in the returned copy, or in the headers, is not the bounce's.
+        let quoted_copy = "From: postmaster@old.example\r\nX-Note: 550 5.1.1 in a header\r\nSubject: failure notice\r\n\r\nHi. This is the qmail-send program.\r\nSorry, I could not deliver it; I will keep trying.\r\n\r\n--- Below this line is a copy of the message.\r\n\r\nSubject: news\r\n\r\nWe got 550 5.1.1 errors last month.\r\n";
+        assert_eq!(
+            parse(quoted_copy.as_bytes()).unwrap().report,
+            Report::Plain { reply: None }
+        );
+        // sendmail's plain bounce: the transcript comes before the returned message.
+        let sendmail = "From: MAILER-DAEMON@old.example\r\nSubject: Returned mail\r\n\r\nThe original message was received at Thu, 3 Dec 2026 10:00:00 GMT\r\n\r\n   ----- The following addresses had permanent fatal errors -----\r\n<ann@old.example>\r\n\r\n   ----- Transcript of session follows -----\r\n<<< 550 5.1.1 <ann@old.example>... User unknown\r\n\r\n   ----- Original message follows -----\r\n\r\nSubject: news\r\n\r\n552 5.2.2 quoted in the copy\r\n";
+        assert_eq!(
+            parse(sendmail.as_bytes()).unwrap().report,
+            Report::Plain {
+                reply: Some("550 5.1.1 <ann@old.example>... User unknown".into())
             }
         );
         let vague =
