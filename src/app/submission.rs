@@ -12,6 +12,11 @@ use crate::inbound::{Intake, Listener, Users};
 use crate::queue::AnyQueue;
 use crate::smtp::server::ServerSettings;
 
+/// Room kept under `message.max_size` for what volley adds to a submitted message
+/// (`Date`, `Message-ID`, DKIM signatures): a message taken with a 250 must never turn
+/// out too big to send.
+const ADDED_HEADERS: usize = 16 << 10;
+
 /// A `[submission]` setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("submission.{field}: {message}")]
@@ -133,6 +138,16 @@ fn parts(config: &Config) -> Result<Option<Parts>, SubmissionError> {
     if c.max_connections == 0 {
         return Err(error("max_connections", "must be at least 1"));
     }
+    if config.message.max_size <= 2 * ADDED_HEADERS {
+        return Err(error(
+            "max_message_size",
+            format!(
+                "message.max_size must be above {} bytes: a submitted message may be that \
+                 much smaller, for the Date, Message-ID and DKIM headers volley adds",
+                2 * ADDED_HEADERS
+            ),
+        ));
+    }
     if c.max_recipients == 0 {
         return Err(error("max_recipients", "must be at least 1"));
     }
@@ -146,7 +161,9 @@ fn parts(config: &Config) -> Result<Option<Parts>, SubmissionError> {
     };
     let settings = ServerSettings {
         hostname,
-        max_message_size: c.max_message_size.min(config.message.max_size),
+        max_message_size: c
+            .max_message_size
+            .min(config.message.max_size.saturating_sub(ADDED_HEADERS)),
         max_recipients: c.max_recipients,
         starttls: tls.is_some(),
         auth: !users.is_empty(),
@@ -192,6 +209,25 @@ mod tests {
         let unknown = text.replace("[egress.pools.tx]", "");
         let err = parts(&Config::parse(&unknown).unwrap()).err().unwrap();
         assert!(err.to_string().contains("egress pool \"tx\""), "{err}");
+    }
+
+    #[test]
+    fn the_size_limit_leaves_room_for_the_headers_volley_adds() {
+        let text = "[submission]\nlisten = \"127.0.0.1:0\"\n[message]\nmax_size = \"100KiB\"\n";
+        let checked = parts(&Config::parse(text).unwrap()).unwrap().unwrap();
+        assert_eq!(
+            checked.settings.max_message_size,
+            (100 << 10) - ADDED_HEADERS
+        );
+        let smaller = text.replace(
+            "[submission]\n",
+            "[submission]\nmax_message_size = \"50KiB\"\n",
+        );
+        let checked = parts(&Config::parse(&smaller).unwrap()).unwrap().unwrap();
+        assert_eq!(checked.settings.max_message_size, 50 << 10);
+        let tiny = text.replace("100KiB", "20KiB");
+        let err = parts(&Config::parse(&tiny).unwrap()).err().unwrap();
+        assert!(err.to_string().contains("message.max_size"), "{err}");
     }
 
     #[test]
