@@ -35,10 +35,13 @@ struct Log {
 
 type SharedLog = Arc<Mutex<Log>>;
 
-/// Runs the scripted server on one end of a duplex pipe.
+/// Runs the scripted server on one end of a duplex pipe. Like Postfix, a transaction
+/// stays open after its content is refused for want of recipients: until RSET, another
+/// MAIL is a nested one.
 async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
     let mut buf = Vec::new();
     let mut accepted = 0usize;
+    let mut open = false;
     let mut in_data = false;
     let mut chunk = vec![0u8; 64 * 1024];
     let _ = io.write_all(b"220 test ESMTP\r\n").await;
@@ -64,6 +67,7 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
                 group.push("<data>".to_owned());
                 log.lock().unwrap().messages.push(content);
                 out.extend_from_slice(if accepted > 0 {
+                    open = false;
                     b"250 2.0.0 queued\r\n"
                 } else {
                     b"554 5.5.1 no recipients\r\n"
@@ -99,9 +103,11 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
                     r
                 }
                 "HELO" => "250 test\r\n".into(),
+                "MAIL" if open => "503 5.5.1 nested MAIL command\r\n".into(),
                 "MAIL" => {
                     log.lock().unwrap().mail_lines.push(line.clone());
                     accepted = 0;
+                    open = true;
                     "250 2.1.0 ok\r\n".into()
                 }
                 "RCPT" => {
@@ -140,6 +146,7 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
                     group.push("<bdat>".to_owned());
                     log.lock().unwrap().messages.push(content);
                     let r = if accepted > 0 {
+                        open = false;
                         "250 2.0.0 queued\r\n"
                     } else {
                         "554 5.5.1 no recipients\r\n"
@@ -147,7 +154,12 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
                     accepted = 0;
                     r.into()
                 }
-                "RSET" | "NOOP" => "250 2.0.0 ok\r\n".into(),
+                "RSET" => {
+                    open = false;
+                    accepted = 0;
+                    "250 2.0.0 ok\r\n".into()
+                }
+                "NOOP" => "250 2.0.0 ok\r\n".into(),
                 "VRFY" => "252 2.5.0 cannot verify\r\n".into(),
                 "EXPN" => "502 5.5.1 no\r\n".into(),
                 "QUIT" => "221 2.0.0 bye\r\n".into(),
@@ -471,7 +483,7 @@ async fn bdat_transactions_go_out_together() {
         groups(&log),
         [
             "EHLO",
-            "MAIL RCPT BDAT <bdat> MAIL RCPT BDAT <bdat> MAIL RCPT BDAT <bdat>"
+            "MAIL RCPT BDAT <bdat> RSET MAIL RCPT BDAT <bdat> RSET MAIL RCPT BDAT <bdat>"
         ]
     );
     let log = log.lock().unwrap();

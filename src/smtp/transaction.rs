@@ -336,15 +336,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 bytes += txs[ready[end].0].body.len();
                 end += 1;
             }
-            let rset = std::mem::take(&mut self.needs_rset);
+            // Every transaction after the first of a write starts with RSET: the one
+            // before it may end refused (no recipient accepted), and servers such as
+            // Postfix then keep its MAIL open, so that the next MAIL, already written,
+            // would be refused as nested, and its recipients bounced.
+            let first_rset = std::mem::take(&mut self.needs_rset);
+            let rset = |k: usize| k > 0 || first_rset;
             for (k, &(i, params)) in ready[start..end].iter().enumerate() {
-                self.queue_envelope(&txs[i], params, rset && k == 0, false);
+                self.queue_envelope(&txs[i], params, rset(k), false);
                 encode_bdat_last(txs[i].body, self.conn.wbuf());
             }
             reader.flush(self, Phase::DataBlock).await;
             for (k, &(i, _)) in ready[start..end].iter().enumerate() {
                 let env = reader
-                    .envelope(self, rset && k == 0, txs[i].to.len(), Phase::DataEnd)
+                    .envelope(self, rset(k), txs[i].to.len(), Phase::DataEnd)
                     .await;
                 if env.accepted() == 0 {
                     self.needs_rset = true;
