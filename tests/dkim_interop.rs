@@ -68,7 +68,13 @@ fn dkimpy_verifies_our_signatures() {
                 cc: Vec::new(),
                 reply_to: None,
                 subject: format!("Issue {i} {}", "x".repeat(i * 3)),
-                text: Some(format!("Hello,\n\n{}\n.\nBye", "line of text ".repeat(i))),
+                // Some with bare CRs (old Mac line ends, a pasted receipt): they must be
+                // mended before signing, or the receiver hashes other line breaks.
+                text: Some(format!(
+                    "Hello,\n\n{}\n.\nBye{}",
+                    "line of text ".repeat(i),
+                    if i % 4 == 1 { "\rTotal:\r12 EUR\r" } else { "" }
+                )),
                 html: (i % 2 == 0).then(|| format!("<p>Hello {i}</p>")),
                 attachments: Vec::new(),
                 headers: vec![("X-Seq".into(), i.to_string())],
@@ -81,6 +87,13 @@ fn dkimpy_verifies_our_signatures() {
                 .filter(|l| l.starts_with("DKIM-Signature:"))
                 .count();
             assert_eq!(count, signers.len());
+            // What is signed is what goes on the wire: no bare CR or LF for the SMTP
+            // encoder to mend after the signature was made.
+            let bare = signed.iter().enumerate().any(|(j, b)| {
+                (*b == b'\r' && signed.get(j + 1) != Some(&b'\n'))
+                    || (*b == b'\n' && (j == 0 || signed[j - 1] != b'\r'))
+            });
+            assert!(!bare, "message {i} has a bare line end");
             std::fs::write(dir.path().join(format!("{k}-{i:02}.eml")), signed).unwrap();
             n += 1;
         }

@@ -129,10 +129,10 @@ pub fn build_message(spec: &MessageSpec, message_id_domain: &str) -> Result<Vec<
         builder = builder.header(name.as_str(), Text::new(value.as_str()));
     }
     if let Some(text) = &spec.text {
-        builder = builder.text_body(text.as_str());
+        builder = builder.text_body(mend_bare_cr(text));
     }
     if let Some(html) = &spec.html {
-        builder = builder.html_body(html.as_str());
+        builder = builder.html_body(mend_bare_cr(html));
     }
     for (index, attachment) in spec.attachments.iter().enumerate() {
         builder = builder.attachment(
@@ -170,6 +170,11 @@ fn validate(spec: &MessageSpec, message_id_domain: &str) -> Result<(), MessageEr
         check_name(reply_to, || "reply_to.name".to_owned())?;
     }
     check_line(|| "subject".to_owned(), &spec.subject)?;
+    for (field, body) in [("text", &spec.text), ("html", &spec.html)] {
+        if body.as_deref().is_some_and(|b| b.contains('\0')) {
+            return Err(MessageError::NulInBody { field });
+        }
+    }
     for (name, value) in &spec.headers {
         check_custom_header(name, value)?;
     }
@@ -180,6 +185,26 @@ fn validate(spec: &MessageSpec, message_id_domain: &str) -> Result<(), MessageEr
         )?;
     }
     Ok(())
+}
+
+/// A body with each bare CR made a CRLF. mail-builder writes short ASCII text as 7bit
+/// byte for byte, mending bare LFs only: a bare CR would go into the message as it is,
+/// the DKIM body hash would skip it, and the SMTP encoder would then send it as a line
+/// break the hash never saw (`dkim=fail` at the receiver).
+fn mend_bare_cr(body: &str) -> Cow<'_, str> {
+    let bytes = body.as_bytes();
+    let bare = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
+    if !(0..bytes.len()).any(bare) {
+        return Cow::Borrowed(body);
+    }
+    let mut mended = String::with_capacity(body.len() + 16);
+    for (i, c) in body.char_indices() {
+        mended.push(c);
+        if c == '\r' && bare(i) {
+            mended.push('\n');
+        }
+    }
+    Cow::Owned(mended)
 }
 
 fn check_name(mailbox: &Mailbox, field: impl FnOnce() -> String) -> Result<(), MessageError> {
@@ -245,6 +270,35 @@ mod tests {
             content_type: content_type.into(),
             content: vec![],
         }
+    }
+
+    fn plain(text: &str) -> MessageSpec {
+        MessageSpec {
+            from: Mailbox::new(Address::parse("news@example.com").unwrap()),
+            to: vec![Mailbox::new(Address::parse("ann@example.org").unwrap())],
+            cc: Vec::new(),
+            reply_to: None,
+            subject: "Receipt".into(),
+            text: Some(text.into()),
+            html: None,
+            attachments: Vec::new(),
+            headers: Vec::new(),
+            list_unsubscribe: None,
+        }
+    }
+
+    #[test]
+    fn bare_crs_in_a_body_become_line_breaks_and_nul_is_refused() {
+        let built = build_message(&plain("one\rtwo\r\nthree\r"), "example.com").unwrap();
+        let text = String::from_utf8(built).unwrap();
+        assert!(text.contains("\r\n\r\none\r\ntwo\r\nthree\r\n"), "{text:?}");
+        assert!(!text.replace("\r\n", "").contains('\r'), "{text:?}");
+        let err = build_message(&plain("a\0b"), "example.com").unwrap_err();
+        assert!(
+            matches!(err, MessageError::NulInBody { field: "text" }),
+            "{err}"
+        );
+        assert_eq!(mend_bare_cr("é\r"), "é\r\n");
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum MessageError {
     /// Neither `text` nor `html` is given.
     #[error("the message has no body: give text, html or both")]
     NoBody,
+    /// A body holds NUL, which no message may carry (RFC 5322).
+    #[error("{field} contains NUL")]
+    NulInBody {
+        /// `text` or `html`.
+        field: &'static str,
+    },
     /// An attachment's content type is not `type/subtype` with optional parameters.
     #[error("attachments[{index}] ({filename:?}): invalid content type {content_type:?}")]
     ContentType {

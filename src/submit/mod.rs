@@ -254,6 +254,7 @@ fn compose_invalid(e: ComposeError, recipient: Option<usize>) -> Invalid {
             _,
         ) => "headers".to_owned(),
         (ComposeError::Message(MessageError::LineBreak { field, .. }), _) => field.to_string(),
+        (ComposeError::Message(MessageError::NulInBody { field }), _) => (*field).to_owned(),
         _ => "message".to_owned(),
     };
     Invalid {
