@@ -62,7 +62,7 @@ impl Address {
         if input.is_empty() {
             return Err(AddressError::Empty);
         }
-        if input.bytes().any(|b| b.is_ascii_control()) {
+        if input.chars().any(is_control_or_separator) {
             return Err(AddressError::Control);
         }
         if input.contains(['<', '>']) {
@@ -151,6 +151,23 @@ impl std::str::FromStr for Address {
     }
 }
 
+/// Controls (C0, DEL, C1 such as NEL), line and paragraph separators, and the
+/// invisible direction marks: none belongs in an address, and some would read as a line
+/// break, or reorder the text, in whatever shows a header.
+fn is_control_or_separator(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 /// RFC 5322 atext, extended with UTF-8 by RFC 6531.
 fn is_atext(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
@@ -205,7 +222,9 @@ pub(crate) fn valid_domain(domain: &str) -> bool {
 
 /// The one form an address takes as a suppression key, whatever form it arrived in (a
 /// submission, a bounce, an unsubscribe, an import, the API): trimmed, the domain in
-/// lower-case A-labels (IDNA), the local part lower-cased.
+/// lower-case A-labels (IDNA), the local part unquoted (`"bob"` and `"b\ob"` are the
+/// mailbox `bob`, RFC 5321 section 4.1.2), lower-cased and in Unicode NFC (`é` typed as
+/// one character or as `e` and an accent is one mailbox).
 ///
 /// RFC 5321 lets a server treat local parts as case-sensitive; mailbox providers do not,
 /// and a suppression list must err on the side of not sending: `Bob@x` and `bob@x` are
@@ -215,10 +234,32 @@ pub fn suppression_key(address: &str) -> String {
     match a.rsplit_once('@') {
         Some((local, domain)) => {
             let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase());
-            format!("{}@{domain}", local.to_lowercase())
+            let local = unquoted(local).to_lowercase();
+            let local = icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(&local);
+            format!("{local}@{domain}")
         }
         None => a.to_lowercase(),
     }
+}
+
+/// A quoted local part's content, its quoted pairs undone; any other as it is.
+fn unquoted(local: &str) -> std::borrow::Cow<'_, str> {
+    let Some(inner) = local
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .filter(|_| local.len() >= 2)
+    else {
+        return std::borrow::Cow::Borrowed(local);
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -253,6 +294,12 @@ mod tests {
             ),
             ("user@exam\nple.com", AddressError::Control),
             ("us\0er@example.com", AddressError::Control),
+            (
+                "\"x\u{2028}Bcc: evil@attacker.example\"@example.org",
+                AddressError::Control,
+            ),
+            ("a\u{85}b@example.org", AddressError::Control),
+            ("a\u{202e}gpj.exe@example.org", AddressError::Control),
             ("user@example.com> SIZE=1", AddressError::AngleBracket),
             ("<user@example.com>", AddressError::AngleBracket),
             ("\"a<b\"@example.com", AddressError::AngleBracket),
@@ -351,7 +398,11 @@ mod tests {
                 "permfail@xn--bcher-kva.example",
             ),
             ("Permfail@BÜCHER.example", "permfail@xn--bcher-kva.example"),
-            ("\"x@y\"@Z.org", "\"x@y\"@z.org"),
+            ("\"x@y\"@Z.org", "x@y@z.org"),
+            ("\"bob\"@example.com", "bob@example.com"),
+            ("\"B\\ob\"@example.com", "bob@example.com"),
+            ("jose\u{301}@example.com", "jos\u{e9}@example.com"),
+            ("JOS\u{c9}@example.com", "jos\u{e9}@example.com"),
             ("nodomain", "nodomain"),
         ] {
             assert_eq!(suppression_key(given), key, "{given}");
