@@ -225,6 +225,22 @@ async fn bad_requests_get_exact_status_codes() {
         .await;
     assert_eq!(malformed.status, 400, "{}", malformed.text());
     assert_eq!(malformed.json()["error"]["code"], "malformed");
+    // Two documents, or text after one, are not half taken.
+    for trailing in ["garbage", " {\"to\": [\"c@example.org\"]}"] {
+        let body = format!(
+            "{{\"from\": \"a@example.com\", \"to\": [\"b@example.org\"], \"subject\": \"s\", \"text\": \"x\"}}{trailing}"
+        );
+        let refused = volley
+            .request(
+                "POST",
+                "/v1/messages",
+                &[h[0], ("content-type", "application/json")],
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(refused.status, 400, "{trailing}: {}", refused.text());
+        assert_eq!(refused.json()["error"]["code"], "malformed");
+    }
     // A recipient's variables nested deeper than any parser should follow: refused,
     // named, and the server answers the next request.
     let deep = format!(

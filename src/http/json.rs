@@ -22,7 +22,7 @@ pub(super) fn body(
 /// Parses JSON: syntax errors are 400, wrong or missing fields 422 with the path.
 pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_data() {
@@ -33,5 +33,9 @@ pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             ApiError::malformed(format!("malformed JSON: {inner}"))
         }
-    })
+    })?;
+    // One document: anything after it (a second object, stray text) is not ignored.
+    de.end()
+        .map_err(|e| ApiError::malformed(format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
