@@ -187,6 +187,12 @@ async fn wait_for_stop(
         while sink.stats().messages < max {
             tick.tick().await;
         }
+        // The clients' QUITs are on their way: let open sessions end by themselves (for
+        // at most a second) rather than cutting them off with a 421.
+        let grace = tokio::time::Instant::now() + Duration::from_secs(1);
+        while sink.stats().open_connections > 0 && tokio::time::Instant::now() < grace {
+            tick.tick().await;
+        }
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
