@@ -119,15 +119,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         matches!(self.stream, Stream::Tls(_))
     }
 
-    /// Writes the whole write buffer in one write call and empties it.
+    /// Writes the whole write buffer and empties it. The phase's timeout bounds each
+    /// write call, not the whole buffer (RFC 5321 section 4.5.3.2.5: "the completion of
+    /// each TCP SEND call"): a large batch over a slow link goes as long as it moves.
     pub async fn flush(&mut self, phase: Phase) -> Result<(), SmtpError> {
         let limit = self.timeouts.for_phase(phase);
         let stream = &mut self.stream;
         let wbuf = &self.wbuf;
-        let result = timed(limit, phase, async {
-            stream.write_all(wbuf).await?;
-            stream.flush().await
-        })
+        let result = async {
+            let mut written = 0;
+            while written < wbuf.len() {
+                match timed(limit, phase, stream.write(&wbuf[written..])).await? {
+                    0 => {
+                        return Err(SmtpError::io(
+                            phase,
+                            &io::Error::from(io::ErrorKind::WriteZero),
+                        ));
+                    }
+                    n => written += n,
+                }
+            }
+            timed(limit, phase, stream.flush()).await
+        }
         .await;
         self.wbuf.clear();
         result
@@ -136,6 +149,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Reads the next reply; bytes after it stay buffered.
     pub async fn read_reply(&mut self, phase: Phase) -> Result<Reply, SmtpError> {
         let limit = self.timeouts.for_phase(phase);
+        self.read_reply_within(phase, limit).await
+    }
+
+    /// Reads the next reply, waiting at most `limit`.
+    pub async fn read_reply_within(
+        &mut self,
+        phase: Phase,
+        limit: Duration,
+    ) -> Result<Reply, SmtpError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match self.parser.parse(&mut self.rbuf) {

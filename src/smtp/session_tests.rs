@@ -21,6 +21,11 @@ struct Script {
     data_anyway: bool,
     /// Never answer this verb (to test timeouts).
     mute: Option<&'static str>,
+    /// After this many messages, answer what came so far and stop reading (a server that
+    /// stalls in the middle of a pipelined batch).
+    stall_after: Option<usize>,
+    /// Wait this long before each read (a slow link).
+    read_pause: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -46,6 +51,9 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
     let mut chunk = vec![0u8; 64 * 1024];
     let _ = io.write_all(b"220 test ESMTP\r\n").await;
     loop {
+        if let Some(pause) = script.read_pause {
+            tokio::time::sleep(pause).await;
+        }
         let n = match io.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
@@ -136,6 +144,9 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
                         .and_then(|n| n.parse().ok())
                         .unwrap_or(0);
                     while buf.len() < size {
+                        if let Some(pause) = script.read_pause {
+                            tokio::time::sleep(pause).await;
+                        }
                         let n = io.read(&mut chunk).await.unwrap_or(0);
                         if n == 0 {
                             return;
@@ -144,7 +155,11 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
                     }
                     let content: Vec<u8> = buf.drain(..size).collect();
                     group.push("<bdat>".to_owned());
-                    log.lock().unwrap().messages.push(content);
+                    let received = {
+                        let mut log = log.lock().unwrap();
+                        log.messages.push(content);
+                        log.messages.len()
+                    };
                     let r = if accepted > 0 {
                         open = false;
                         "250 2.0.0 queued\r\n"
@@ -152,6 +167,11 @@ async fn serve(mut io: DuplexStream, script: Script, log: SharedLog) {
                         "554 5.5.1 no recipients\r\n"
                     };
                     accepted = 0;
+                    if script.stall_after == Some(received) {
+                        out.extend_from_slice(r.as_bytes());
+                        let _ = io.write_all(&out).await;
+                        std::future::pending::<()>().await;
+                    }
                     r.into()
                 }
                 "RSET" => {
@@ -492,6 +512,72 @@ async fn bdat_transactions_go_out_together() {
         "BDAT content is not dot-stuffed"
     );
     assert_eq!(log.mail_lines[2], "MAIL FROM:<> SIZE=7 BODY=8BITMIME");
+}
+
+#[tokio::test]
+async fn a_server_that_stops_reading_mid_batch_keeps_what_it_accepted() {
+    let caps = vec!["PIPELINING", "CHUNKING", "8BITMIME", "SIZE"];
+    let mut config = config();
+    config.timeouts.data_block = Duration::from_millis(300);
+    let (session, log) = start(
+        Script {
+            caps,
+            stall_after: Some(1),
+            ..Script::default()
+        },
+        config,
+    )
+    .await;
+    let mut session = session.unwrap();
+    let (to1, to2) = (addrs(&["a@x.test"]), addrs(&["b@x.test"]));
+    // Larger than the pipe: its write stalls once the server stops reading.
+    let big = vec![b'x'; 3 << 20];
+    let txs = [
+        Transaction {
+            from: None,
+            to: &to1,
+            body: b"first",
+        },
+        Transaction {
+            from: None,
+            to: &to2,
+            body: &big,
+        },
+    ];
+    let results = session.send(&txs).await;
+    // The first was answered 250 before the write failed: it is delivered, and must
+    // not be sent again; the second is a transient failure, tried again later.
+    assert_eq!(dispositions(&results[0]), [Kind::Accepted]);
+    assert_eq!(dispositions(&results[1]), [Kind::Connection]);
+    assert_eq!(log.lock().unwrap().messages.len(), 1);
+}
+
+#[tokio::test]
+async fn a_large_message_over_a_slow_link_goes_as_long_as_it_moves() {
+    let caps = vec!["PIPELINING", "CHUNKING", "8BITMIME", "SIZE"];
+    let mut config = config();
+    // Each write must progress within a second; the whole message takes longer.
+    config.timeouts.data_block = Duration::from_secs(1);
+    let (session, log) = start(
+        Script {
+            caps,
+            read_pause: Some(Duration::from_millis(50)),
+            ..Script::default()
+        },
+        config,
+    )
+    .await;
+    let mut session = session.unwrap();
+    let to = addrs(&["a@x.test"]);
+    let big = vec![b'x'; 3 << 20];
+    let txs = [Transaction {
+        from: None,
+        to: &to,
+        body: &big,
+    }];
+    let results = session.send(&txs).await;
+    assert_eq!(dispositions(&results[0]), [Kind::Accepted]);
+    assert_eq!(log.lock().unwrap().messages[0].len(), (3 << 20) + 2);
 }
 
 #[tokio::test]

@@ -106,11 +106,21 @@ pub struct Exchange {
     pub fastest: Option<Duration>,
 }
 
+/// How long replies already sent are waited for after a write failed: they answer
+/// commands the server took before it stopped reading, and are already on their way.
+const AFTER_WRITE_FAILURE: Duration = Duration::from_secs(2);
+
 /// Reads the replies of one pipelined write; after the first failure every further
-/// read returns that failure without touching the socket.
+/// read returns that failure without touching the socket. A failed write is not such a
+/// failure yet: the server may have answered the first transactions of the group before
+/// it stopped reading, and a message it took must not be charged the write's error (it
+/// would be sent again). Those replies are read, briefly; the first that does not come
+/// fails the rest.
 #[derive(Default)]
 struct GroupReader {
     failed: Option<SmtpError>,
+    /// The write that failed, while replies already sent are still read.
+    write_failed: Option<SmtpError>,
     /// When the last write went out, until its first reply is read.
     sent_at: Option<Instant>,
     exchange: Exchange,
@@ -121,7 +131,7 @@ impl GroupReader {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        if self.failed.is_some() {
+        if self.failed.is_some() || self.write_failed.is_some() {
             session.conn.wbuf().clear();
             return;
         }
@@ -129,7 +139,7 @@ impl GroupReader {
             Ok(()) => self.sent_at = Some(Instant::now()),
             Err(e) => {
                 session.broken = true;
-                self.failed = Some(e);
+                self.write_failed = Some(e);
             }
         }
     }
@@ -140,6 +150,19 @@ impl GroupReader {
     {
         if let Some(e) = &self.failed {
             return Err(e.clone());
+        }
+        if let Some(write) = self.write_failed.clone() {
+            return match session
+                .conn
+                .read_reply_within(phase, AFTER_WRITE_FAILURE)
+                .await
+            {
+                Ok(reply) => Ok(reply),
+                Err(_) => {
+                    self.failed = Some(write.clone());
+                    Err(write)
+                }
+            };
         }
         let reply = session
             .read(phase)
