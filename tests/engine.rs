@@ -158,6 +158,14 @@ fn records() -> DnsRecords {
         .null_mx("nullmx.test")
         .mx("noaddress.test", 10, "gone.noaddress.test")
         .servfail("broken.test")
+        // One MX on a loopback address, the other unresolvable for now, or for good.
+        .mx("mixed.test", 10, "private.mixed.test")
+        .a("private.mixed.test", IP3)
+        .mx("mixed.test", 20, "flaky.mixed.test")
+        .servfail("flaky.mixed.test")
+        .mx("onlyprivate.test", 10, "private.onlyprivate.test")
+        .a("private.onlyprivate.test", IP3)
+        .mx("onlyprivate.test", 20, "missing.onlyprivate.test")
 }
 
 #[tokio::test]
@@ -250,10 +258,25 @@ async fn implicit_null_nxdomain_servfail_and_forbidden() {
 
     // Without allow_loopback_mx, an MX on 127.0.0.x is refused before any connection.
     let mut h = start(&dns, engine_config(port), false);
-    let reports = h.send(&[(1, "a@implicit.test")]).await;
+    let reports = h
+        .send(&[
+            (1, "a@implicit.test"),
+            (2, "a@mixed.test"),
+            (3, "a@onlyprivate.test"),
+        ])
+        .await;
     let refused = outcome(&reports[&1]);
     assert_eq!(refused.disposition, Disposition::Permanent);
     assert_eq!(refused.enhanced.unwrap().to_string(), "5.4.4");
+    // Another MX that could not be looked up might have a good address: wait, never
+    // bounce; one that is known to have none changes nothing.
+    assert_eq!(
+        outcome(&reports[&2]).disposition,
+        Disposition::Transient,
+        "{:?}",
+        reports[&2]
+    );
+    assert_eq!(outcome(&reports[&3]).disposition, Disposition::Permanent);
     assert_eq!(sinks[0].stats().connections, 1);
     h.engine.shutdown().await;
 }

@@ -267,9 +267,19 @@ impl Router {
         let results = futures::future::join_all(lookups).await;
         let mut hosts = Vec::new();
         let mut refused = None;
+        let mut unknown = None;
         for ((preference, host), result) in mx.into_iter().zip(results) {
             // An MX host without an address is skipped; the others may work.
-            let Ok(ips) = result else { continue };
+            let ips = match result {
+                Ok(ips) => ips,
+                Err(e) => {
+                    // One whose lookup failed for now may have a good address.
+                    if !e.is_nx_domain() && !e.is_no_records_found() {
+                        unknown = Some(temporary(&e));
+                    }
+                    continue;
+                }
+            };
             expires = expires.min(ips.valid_until());
             match self.allowed(domain, ips.iter().collect()) {
                 Ok(addrs) => hosts.push(MxHost {
@@ -282,7 +292,11 @@ impl Router {
             }
         }
         if hosts.is_empty() {
-            return Err(refused.unwrap_or_else(|| temporary(&"no MX host has an address")));
+            // Refused (a permanent bounce) only when every other host is known to have
+            // no address: one that could not be looked up now defers the message.
+            return Err(unknown
+                .or(refused)
+                .unwrap_or_else(|| temporary(&"no MX host has an address")));
         }
         Ok(site(hosts, SiteKind::Mx, expires))
     }
