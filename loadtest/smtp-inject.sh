@@ -30,6 +30,12 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # at most 10 s for something to answer on 127.0.0.1:PORT
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        sleep 0.1
+    done
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
@@ -60,10 +66,7 @@ fi
 "${VOLLEY:-$bin/volley}" serve --config "$work/volley.toml" >"$work/volley.log" 2>&1 &
 pids+=($!)
 volley_pid=$!
-for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$smtp_port") 2>/dev/null && break
-    sleep 0.1
-done
+wait_port "$smtp_port"
 
 run() { # target → elapsed seconds
     local start end
@@ -84,10 +87,7 @@ if command -v smtp-sink >/dev/null; then
     smtp-sink "${user[@]}" "127.0.0.1:$postfix_port" 256 >/dev/null 2>&1 &
     pids+=($!)
     postfix_pid=$!
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$postfix_port") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_port "$postfix_port"
 fi
 
 c0=$(cpu_ticks "$sink_pid")

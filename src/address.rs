@@ -244,11 +244,7 @@ pub fn suppression_key(address: &str) -> String {
 
 /// A quoted local part's content, its quoted pairs undone; any other as it is.
 fn unquoted(local: &str) -> std::borrow::Cow<'_, str> {
-    let Some(inner) = local
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .filter(|_| local.len() >= 2)
-    else {
+    let Some(inner) = local.strip_prefix('"').and_then(|s| s.strip_suffix('"')) else {
         return std::borrow::Cow::Borrowed(local);
     };
     let mut out = String::with_capacity(inner.len());
