@@ -808,17 +808,18 @@ async fn over_a_long_round_trip_the_bdat_window_grows_and_connections_keep_their
     );
 }
 
+// That a short round trip keeps the window at its start is tested on the window itself
+// (`a_short_round_trip_keeps_the_window_at_its_start`): end to end on loopback it would
+// depend on how busy the machine is (a loaded one makes loopback round trips longer
+// than 2 ms, and CI once saw the window grow).
 #[tokio::test]
-async fn with_data_or_on_loopback_the_window_stays_at_the_batch() {
+async fn with_data_the_window_stays_at_the_batch() {
     let (window, stats) = send_far(Duration::from_millis(20), false, 120, 1000).await;
     assert_eq!(
         window, 16,
         "DATA carries one message per round trip whatever the window"
     );
     assert_eq!(stats.messages, 120);
-    let (window, stats) = send_far(Duration::ZERO, true, 600, 1000).await;
-    assert_eq!(window, 16, "loopback: a bigger window gains nothing");
-    assert_eq!(stats.messages, 600);
 }
 
 fn egress(text: &str) -> volley::engine::EgressConfig {
